@@ -1,0 +1,109 @@
+//! PostgreSQL access: connecting (a server URL or the private cluster), migrations, project settings.
+//!
+//! Migrations in `migrations/` are embedded and applied on every connect, so any `mmtt` command
+//! works on a new database. All queries are runtime-checked `sqlx::query` calls (no build-time
+//! database needed).
+
+pub mod cluster;
+
+use crate::split::SplitRatios;
+use anyhow::{Context, Result};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use std::str::FromStr;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Default split seed of a new project.
+pub const DEFAULT_SPLIT_SEED: u64 = 20_251_128;
+
+/// Connects to `options`, applies migrations and makes sure the project settings exist.
+pub async fn connect_with(options: PgConnectOptions) -> Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(std::time::Duration::from_secs(15))
+        .connect_with(options)
+        .await
+        .context("could not connect to PostgreSQL")?;
+    MIGRATOR.run(&pool).await.context("could not apply the database migrations")?;
+    ensure_settings(&pool, DEFAULT_SPLIT_SEED, SplitRatios::default()).await?;
+    Ok(pool)
+}
+
+/// Connects to a server by URL (`postgres://user@host:port/db`).
+pub async fn connect_url(url: &str) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("`{}` is not a PostgreSQL URL (expected postgres://USER@HOST:PORT/DATABASE)", redact(url)))?;
+    connect_with(options).await.with_context(|| format!("database {}", redact(url)))
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &cred[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The project's split settings, fixed when the project was created.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub split_seed: u64,
+    pub split_ratios: SplitRatios,
+}
+
+async fn ensure_settings(pool: &PgPool, seed: u64, ratios: SplitRatios) -> Result<()> {
+    let r = ratios.values().map(|v| v as i32);
+    sqlx::query("INSERT INTO project_settings (id, split_seed, split_ratios) VALUES (true, $1, $2) ON CONFLICT (id) DO NOTHING")
+        .bind(seed as i64)
+        .bind(&r[..])
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn settings(pool: &PgPool) -> Result<Settings> {
+    let row = sqlx::query("SELECT split_seed, split_ratios FROM project_settings WHERE id")
+        .fetch_one(pool)
+        .await?;
+    let seed: i64 = row.get(0);
+    let r: Vec<i32> = row.get(1);
+    let ratios = SplitRatios::new([r[0] as u32, r[1] as u32, r[2] as u32])
+        .context("the stored split ratios are invalid")?;
+    Ok(Settings { split_seed: seed as u64, split_ratios: ratios })
+}
+
+/// Sets the split seed and ratios. Allowed only while no source is stored, since splits never move.
+pub async fn set_split(pool: &PgPool, seed: u64, ratios: SplitRatios) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE sources IN SHARE MODE").execute(&mut *tx).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sources").fetch_one(&mut *tx).await?;
+    let current = sqlx::query("SELECT split_seed, split_ratios FROM project_settings WHERE id").fetch_one(&mut *tx).await?;
+    let cur_seed: i64 = current.get(0);
+    let cur_r: Vec<i32> = current.get(1);
+    let r = ratios.values().map(|v| v as i32);
+    if cur_seed == seed as i64 && cur_r == r {
+        return Ok(());
+    }
+    if n > 0 {
+        anyhow::bail!(
+            "the project already stores {n} sources whose splits were drawn with seed {cur_seed} and ratios {}:{}:{}; \
+             splits never change once stored. Use a new data directory/database for a different split seed \
+             (exports can re-split with `--resplit`)",
+            cur_r[0], cur_r[1], cur_r[2]
+        );
+    }
+    sqlx::query("UPDATE project_settings SET split_seed = $1, split_ratios = $2 WHERE id")
+        .bind(seed as i64)
+        .bind(&r[..])
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

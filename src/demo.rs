@@ -1,0 +1,60 @@
+//! `mmtt demo`: imports sample faces, plans masks, writes previews and says where to look.
+//!
+//! The sample faces come from Debian packages (`python3-skimage`'s astronaut.png,
+//! `python-matplotlib-data`'s grace_hopper.jpg), plus any `--faces DIR`.
+
+use crate::app::App;
+use crate::import::{self, datasets::Dataset, decode::DecodeLimits, ImportOptions};
+use crate::masks;
+use anyhow::Result;
+use mmtt_generators::detect::FaceFinder;
+use sqlx::Row;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Debian's sample face photos: (path, package).
+pub const SAMPLE_FACES: [(&str, &str); 2] = [
+    ("/usr/lib/python3/dist-packages/skimage/data/astronaut.png", "python3-skimage"),
+    ("/usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg", "python-matplotlib-data"),
+];
+
+pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
+    let finder = Arc::new(FaceFinder::load()?);
+    let mut files = Vec::new();
+    for (p, pkg) in SAMPLE_FACES {
+        if Path::new(p).is_file() {
+            files.push(PathBuf::from(p));
+        } else {
+            eprintln!("sample face {p} is missing: install it with `apt-get install {pkg}`");
+        }
+    }
+    let base = ImportOptions {
+        dataset: Dataset::Photos,
+        root: None,
+        files,
+        limit: None,
+        limits: DecodeLimits::default(),
+        progress: true,
+    };
+    let s = import::run(app, base.clone(), Some(finder.clone())).await?;
+    s.print_human(Dataset::Photos);
+    if let Some(dir) = faces {
+        let s = import::run(app, ImportOptions { root: Some(dir.to_path_buf()), files: vec![], ..base }, Some(finder)).await?;
+        s.print_human(Dataset::Photos);
+    }
+    let plan = masks::plan_all(app, seed, None, true).await?;
+    println!("masks planned for {} sources ({} already planned)", plan.planned, plan.already_planned);
+    let stats = masks::stats(app, Some(seed)).await?;
+    masks::print_stats(&stats.all);
+    let dir = app.data_dir.join("previews");
+    let rows = sqlx::query("SELECT id, original_path, face_index FROM sources ORDER BY created_at, id").fetch_all(&app.pool).await?;
+    println!("\npreviews (left: landmarks and part regions; right: inpainting mask in red, swap mask outlined in green):");
+    for r in rows {
+        let id: uuid::Uuid = r.get(0);
+        let out = dir.join(format!("{id}.png"));
+        masks::preview(app, id, Some(seed), &out).await?;
+        println!("  {}  <- {} (face {})", out.display(), r.get::<String, _>(1), r.get::<i32, _>(2));
+    }
+    println!("\nimages and masks are in {}; `mmtt sources list` and `mmtt masks stats` say more.", app.data_dir.join("blobs").display());
+    Ok(())
+}

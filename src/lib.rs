@@ -1,0 +1,20 @@
+//! `mmtt`: the MMTT platform's binary crate — CLI, storage, import and mask planning (later the
+//! web app and jobs). See `ARCHITECTURE.md` for the map.
+//!
+//! - [`app`]: one command's context (database pool, blob store, data directory).
+//! - [`db`]: PostgreSQL connection, migrations, settings; [`db::cluster`] the private cluster.
+//! - [`store`]: the content-addressed image store.
+//! - [`split`]: train/validation/test assignment, fixed when a source is stored.
+//! - [`import`]: dataset readers and the parallel import pipeline.
+//! - [`masks`]: mask planning, statistics and previews.
+//! - [`fixtures`]: builds test/demo inputs (a CelebAMask-HQ-layout folder) from face photos.
+//! - [`demo`]: the end-to-end demo.
+
+pub mod app;
+pub mod db;
+pub mod demo;
+pub mod fixtures;
+pub mod import;
+pub mod masks;
+pub mod split;
+pub mod store;

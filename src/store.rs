@@ -1,0 +1,160 @@
+//! The content-addressed image store: every file is kept under the SHA-256 of its bytes.
+//!
+//! [`BlobStore`] is the small interface the rest of the platform uses, so an object store can
+//! replace [`FsBlobStore`] later. Invariants:
+//! - a blob is written to a temporary name, synced, then renamed: no file ever exists under its
+//!   final name half-written;
+//! - writing the same bytes twice is a no-op; a blob's key always equals the hash of its content;
+//! - the database's `blobs` rows are inserted only after `put` returned, so every row has a file.
+
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// A SHA-256 content key, 64 lowercase hex digits. Valid by construction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobKey(String);
+
+impl BlobKey {
+    pub fn of(bytes: &[u8]) -> Self {
+        BlobKey(hex::encode(Sha256::digest(bytes)))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BlobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("`{0}` is not a blob key: expected 64 lowercase hex digits (a SHA-256)")]
+    BadKey(String),
+    #[error("blob {0} is not in the store (the data directory is incomplete or another one is in use)")]
+    Missing(BlobKey),
+    #[error("blob {key} is corrupt: its content hashes to {actual}")]
+    Corrupt { key: BlobKey, actual: BlobKey },
+    #[error("blob store I/O error at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl FromStr for BlobKey {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(BlobKey(s.to_string()))
+        } else {
+            Err(StoreError::BadKey(s.to_string()))
+        }
+    }
+}
+
+/// Where image files live. Implementations must be safe to share between threads.
+pub trait BlobStore: Send + Sync {
+    /// Stores `bytes` and returns their key (idempotent).
+    fn put(&self, bytes: &[u8]) -> Result<BlobKey, StoreError>;
+    /// Reads a blob back, verifying its hash.
+    fn get(&self, key: &BlobKey) -> Result<Vec<u8>, StoreError>;
+    fn contains(&self, key: &BlobKey) -> bool;
+    /// A local file path for the blob, where the store has one (for people and scripts).
+    fn local_path(&self, key: &BlobKey) -> Option<PathBuf>;
+}
+
+/// Blobs as files under `root/ab/cd/<hash>.png`.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+impl FsBlobStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|source| StoreError::Io { path: root.clone(), source })?;
+        Ok(Self { root })
+    }
+
+    pub fn path_of(&self, key: &BlobKey) -> PathBuf {
+        let h = key.as_str();
+        self.root.join(&h[0..2]).join(&h[2..4]).join(format!("{h}.png"))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl BlobStore for FsBlobStore {
+    fn put(&self, bytes: &[u8]) -> Result<BlobKey, StoreError> {
+        let key = BlobKey::of(bytes);
+        let path = self.path_of(&key);
+        if path.is_file() {
+            return Ok(key);
+        }
+        let io = |source| StoreError::Io { path: path.clone(), source };
+        let dir = path.parent().expect("blob paths have a parent");
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = dir.join(format!(".{}.{}.tmp", key.as_str(), uuid::Uuid::new_v4().simple()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        Ok(key)
+    }
+
+    fn get(&self, key: &BlobKey) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(key);
+        let bytes = std::fs::read(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                StoreError::Missing(key.clone())
+            } else {
+                StoreError::Io { path: path.clone(), source }
+            }
+        })?;
+        let actual = BlobKey::of(&bytes);
+        if &actual != key {
+            return Err(StoreError::Corrupt { key: key.clone(), actual });
+        }
+        Ok(bytes)
+    }
+
+    fn contains(&self, key: &BlobKey) -> bool {
+        self.path_of(key).is_file()
+    }
+
+    fn local_path(&self, key: &BlobKey) -> Option<PathBuf> {
+        Some(self.path_of(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_round_trip_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsBlobStore::open(dir.path()).unwrap();
+        let k1 = s.put(b"hello").unwrap();
+        let k2 = s.put(b"hello").unwrap();
+        assert_eq!(k1, k2);
+        assert_eq!(k1.as_str(), "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(s.get(&k1).unwrap(), b"hello");
+        std::fs::write(s.path_of(&k1), b"tampered").unwrap();
+        assert!(matches!(s.get(&k1), Err(StoreError::Corrupt { .. })));
+        let missing: BlobKey = "00".repeat(32).parse().unwrap();
+        assert!(matches!(s.get(&missing), Err(StoreError::Missing(_))));
+        assert!("XYZ".parse::<BlobKey>().is_err());
+    }
+}
