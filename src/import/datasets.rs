@@ -161,14 +161,15 @@ fn landmark_parts(lm: &Landmarks68) -> Result<Vec<(Part, Vec<u8>, u64, String)>,
 
 /// The face box used for already-aligned 512x512 faces (FFHQ), where detection is skipped: where
 /// dlib's HOG detector puts the face in FFHQ-aligned crops (measured on the sample faces aligned by
-/// [`AlignTransform::ffhq`]).
-pub const ALIGNED_FACE_BOX: FaceBox = FaceBox { left: 130, top: 160, right: 382, bottom: 412 };
+/// [`AlignTransform::ffhq`]: most boxes were (95, 164)-(405, 474) or (95, 130)-(405, 439)).
+pub const ALIGNED_FACE_BOX: FaceBox = FaceBox { left: 95, top: 155, right: 405, bottom: 465 };
 
 /// Landmarks predicted on an aligned face are plausible when the eyes sit where FFHQ puts them.
 fn plausible_aligned(lm: &Landmarks68) -> bool {
     let d = lm.interocular();
     let mid = lm.left_eye().add(lm.right_eye()).scale(0.5);
-    (70.0..=170.0).contains(&d) && mid.dist(Pt::new(256.0, 240.0)) < 80.0 && lm.left_eye().x > lm.right_eye().x
+    // FFHQ's crop puts the eye midpoint near (256, 243) with the eyes at most 128 px apart
+    (90.0..=150.0).contains(&d) && mid.dist(Pt::new(256.0, 243.0)) < 40.0 && lm.left_eye().x > lm.right_eye().x
 }
 
 pub fn process(dataset: Dataset, cand: Candidate, finder: Option<&FaceFinder>, limits: DecodeLimits) -> Outcome {
