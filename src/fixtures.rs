@@ -121,3 +121,21 @@ fn mirror_68(p: &[Pt; 68]) -> [Pt; 68] {
     }
     out
 }
+
+/// Writes FFHQ-style inputs: `{out}/{n / 1000:05}/{n:05}.png`, 1024x1024 FFHQ-aligned crops of the
+/// first face of each photo, numbered from 0. Returns the written paths.
+pub fn ffhq(photos: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
+    let finder = FaceFinder::load()?;
+    let mut written = Vec::new();
+    for (n, src) in photos.iter().enumerate() {
+        let img = image::open(src).with_context(|| format!("cannot read {}", src.display()))?.into_rgb8();
+        let face = finder.faces(&img).into_iter().next().with_context(|| format!("no face found in {}", src.display()))?;
+        let crop = AlignTransform::ffhq(&face.landmarks, 1024).warp(&img);
+        let dir = out.join(format!("{:05}", (n / 1000) * 1000));
+        std::fs::create_dir_all(&dir)?;
+        let p = dir.join(format!("{n:05}.png"));
+        crop.save_with_format(&p, image::ImageFormat::Png)?;
+        written.push(p);
+    }
+    Ok(written)
+}

@@ -164,6 +164,13 @@ enum FixturesAction {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write FFHQ-style aligned 1024x1024 PNGs from face photos.
+    Ffhq {
+        #[arg(long, required = true, num_args = 1..)]
+        photos: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -389,6 +396,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Fixtures { action: FixturesAction::Celebamask { photos, out } } => {
             let m = mmtt::fixtures::celebamask(photos, out).context("building the CelebAMask-HQ fixture")?;
             println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
+        Command::Fixtures { action: FixturesAction::Ffhq { photos, out } } => {
+            let written = mmtt::fixtures::ffhq(photos, out).context("building the FFHQ fixture")?;
+            println!("{}", serde_json::to_string(&written)?);
             Ok(())
         }
         Command::Project { action } => {

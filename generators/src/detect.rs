@@ -57,7 +57,8 @@ impl FaceBox {
     pub fn height(&self) -> i64 {
         self.bottom - self.top
     }
-    fn iou(&self, o: &FaceBox) -> f64 {
+    /// Intersection over union with another box.
+    pub fn iou(&self, o: &FaceBox) -> f64 {
         let iw = (self.right.min(o.right) - self.left.max(o.left)).max(0) as f64;
         let ih = (self.bottom.min(o.bottom) - self.top.max(o.top)).max(0) as f64;
         let inter = iw * ih;
@@ -141,6 +142,15 @@ impl FaceFinder {
 
     /// Face boxes in `img`, ordered top-to-bottom then left-to-right.
     pub fn detect(&self, img: &RgbImage) -> Vec<FaceBox> {
+        self.detect_with(img, img.width().max(img.height()) <= UPSAMPLE_BELOW)
+    }
+
+    /// Face boxes found at 1x only (faces of at least 80 px): a cheap check.
+    pub fn detect_no_upsample(&self, img: &RgbImage) -> Vec<FaceBox> {
+        self.detect_with(img, false)
+    }
+
+    fn detect_with(&self, img: &RgbImage, upsample: bool) -> Vec<FaceBox> {
         let matrix = to_matrix(img);
         let (w, h) = img.dimensions();
         let mut boxes: Vec<FaceBox> = Vec::new();
@@ -171,7 +181,7 @@ impl FaceFinder {
                 HOG.with(|d| d.face_locations(m).to_vec())
             }
         };
-        if w.max(h) <= UPSAMPLE_BELOW {
+        if upsample {
             let up = matrix.resize(w as usize * 2, h as usize * 2);
             add(&run(&up), 2.0);
         }
