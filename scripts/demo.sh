@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The demo: sets up the machine, builds mmtt, imports the sample faces (plus --faces DIR),
+# plans masks and writes previews. Extra arguments go to `mmtt demo` (e.g. --faces DIR).
+# Uses DATABASE_URL when set, else mmtt's private PostgreSQL cluster under the data directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+data="${MMTT_DATA_DIR:-$PWD/mmtt-data}"
+if [ "$(id -u)" -eq 0 ] && [ -z "${DATABASE_URL:-}" ] && [ -z "${MMTT_DATA_DIR:-}" ] \
+   && ! runuser -u postgres -- test -x "$PWD"; then
+  # as root the private cluster runs as `postgres`, which cannot enter this checkout
+  data="/var/lib/mmtt-demo"
+  echo "demo: the postgres user cannot enter $PWD; using --data-dir $data" >&2
+fi
+cargo build --locked --quiet --bin mmtt
+exec target/debug/mmtt --data-dir "$data" demo "$@"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: sets up the machine (scripts/setup.sh), then the whole workspace's tests
+# against real PostgreSQL, dlib and images. MMTT_FACES_DIR (CI: ../shared/faces) adds the
+# real-face tests; they fail if it points at a missing folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+line="$(scripts/setup.sh --print-test-url | tail -1)"
+export "${line?}"
+if [ -n "${MMTT_FACES_DIR:-}" ]; then
+  [ -d "$MMTT_FACES_DIR" ] || { echo "MMTT_FACES_DIR=$MMTT_FACES_DIR does not exist" >&2; exit 1; }
+  MMTT_FACES_DIR="$(cd "$MMTT_FACES_DIR" && pwd)"; export MMTT_FACES_DIR
+fi
+exec cargo test --workspace --locked "$@"
