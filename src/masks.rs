@@ -82,6 +82,7 @@ fn rasterise(store: &dyn BlobStore, t: &Todo, seed: u64) -> Result<Planned> {
 }
 
 /// Plans the masks of every source that has none for `seed` yet.
+#[tracing::instrument(name = "masks_plan", skip(app, progress))]
 pub async fn plan_all(app: &App, seed: u64, dataset: Option<&str>, progress: bool) -> Result<PlanSummary> {
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM sources WHERE ($1::text IS NULL OR dataset = $1)")
         .bind(dataset)

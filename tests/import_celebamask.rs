@@ -68,7 +68,7 @@ fn celebamask_fixture_imports_parts_sizes_and_masks() {
         let k: u32 = k.parse().unwrap();
         let file = fixture.join(format!("CelebAMask-HQ-mask-anno/{}/{k:05}_{part}.png", k / 2000));
         let want = image::open(&file).unwrap().into_rgb8();
-        let stored = image::open(env.data.path().join("blobs").join(&hash[0..2]).join(&hash[2..4]).join(format!("{hash}.png"))).unwrap();
+        let stored = image::open(env.blob_path(&hash)).unwrap();
         assert_eq!(stored.color(), image::ColorType::L8, "masks are single-channel");
         let stored = stored.into_luma8();
         assert_eq!(stored.dimensions(), (512, 512));
@@ -106,7 +106,7 @@ fn celebamask_fixture_imports_parts_sizes_and_masks() {
         });
         assert_eq!(union as usize, parts.len(), "every planned part is present");
         assert!(pixels > 0);
-        let m = image::open(env.data.path().join("blobs").join(&hash[0..2]).join(&hash[2..4]).join(format!("{hash}.png"))).unwrap().into_luma8();
+        let m = image::open(env.blob_path(&hash)).unwrap().into_luma8();
         assert_eq!(m.pixels().filter(|p| p.0[0] == 255).count() as i32, pixels);
     }
     env.assert_store_consistent();

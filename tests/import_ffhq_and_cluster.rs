@@ -40,7 +40,7 @@ fn ffhq_import_uses_the_aligned_box_and_falls_back_to_detection() {
     let finder = FaceFinder::load().unwrap();
     for ((id, _, lm, hash), photo) in rows[..2].iter().zip(&photos) {
         let lm: Landmarks68 = serde_json::from_value(lm.clone()).unwrap();
-        let img = image::open(env.data.path().join("blobs").join(&hash[0..2]).join(&hash[2..4]).join(format!("{hash}.png"))).unwrap().into_rgb8();
+        let img = image::open(env.blob_path(hash)).unwrap().into_rgb8();
         assert_eq!(img.dimensions(), (512, 512));
         let original = image::open(photo).unwrap().into_rgb8();
         let face = &finder.faces(&original)[0];
@@ -76,6 +76,24 @@ fn bad_roots_are_refused_with_the_fix() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not connect to PostgreSQL"));
+    // no server binaries for the private cluster: said clearly, with the fix
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmtt"))
+        .args(["--data-dir", &env.data.path().display().to_string(), "db", "status"])
+        .env("MMTT_PG_BIN", "/nonexistent/bin")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MMTT_PG_BIN=/nonexistent/bin has no pg_ctl and initdb"));
+    // a broken CNN detector model is refused by name, not silently ignored
+    let bad = env.data.path().join("mmod.dat");
+    std::fs::write(&bad, b"not a dlib model").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmtt"))
+        .args(["landmarks", "/usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg"])
+        .env("MMTT_DLIB_MMOD", &bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not load the dlib model"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The private cluster: initialised and started on demand under the data directory, stopped by

@@ -50,17 +50,23 @@ fn parse_truth(xml: &str, file: &str) -> Vec<Truth> {
     out
 }
 
-#[test]
-fn landmarks_match_dlib_ground_truth() {
+/// The ground truth, the photo and the model, or `None` without `MMTT_FACES_DIR`.
+fn voc_case() -> Option<(Vec<Truth>, image::RgbImage, FaceFinder)> {
     let Some(dir) = common::faces_dir() else {
-        eprintln!("MMTT_FACES_DIR is not set: the landmark accuracy test needs ../shared/faces (CI sets it)");
-        return;
+        eprintln!("MMTT_FACES_DIR is not set: the landmark accuracy tests need ../shared/faces (CI sets it)");
+        return None;
     };
     let xml = std::fs::read_to_string(dir.join("dlib_testing_with_face_landmarks.xml")).expect("xml");
     let truth = parse_truth(&xml, "2008_002470.jpg");
     assert_eq!(truth.len(), 6, "the XML has six faces for this photo");
     let img = image::open(dir.join("dlib_voc_2008_002470.jpg")).expect("photo").into_rgb8();
     let finder = FaceFinder::load().expect("dlib model (apt-get install libdlib-data)");
+    Some((truth, img, finder))
+}
+
+#[test]
+fn landmarks_match_dlib_ground_truth() {
+    let Some((truth, img, finder)) = voc_case() else { return };
     let mut worst: f64 = 0.0;
     for (i, t) in truth.iter().enumerate() {
         let lm = finder.landmarks(&img, t.face_box);
@@ -77,11 +83,7 @@ fn landmarks_match_dlib_ground_truth() {
 #[test]
 fn shifted_boxes_are_detected_by_the_bound() {
     // the bound is not vacuous: predicting from boxes off by 25% of their size breaks it
-    let Some(dir) = common::faces_dir() else { return };
-    let xml = std::fs::read_to_string(dir.join("dlib_testing_with_face_landmarks.xml")).expect("xml");
-    let truth = parse_truth(&xml, "2008_002470.jpg");
-    let img = image::open(dir.join("dlib_voc_2008_002470.jpg")).expect("photo").into_rgb8();
-    let finder = FaceFinder::load().expect("dlib model");
+    let Some((truth, img, finder)) = voc_case() else { return };
     let failures = truth
         .iter()
         .filter(|t| {
@@ -97,11 +99,8 @@ fn shifted_boxes_are_detected_by_the_bound() {
 #[test]
 fn upsampled_hog_finds_the_small_faces() {
     // the six faces are 36-53 px: only the 2x pass can see them
-    let Some(dir) = common::faces_dir() else { return };
-    let xml = std::fs::read_to_string(dir.join("dlib_testing_with_face_landmarks.xml")).expect("xml");
-    let truth = parse_truth(&xml, "2008_002470.jpg");
-    let img = image::open(dir.join("dlib_voc_2008_002470.jpg")).expect("photo").into_rgb8();
-    let found = FaceFinder::load().expect("dlib model").detect(&img);
+    let Some((truth, img, finder)) = voc_case() else { return };
+    let found = finder.detect(&img);
     let iou = |a: &FaceBox, b: &FaceBox| {
         let iw = (a.right.min(b.right) - a.left.max(b.left)).max(0) as f64;
         let ih = (a.bottom.min(b.bottom) - a.top.max(b.top)).max(0) as f64;

@@ -54,6 +54,7 @@ pub struct ImportOptions {
     pub progress: bool,
 }
 
+#[tracing::instrument(name = "import", skip_all, fields(dataset = opts.dataset.name(), root = ?opts.root))]
 pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>) -> Result<Summary> {
     let dataset = opts.dataset;
     let mut summary = Summary::default();
@@ -172,6 +173,7 @@ pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>
     .execute(&app.pool)
     .await?;
     result?;
+    tracing::info!(imported = summary.imported, faces = summary.faces, already_present = summary.already_present, skipped = summary.skipped.len(), "import finished");
     Ok(summary)
 }
 

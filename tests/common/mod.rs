@@ -100,11 +100,16 @@ impl Env {
         serde_json::from_str(last).unwrap_or_else(|e| panic!("last line of {args:?} is not JSON ({e}): {out}"))
     }
 
+    /// Where the blob store keeps the file of `hash`.
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        self.data.path().join("blobs").join(&hash[0..2]).join(&hash[2..4]).join(format!("{hash}.png"))
+    }
+
     /// Every `blobs` row has its file, and the file hashes to the key.
     pub fn assert_store_consistent(&self) {
         let hashes: Vec<String> = self.db.query(async |p| sqlx::query_scalar("SELECT hash FROM blobs").fetch_all(p).await.expect("q"));
         for h in hashes {
-            let path = self.data.path().join("blobs").join(&h[0..2]).join(&h[2..4]).join(format!("{h}.png"));
+            let path = self.blob_path(&h);
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("blob row {h} has no file {}: {e}", path.display()));
             use sha2::Digest;
             assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), h, "blob {h} content does not match its key");
