@@ -13,7 +13,10 @@
 pub mod app;
 pub mod db;
 pub mod demo;
+pub mod bench;
 pub mod fixtures;
+pub mod forge;
+pub mod generate;
 pub mod import;
 pub mod masks;
 pub mod split;

@@ -9,6 +9,7 @@ use mmtt::import::{self, datasets::Dataset, decode::DecodeLimits, ImportOptions}
 use mmtt::masks;
 use mmtt::store::BlobStore;
 use mmtt_generators::detect::FaceFinder;
+use mmtt_generators::forge::onnx::Device;
 use mmtt_generators::plan::{self, PartSource};
 use sqlx::Row;
 use std::path::PathBuf;
@@ -81,11 +82,161 @@ enum Command {
         #[command(subcommand)]
         action: FixturesAction,
     },
+    /// Enqueue a forgery job (and with --wait, work on it until it is done).
+    Forge {
+        /// The method (classic-swap, patch-inpaint, mat, lama); with --mix paper, three of them
+        /// for swap, transformer and diffusion, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        method: Vec<String>,
+        /// Number of forgeries to make.
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        seed: u64,
+        /// Which mask plans to use (planned now where missing); default: the forge seed.
+        #[arg(long)]
+        plan_seed: Option<u64>,
+        /// `paper`: the paper's method proportions (44,343 : 37,440 : 46,520).
+        #[arg(long)]
+        mix: Option<String>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        #[arg(long, default_value_t = 3)]
+        max_attempts: i32,
+        /// Run a worker in this process until the job is done.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        worker: WorkerArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Process queued forgery items (any number of workers, on any machine).
+    Worker {
+        #[command(flatten)]
+        worker: WorkerArgs,
+        /// Exit when nothing is queued or running.
+        #[arg(long)]
+        until_empty: bool,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+    },
+    /// Show forgery jobs: progress and failures.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List forgeries.
+    Forgeries {
+        #[command(subcommand)]
+        action: ForgeriesAction,
+    },
+    /// Forge one image from files (like IOPaint's run), for people and scripts.
+    Generate {
+        #[arg(long)]
+        method: String,
+        #[arg(long)]
+        image: PathBuf,
+        /// White (non-zero) = regenerate.
+        #[arg(long)]
+        mask: PathBuf,
+        /// The donor face, for classic-swap.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the generated pixels as float32 HWC 0..255 (before rounding and compositing).
+        #[arg(long)]
+        raw: Option<PathBuf>,
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Print throughput figures.
+    Bench {
+        #[command(subcommand)]
+        action: BenchAction,
+    },
     /// Project settings.
     Project {
         #[command(subcommand)]
         action: ProjectAction,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct WorkerArgs {
+    /// Where the ONNX models live (default DATA_DIR/models).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads (0: ONNX Runtime's default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Seconds a claimed item stays reserved to this worker.
+    #[arg(long, default_value_t = 600)]
+    lease_seconds: u64,
+    /// This worker's name (default host-pid).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl From<DeviceArg> for Device {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ForgeriesAction {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchAction {
+    /// Images/s of the ONNX generators (mmtt vs Python onnxruntime) and the built-in ones.
+    Forge {
+        /// Folder with mat.onnx and lama.onnx (default: tiny models made by scripts/make_tiny_models.py).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        n: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+fn worker_options(cli: &Cli, w: &WorkerArgs, device: Device, until_empty: bool, job: Option<uuid::Uuid>) -> mmtt::forge::WorkerOptions {
+    mmtt::forge::WorkerOptions {
+        name: w.name.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
+        device,
+        models_dir: w.models.clone().unwrap_or_else(|| mmtt::forge::default_models_dir(&cli.data_dir)),
+        threads: w.threads,
+        lease: std::time::Duration::from_secs(w.lease_seconds.max(1)),
+        until_empty,
+        job,
+        progress: true,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "host".into())
 }
 
 #[derive(Subcommand)]
@@ -403,6 +554,84 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&written)?);
             Ok(())
         }
+        Command::Forge { method, count, seed, plan_seed, mix, device, max_attempts, wait, worker, json } => {
+            let mix_paper = match mix.as_deref() {
+                None => false,
+                Some("paper") => true,
+                Some(other) => anyhow::bail!("unknown --mix `{other}`: the only mix is `paper`"),
+            };
+            let req = mmtt::forge::ForgeRequest {
+                methods: method.clone(),
+                count: *count,
+                seed: *seed,
+                plan_seed: plan_seed.unwrap_or(*seed),
+                mix_paper,
+                device: (*device).into(),
+                max_attempts: (*max_attempts).max(1),
+            };
+            with_app!(cli, |app| {
+                let e = mmtt::forge::enqueue(app, &req).await?;
+                println!("job {}: {} items queued {:?}", e.job_id, e.queued, e.by_method);
+                for u in &e.unavailable {
+                    println!("  {u}");
+                }
+                if *wait {
+                    let o = worker_options(&cli, worker, (*device).into(), true, Some(e.job_id));
+                    let s = mmtt::forge::run_worker(app, o).await?;
+                    println!("forged {} ({} failed attempts)", s.done, s.failed_attempts);
+                }
+                if *json {
+                    println!("{}", serde_json::to_string(&e)?);
+                }
+                Ok(())
+            })
+        }
+        Command::Worker { worker, until_empty, device } => {
+            let o = worker_options(&cli, worker, (*device).into(), *until_empty, None);
+            with_app!(cli, |app| {
+                let s = mmtt::forge::run_worker(app, o).await?;
+                println!("worker done: {} forged, {} failed attempts", s.done, s.failed_attempts);
+                Ok(())
+            })
+        }
+        Command::Jobs { json } => with_app!(cli, |app| {
+            let report = mmtt::forge::jobs_report(app).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for j in report.as_array().into_iter().flatten() {
+                    println!(
+                        "job {} {}: {} done, {} queued, {} running, {} failed (of {} requested)",
+                        j["id"].as_str().unwrap_or_default(), j["methods"], j["done"], j["queued"], j["running"], j["failed"], j["requested"]
+                    );
+                    for f in j["failures"].as_array().into_iter().flatten() {
+                        println!("  failed {} ({}): {}", f["item"].as_str().unwrap_or_default(), f["method"].as_str().unwrap_or_default(), f["reason"].as_str().unwrap_or_default());
+                    }
+                }
+            }
+            Ok(())
+        }),
+        Command::Forgeries { action: ForgeriesAction::List { json } } => with_app!(cli, |app| {
+            let list = mmtt::forge::list(app).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                for f in &list {
+                    println!("{}  {:<13} {:<10} {}  image {}  mask {}  original {}", f["id"].as_str().unwrap_or_default(), f["method"].as_str().unwrap_or_default(),
+                        f["split"].as_str().unwrap_or_default(), f["status"].as_str().unwrap_or_default(), f["image"].as_str().unwrap_or_default(),
+                        f["mask"].as_str().unwrap_or_default(), f["original"].as_str().unwrap_or_default());
+                }
+            }
+            Ok(())
+        }),
+        Command::Generate { method, image, mask, source, seed, out, raw, models, device, threads } => {
+            let models = models.clone().unwrap_or_else(|| mmtt::forge::default_models_dir(&cli.data_dir));
+            mmtt::generate::run(&mmtt::generate::GenerateArgs {
+                method: method.clone(), image: image.clone(), mask: mask.clone(), source: source.clone(), seed: *seed,
+                out: out.clone(), raw: raw.clone(), models, device: (*device).into(), threads: *threads,
+            })
+        }
+        Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),
         Command::Project { action } => {
             with_app!(cli, |app| {
                     if let ProjectAction::SetSplit { seed, ratios } = action {

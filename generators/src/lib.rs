@@ -18,6 +18,7 @@ pub mod geometry;
 pub mod landmarks;
 pub mod mask;
 pub mod parts;
+pub mod forge;
 pub mod plan;
 
 /// Side of every stored face image and mask.

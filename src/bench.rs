@@ -1,0 +1,114 @@
+//! `mmtt bench forge`: throughput of the generators, printed as figures (never asserted in tests).
+//!
+//! ONNX: the `mat`- and `lama`-shaped models through mmtt (pre-processing, inference,
+//! post-processing, rounding) against the same models through Python onnxruntime with the same
+//! pipeline (`scripts/onnx_reference.py bench`) and the same intra-op threads, in one run.
+//! Built-ins: `patch-inpaint` and `classic-swap` on the Debian sample faces.
+
+use anyhow::{anyhow, bail, Context, Result};
+use image::{GrayImage, RgbImage};
+use mmtt_generators::forge::onnx::{Device, OnnxGenerator, BUILTIN_MANIFESTS};
+use mmtt_generators::forge::{ForgeInput, Generator};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The project's Python: `.venv/bin/python` when present, else `python3`.
+pub fn python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.is_file() { venv } else { PathBuf::from("python3") }
+}
+
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
+fn bench_input() -> (RgbImage, GrayImage) {
+    let mut s = 0x1234_5678u64;
+    let img = RgbImage::from_fn(512, 512, |_, _| {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        image::Rgb([(s >> 33) as u8, (s >> 41) as u8, (s >> 49) as u8])
+    });
+    let mask = GrayImage::from_fn(512, 512, |x, y| image::Luma([if (120..380).contains(&x) && (150..350).contains(&y) { 255 } else { 0 }]));
+    (img, mask)
+}
+
+pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
+    let n = n.max(1);
+    let tmp = std::env::temp_dir().join(format!("mmtt-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&tmp)?;
+    let models = match models {
+        Some(m) => m,
+        None => {
+            let st = std::process::Command::new(python()).arg(script("make_tiny_models.py")).arg(&tmp).status()
+                .context("running scripts/make_tiny_models.py (run scripts/setup.sh first)")?;
+            if !st.success() {
+                bail!("scripts/make_tiny_models.py failed (the Python `onnx` package comes with scripts/setup.sh)");
+            }
+            tmp.clone()
+        }
+    };
+    let (img, mask) = bench_input();
+    let mut rows = Vec::new();
+    for (name, text) in BUILTIN_MANIFESTS {
+        let mut g = OnnxGenerator::load_builtin(name, &models, Device::Cpu, threads)?;
+        let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, seed: 0 };
+        g.generate(&input)?; // warm-up
+        let t = Instant::now();
+        for i in 0..n {
+            let inp = ForgeInput { seed: i as u64, ..ForgeInput { ..input } };
+            std::hint::black_box(g.generate(&inp)?);
+        }
+        let ours = n as f64 / t.elapsed().as_secs_f64();
+        let manifest = tmp.join(format!("{name}.json"));
+        std::fs::write(&manifest, text)?;
+        let out = std::process::Command::new(python())
+            .arg(script("onnx_reference.py"))
+            .args(["bench", "--n", &n.to_string(), "--threads", &threads.to_string(), "--manifest"])
+            .arg(&manifest)
+            .arg("--model")
+            .arg(models.join(format!("{name}.onnx")))
+            .output()?;
+        if !out.status.success() {
+            bail!("python reference benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let theirs = v["images_per_s"].as_f64().ok_or_else(|| anyhow!("bad python output"))?;
+        println!("{name:<14} mmtt {ours:8.2} images/s   python onnxruntime {theirs:8.2} images/s   ratio {:.2} ({threads} threads, {n} images)", ours / theirs);
+        rows.push(serde_json::json!({"method": name, "mmtt_images_per_s": ours, "python_images_per_s": theirs, "ratio": ours / theirs, "threads": threads}));
+    }
+    // the built-in generators on real faces
+    let faces: Vec<PathBuf> = crate::demo::SAMPLE_FACES.iter().map(|(p, _)| PathBuf::from(p)).filter(|p| p.is_file()).collect();
+    if faces.len() == 2 {
+        let finder = mmtt_generators::detect::FaceFinder::load()?;
+        let mut aligned = Vec::new();
+        for p in &faces {
+            let photo = image::open(p)?.into_rgb8();
+            let f = finder.faces(&photo).into_iter().next().ok_or_else(|| anyhow!("no face in {}", p.display()))?;
+            let t = mmtt_generators::align::AlignTransform::ffhq(&f.landmarks, 512);
+            aligned.push((t.warp(&photo), t.landmarks_to_output(&f.landmarks)));
+        }
+        let parts = aligned[0].1.part_masks(512, 512);
+        let inpaint_mask = mmtt_generators::landmarks::merge_parts(&parts, &[mmtt_generators::parts::Part::Nose, mmtt_generators::parts::Part::LEye], 512, 512, 0.0);
+        let swap_mask = mmtt_generators::landmarks::merge_parts(&parts, &mmtt_generators::parts::Part::FACE_REGION, 512, 512, 8.0);
+        let reps = n.min(5);
+        for (method, mut g, mask) in [
+            ("patch-inpaint", Box::new(mmtt_generators::forge::patch_inpaint::PatchInpaint::default()) as Box<dyn Generator>, &inpaint_mask),
+            ("classic-swap", Box::new(mmtt_generators::forge::classic_swap::ClassicSwap::default()) as Box<dyn Generator>, &swap_mask),
+        ] {
+            let input = ForgeInput {
+                target: &aligned[0].0, mask, target_landmarks: Some(&aligned[0].1),
+                source: Some(&aligned[1].0), source_landmarks: Some(&aligned[1].1), seed: 1,
+            };
+            let t = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(g.generate(&input)?);
+            }
+            let ips = reps as f64 / t.elapsed().as_secs_f64();
+            println!("{method:<14} {ips:8.2} images/s (one thread, 512x512, {reps} images)");
+            rows.push(serde_json::json!({"method": method, "images_per_s": ips}));
+        }
+    }
+    println!("{}", serde_json::to_string(&rows)?);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! `mmtt generate`: one forgery from files, outside any job (what IOPaint's `run` does for
+//! inpainting users), also the Rust side of the ONNX parity tests (`--raw`).
+
+use crate::import::decode::{read_image, DecodeLimits};
+use anyhow::{anyhow, bail, Context, Result};
+use image::GrayImage;
+use mmtt_generators::detect::FaceFinder;
+use mmtt_generators::forge::classic_swap::ClassicSwap;
+use mmtt_generators::forge::onnx::{Device, OnnxGenerator};
+use mmtt_generators::forge::patch_inpaint::PatchInpaint;
+use mmtt_generators::forge::{composite, ForgeInput, Generator};
+use std::path::PathBuf;
+
+pub struct GenerateArgs {
+    pub method: String,
+    pub image: PathBuf,
+    pub mask: PathBuf,
+    pub source: Option<PathBuf>,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub raw: Option<PathBuf>,
+    pub models: PathBuf,
+    pub device: Device,
+    pub threads: usize,
+}
+
+pub fn run(a: &GenerateArgs) -> Result<()> {
+    let limits = DecodeLimits::default();
+    let target = read_image(&a.image, limits).map_err(|r| anyhow!("{}: {r}", a.image.display()))?.rgb;
+    let mask_rgb = read_image(&a.mask, limits).map_err(|r| anyhow!("{}: {r}", a.mask.display()))?.rgb;
+    if mask_rgb.dimensions() != target.dimensions() {
+        bail!("the mask is {:?} but the image is {:?}: they must be the same size", mask_rgb.dimensions(), target.dimensions());
+    }
+    let mask = GrayImage::from_fn(target.width(), target.height(), |x, y| {
+        let p = mask_rgb.get_pixel(x, y).0;
+        image::Luma([if p.iter().any(|&v| v > 0) { 255 } else { 0 }])
+    });
+    let (source, tl, sl) = if a.method == "classic-swap" {
+        let src_path = a.source.as_ref().ok_or_else(|| anyhow!("classic-swap needs --source FACE"))?;
+        let src = read_image(src_path, limits).map_err(|r| anyhow!("{}: {r}", src_path.display()))?.rgb;
+        let finder = FaceFinder::load()?;
+        let first = |img: &image::RgbImage, p: &PathBuf| {
+            finder.faces(img).into_iter().next().map(|f| f.landmarks).ok_or_else(|| anyhow!("no face found in {}", p.display()))
+        };
+        let tl = first(&target, &a.image)?;
+        let sl = first(&src, src_path)?;
+        (Some(src), Some(tl), Some(sl))
+    } else {
+        (None, None, None)
+    };
+    let input = ForgeInput {
+        target: &target,
+        mask: &mask,
+        target_landmarks: tl.as_ref(),
+        source: source.as_ref(),
+        source_landmarks: sl.as_ref(),
+        seed: a.seed,
+    };
+    let (generated, raw) = match a.method.as_str() {
+        "mat" | "lama" => {
+            let mut g = OnnxGenerator::load_builtin(&a.method, &a.models, a.device, a.threads)?;
+            let (w, h, hwc) = g.run_raw(&input)?;
+            (mmtt_generators::forge::onnx::to_rgb(w, h, &hwc), hwc)
+        }
+        "patch-inpaint" | "classic-swap" => {
+            let mut g: Box<dyn Generator> =
+                if a.method == "patch-inpaint" { Box::new(PatchInpaint::default()) } else { Box::new(ClassicSwap::default()) };
+            let img = g.generate(&input)?;
+            let raw = img.as_raw().iter().map(|&v| v as f32).collect();
+            (img, raw)
+        }
+        other => bail!("unknown method `{other}`: known methods are classic-swap, patch-inpaint, mat, lama"),
+    };
+    let forged = composite(&target, &generated, &mask);
+    forged.save_with_format(&a.out, image::ImageFormat::Png).with_context(|| format!("cannot write {}", a.out.display()))?;
+    if let Some(p) = &a.raw {
+        let bytes: Vec<u8> = raw.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
