@@ -17,7 +17,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 PACKAGES=(pkg-config libdlib-dev libdlib-data libblas-dev liblapack-dev libopenblas-dev
-          python3-skimage python-matplotlib-data postgresql postgresql-client)
+          python3-skimage python-matplotlib-data python3-venv postgresql postgresql-client)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then missing+=("$p"); fi
@@ -26,6 +26,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ONNX Runtime (its libonnxruntime.so is what mmtt loads), onnx (tiny test models), numpy and
+# Pillow (the Python reference pipeline), in the project's own virtual environment.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY_PACKAGES=(onnxruntime==1.31.1 onnx numpy pillow)
+if ! "$ROOT/.venv/bin/python" -c "import onnxruntime, onnx, numpy, PIL; assert onnxruntime.__version__ == '1.31.1'" 2>/dev/null; then
+  echo "setup: installing ${PY_PACKAGES[*]} into .venv" >&2
+  [ -x "$ROOT/.venv/bin/python" ] || python3 -m venv "$ROOT/.venv"
+  "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" >&2
 fi
 
 # A PostgreSQL server for the tests: the one on 127.0.0.1:5432 if it answers, else Debian's cluster.

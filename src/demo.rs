@@ -55,6 +55,61 @@ pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
         masks::preview(app, id, Some(seed), &out).await?;
         println!("  {}  <- {} (face {})", out.display(), r.get::<String, _>(1), r.get::<i32, _>(2));
     }
-    println!("\nimages and masks are in {}; `mmtt sources list` and `mmtt masks stats` say more.", app.data_dir.join("blobs").display());
+
+    // forge every face with the built-in generators (no downloaded weights needed)
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sources").fetch_one(&app.pool).await?;
+    for method in ["patch-inpaint", "classic-swap"] {
+        let req = crate::forge::ForgeRequest {
+            methods: vec![method.to_string()],
+            count: n as u64,
+            seed,
+            plan_seed: seed,
+            mix_paper: false,
+            device: mmtt_generators::forge::onnx::Device::Cpu,
+            max_attempts: 2,
+        };
+        let e = crate::forge::enqueue(app, &req).await?;
+        for u in &e.unavailable {
+            println!("  {u}");
+        }
+        let o = crate::forge::WorkerOptions {
+            name: format!("demo-{}", std::process::id()),
+            device: req.device,
+            models_dir: crate::forge::default_models_dir(&app.data_dir),
+            threads: 0,
+            lease: std::time::Duration::from_secs(600),
+            until_empty: true,
+            job: Some(e.job_id),
+            progress: false,
+        };
+        let s = crate::forge::run_worker(app, o).await?;
+        println!("{method}: {} forgeries made", s.done);
+    }
+    let forgeries = crate::forge::list(app).await?;
+    println!("\nforgeries (original | forgery | mask):");
+    let fdir = app.data_dir.join("forgeries");
+    for f in &forgeries {
+        let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+        let out = fdir.join(format!("{}-{}.png", s("method"), s("id")));
+        forgery_preview(Path::new(&s("original")), Path::new(&s("image")), Path::new(&s("mask")), &out)?;
+        println!("  {}", out.display());
+    }
+    println!("\nimages and masks are in {}; `mmtt sources list`, `mmtt forgeries list` and `mmtt masks stats` say more.", app.data_dir.join("blobs").display());
+    Ok(())
+}
+
+/// Writes `original | forgery | mask` for one forgery.
+pub fn forgery_preview(original: &std::path::Path, forged: &std::path::Path, mask: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let o = image::open(original)?.into_rgb8();
+    let f = image::open(forged)?.into_rgb8();
+    let m = image::open(mask)?.into_rgb8();
+    let mut canvas = image::RgbImage::new(o.width() * 3, o.height());
+    image::imageops::replace(&mut canvas, &o, 0, 0);
+    image::imageops::replace(&mut canvas, &f, o.width() as i64, 0);
+    image::imageops::replace(&mut canvas, &m, 2 * o.width() as i64, 0);
+    if let Some(d) = out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    canvas.save_with_format(out, image::ImageFormat::Png)?;
     Ok(())
 }

@@ -12,6 +12,9 @@
 //! graphile_worker) pin sqlx 0.7/0.8 and would bring a second sqlx and their own schema; the
 //! queue here is one table and two statements.
 //!
+//! A worker renews the leases of the items it holds every third of a lease, so a slow item is
+//! never taken from a live worker, and a dead worker's items are free again within one lease.
+//!
 //! A worker overlaps its stages: one task claims and decodes the next items while a dedicated
 //! thread runs the generator (sessions created once per worker and reused) and a third stage
 //! encodes and stores the results.
@@ -493,7 +496,27 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
         }
         Ok::<(), anyhow::Error>(())
     };
-    let (a, b) = tokio::join!(claimer, storer);
+    // keep the leases of the items this worker holds (claimed, generating, storing) alive; a killed
+    // worker stops renewing them and its items go back to the queue within one lease
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(o.lease / 3).await;
+            let r = sqlx::query(
+                "UPDATE forge_items SET lease_until = now() + make_interval(secs => $2) WHERE worker = $1 AND status = 'running'",
+            )
+            .bind(&o.name)
+            .bind(o.lease.as_secs_f64())
+            .execute(&app.pool)
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "lease renewal failed");
+            }
+        }
+    };
+    let (a, b) = tokio::select! {
+        r = async { tokio::join!(claimer, storer) } => r,
+        _ = heartbeat => unreachable!("the heartbeat never ends"),
+    };
     gen_thread.join().map_err(|_| anyhow!("the generator thread panicked"))?;
     a?;
     b?;

@@ -9,7 +9,7 @@ fn demo_imports_plans_and_writes_previews() {
     let env = common::Env::new();
     let out = env.ok(&["demo", "--seed", "3"]);
     assert!(out.contains("import photos: 2 imported (2 faces)"), "{out}");
-    let previews: Vec<&str> = out.lines().filter_map(|l| l.trim().split_whitespace().next()).filter(|w| w.ends_with(".png")).collect();
+    let previews: Vec<&str> = out.lines().filter_map(|l| l.trim().split_whitespace().next()).filter(|w| w.ends_with(".png") && w.contains("/previews/")).collect();
     assert_eq!(previews.len(), 2, "{out}");
     for p in previews {
         let img = image::open(p).unwrap_or_else(|e| panic!("{p}: {e}"));
@@ -23,6 +23,15 @@ fn demo_imports_plans_and_writes_previews() {
         assert!(red > 100, "{p}: no mask overlay visible");
     }
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM mask_plans WHERE seed = 3"), 4);
+    // both faces forged by both built-in generators, each swap with the other face as donor
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE method = 'patch-inpaint'"), 2);
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE method = 'classic-swap'"), 2);
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE donor_id = target_id"), 0);
+    let shown: Vec<&str> = out.lines().map(str::trim).filter(|l| l.contains("/forgeries/") && l.ends_with(".png")).collect();
+    assert_eq!(shown.len(), 4, "{out}");
+    for p in shown {
+        assert_eq!(image::open(p).unwrap().dimensions(), (1536, 512));
+    }
     // running the demo again adds nothing
     let again = env.ok(&["demo", "--seed", "3"]);
     assert!(again.contains("0 imported (0 faces), 2 already present"), "{again}");

@@ -7,7 +7,8 @@
 //!    forehead (so the face fills the target's outline and the swap mask), and the image border.
 //!    They are Delaunay-triangulated; every triangle is warped piecewise-affinely from the
 //!    corresponding source triangle (bilinear sampling).
-//! 3. Colour: inside the core (the hull of the destination jaw and brows) the warped face's
+//! 3. Colour: inside the core (the hull of the destination jaw and brows, the brows lifted by half
+//!    the forehead's lift so the target's own brows are covered) the warped face's
 //!    per-channel mean and spread are matched to the target's (Reinhard-style transfer in RGB).
 //! 4. Blending: Poisson (seamless) cloning over the whole swap mask, guided by the warped face in
 //!    the core and by the target's own picture between the core and the mask's edge (forehead,
@@ -163,7 +164,10 @@ impl ClassicSwap {
         // mask's edge (forehead, the dilation) the guidance is the target's own picture, so the
         // Poisson solve carries the new face's colours smoothly out to the target's
         let mut core = GrayImage::new(w, h);
-        crate::geometry::fill_polygon(&mut core, &crate::geometry::convex_hull(&dst[..68]));
+        let mut core_pts: Vec<Pt> = dst[..68].to_vec();
+        // cover the target's own brows too: the destination brows lifted by half their forehead lift
+        core_pts.extend(dst[17..27].iter().zip(&dst[68..78]).map(|(b, f)| b.add(f.sub(*b).scale(0.5))));
+        crate::geometry::fill_polygon(&mut core, &crate::geometry::convex_hull(&core_pts));
         for (c, m) in core.pixels_mut().zip(mask.pixels()) {
             if m.0[0] == 0 {
                 c.0[0] = 0;
