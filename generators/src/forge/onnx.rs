@@ -302,18 +302,25 @@ impl OnnxGenerator {
         }
         let (lo, hi) = (m.image_range[0], m.image_range[1]);
         let (wu, hu) = (w as usize, h as usize);
+        let plane = wu * hu;
         let mut image = ndarray::Array4::<f32>::zeros((1, 3, hu, wu));
         let mut mask = ndarray::Array4::<f32>::zeros((1, 1, hu, wu));
-        for (x, y, p) in input.target.enumerate_pixels() {
-            let hole = input.mask.get_pixel(x, y).0[0] > 0;
-            for c in 0..3 {
-                let v = lo + (hi - lo) * (p.0[c] as f32 / 255.0);
-                image[[0, c, y as usize, x as usize]] = if hole && m.zero_holes { 0.0 } else { v };
-            }
-            mask[[0, 0, y as usize, x as usize]] = match (m.mask_convention, hole) {
-                (MaskConvention::Keep, false) | (MaskConvention::Fill, true) => 1.0,
-                _ => 0.0,
+        {
+            let img_buf = image.as_slice_mut().expect("a new array is contiguous");
+            let mask_buf = mask.as_slice_mut().expect("a new array is contiguous");
+            let scale = (hi - lo) / 255.0;
+            let (keep, fill) = match m.mask_convention {
+                MaskConvention::Keep => (1.0, 0.0),
+                MaskConvention::Fill => (0.0, 1.0),
             };
+            for (i, (p, mk)) in input.target.pixels().zip(input.mask.pixels()).enumerate() {
+                let hole = mk.0[0] > 0;
+                mask_buf[i] = if hole { fill } else { keep };
+                let zero = hole && m.zero_holes;
+                for c in 0..3 {
+                    img_buf[c * plane + i] = if zero { 0.0 } else { lo + scale * p.0[c] as f32 };
+                }
+            }
         }
         let e = |e: ort::Error| ForgeError::Model(e.to_string());
         let out_name = m.outputs[0].name.clone();
@@ -334,24 +341,23 @@ impl OnnxGenerator {
             if dims != [1, 3, h as i64, w as i64] {
                 return Err(ForgeError::Model(format!("output {out_name} has shape {dims:?}, expected [1, 3, {h}, {w}]")));
             }
-            data.to_vec()
-        };
-        let (olo, ohi) = match &m.output_range {
-            OutputRange::Fixed(r) => (r[0], r[1]),
-            OutputRange::Auto(_) => {
-                let max = output.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                if max > 1.5 { (0.0, 255.0) } else { (0.0, 1.0) }
+            let (olo, ohi) = match &m.output_range {
+                OutputRange::Fixed(r) => (r[0], r[1]),
+                OutputRange::Auto(_) => {
+                    let max = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    if max > 1.5 { (0.0, 255.0) } else { (0.0, 1.0) }
+                }
+            };
+            let mut hwc = vec![0.0f32; plane * 3];
+            for c in 0..3 {
+                let src = &data[c * plane..(c + 1) * plane];
+                for (i, v) in src.iter().enumerate() {
+                    hwc[i * 3 + c] = ((v - olo) / (ohi - olo) * 255.0).clamp(0.0, 255.0);
+                }
             }
+            hwc
         };
-        let plane = wu * hu;
-        let mut hwc = vec![0.0f32; plane * 3];
-        for c in 0..3 {
-            for i in 0..plane {
-                let v = (output[c * plane + i] - olo) / (ohi - olo) * 255.0;
-                hwc[i * 3 + c] = v.clamp(0.0, 255.0);
-            }
-        }
-        Ok((w, h, hwc))
+        Ok((w, h, output))
     }
 }
 
