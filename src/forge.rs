@@ -461,12 +461,7 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                         tx.rollback().await?;
                         continue;
                     }
-                    sqlx::query("INSERT INTO blobs (hash, media_type, byte_size, width, height) VALUES ($1, 'image/png', $2, $3, $3) ON CONFLICT (hash) DO NOTHING")
-                        .bind(key.as_str())
-                        .bind(png.len() as i64)
-                        .bind(FACE_SIZE as i32)
-                        .execute(&mut *tx)
-                        .await?;
+                    crate::db::record_blob(&mut tx, &key, png.as_slice()).await?;
                     sqlx::query(
                         "INSERT INTO forgeries (id, item_id, method, target_id, donor_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings) \
                          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (item_id) DO NOTHING",

@@ -137,12 +137,7 @@ pub async fn plan_all(app: &App, seed: u64, dataset: Option<&str>, progress: boo
             let mut tx = app.pool.begin().await?;
             for (purpose, m, item_seed, png, pixels) in &p.masks {
                 let key = app.store.put(png)?;
-                sqlx::query("INSERT INTO blobs (hash, media_type, byte_size, width, height) VALUES ($1, 'image/png', $2, $3, $3) ON CONFLICT (hash) DO NOTHING")
-                    .bind(key.as_str())
-                    .bind(png.len() as i64)
-                    .bind(FACE_SIZE as i32)
-                    .execute(&mut *tx)
-                    .await?;
+                crate::db::record_blob(&mut tx, &key, png.as_slice()).await?;
                 let names: Vec<&str> = m.parts.iter().map(|p| p.name()).collect();
                 sqlx::query(
                     "INSERT INTO mask_plans (id, source_id, purpose, kind, parts, k_drawn, seed, item_seed, rule_version, mask_hash, pixels) \

@@ -107,22 +107,12 @@ fn classic_swap_moves_the_source_geometry_onto_the_target() {
     }
 }
 
-fn variants(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let faces = common::sample_faces();
-    for i in 0..n {
-        let img = image::open(&faces[i % faces.len()]).unwrap().into_rgb8();
-        let off = 6 * (i / faces.len()) as u32;
-        let (w, h) = img.dimensions();
-        image::imageops::crop_imm(&img, off, off / 2, w - 40, h - 40).to_image().save(dir.join(format!("v{i:02}.png"))).unwrap();
-    }
-}
 
 #[test]
 fn a_worker_killed_midway_loses_and_duplicates_nothing() {
     let env = common::Env::new();
     let dir = env.data.path().join("many");
-    variants(&dir, 8);
+    common::variants(&dir, 8);
     env.ok(&["import", "photos", "--root", &dir.display().to_string()]);
     let n = env.db.scalar_i64("SELECT count(*) FROM sources");
     assert!(n >= 8);

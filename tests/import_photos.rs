@@ -110,24 +110,12 @@ fn photos_import_reports_bad_inputs_and_is_idempotent() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no source with id"));
 }
 
-/// Distinct photos (crops of the samples at different offsets).
-fn variants(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let faces = common::sample_faces();
-    for i in 0..n {
-        let img = image::open(&faces[i % faces.len()]).unwrap().into_rgb8();
-        let off = 6 * (i / faces.len()) as u32;
-        let (w, h) = img.dimensions();
-        let crop = image::imageops::crop_imm(&img, off, off / 2, w - 40, h - 40).to_image();
-        crop.save(dir.join(format!("v{i:02}.png"))).unwrap();
-    }
-}
 
 #[test]
 fn an_import_killed_midway_resumes_without_duplicates() {
     let env = common::Env::new();
     let dir = env.data.path().join("many");
-    variants(&dir, 10);
+    common::variants(&dir, 10);
     let root = dir.display().to_string();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mmtt"))
         .arg("--data-dir").arg(env.data.path()).arg("--database-url").arg(&env.db.url)

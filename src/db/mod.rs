@@ -109,3 +109,23 @@ pub async fn set_split(pool: &PgPool, seed: u64, ratios: SplitRatios) -> Result<
     tx.commit().await?;
     Ok(())
 }
+
+/// Records a stored PNG blob (idempotent). Call after `BlobStore::put` returned, inside the
+/// transaction that references the blob, so a row never exists without its file. The size is
+/// read from the PNG header.
+pub async fn record_blob(conn: &mut sqlx::PgConnection, key: &crate::store::BlobKey, png: &[u8]) -> Result<()> {
+    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(png), image::ImageFormat::Png)
+        .into_dimensions()
+        .map(|(w, h)| (Some(w as i32), Some(h as i32)))
+        .unwrap_or((None, None));
+    sqlx::query(
+        "INSERT INTO blobs (hash, media_type, byte_size, width, height) VALUES ($1, 'image/png', $2, $3, $4) ON CONFLICT (hash) DO NOTHING",
+    )
+    .bind(key.as_str())
+    .bind(png.len() as i64)
+    .bind(w)
+    .bind(h)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

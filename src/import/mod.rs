@@ -16,7 +16,6 @@ use crate::store::BlobStore;
 use anyhow::{Context, Result};
 use datasets::{Candidate, Dataset, FaceRecord, Outcome};
 use decode::DecodeLimits;
-use image::GenericImageView;
 use indicatif::{ProgressBar, ProgressStyle};
 use mmtt_generators::detect::FaceFinder;
 use rayon::prelude::*;
@@ -177,21 +176,6 @@ pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>
     Ok(summary)
 }
 
-async fn insert_blob(tx: &mut sqlx::PgConnection, key: &crate::store::BlobKey, bytes: &[u8]) -> Result<()> {
-    let (w, h) = image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
-        .map(|i| i.dimensions())
-        .map(|(w, h)| (Some(w as i32), Some(h as i32)))
-        .unwrap_or((None, None));
-    sqlx::query("INSERT INTO blobs (hash, media_type, byte_size, width, height) VALUES ($1, 'image/png', $2, $3, $4) ON CONFLICT (hash) DO NOTHING")
-        .bind(key.as_str())
-        .bind(bytes.len() as i64)
-        .bind(w)
-        .bind(h)
-        .execute(tx)
-        .await?;
-    Ok(())
-}
-
 /// Stores one input's faces: files first, then all rows in one transaction. Returns false when
 /// another import stored it meanwhile.
 async fn store_item(
@@ -212,7 +196,7 @@ async fn store_item(
     }
     let mut tx = app.pool.begin().await?;
     for (f, (img_key, part_keys)) in faces.iter().zip(&keys) {
-        insert_blob(&mut tx, img_key, &f.image_png).await?;
+        crate::db::record_blob(&mut tx, img_key, &f.image_png).await?;
         let split_key = img_key.as_str().to_string();
         let split = split::assign(settings.split_seed, settings.split_ratios, &split_key);
         let parts: Vec<String> = f.parts.iter().map(|(p, ..)| p.name().to_string()).collect();
@@ -252,7 +236,7 @@ async fn store_item(
             return Ok(false);
         }
         for ((part, png, pixels, origin), key) in f.parts.iter().zip(part_keys) {
-            insert_blob(&mut tx, key, png).await?;
+            crate::db::record_blob(&mut tx, key, png).await?;
             sqlx::query("INSERT INTO source_parts (source_id, part, mask_hash, pixels, origin) VALUES ($1, $2, $3, $4, $5)")
                 .bind(id)
                 .bind(part.name())

@@ -151,3 +151,15 @@ pub fn copy_into(files: &[PathBuf], dir: &Path) {
         std::fs::copy(f, dir.join(f.file_name().expect("name"))).expect("copy");
     }
 }
+
+/// `n` distinct photos: crops of the sample faces at different offsets.
+pub fn variants(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let faces = sample_faces();
+    for i in 0..n {
+        let img = image::open(&faces[i % faces.len()]).expect("sample").into_rgb8();
+        let off = 6 * (i / faces.len()) as u32;
+        let (w, h) = img.dimensions();
+        image::imageops::crop_imm(&img, off, off / 2, w - 40, h - 40).to_image().save(dir.join(format!("v{i:02}.png"))).expect("save");
+    }
+}
