@@ -10,6 +10,7 @@
 //! - [`fixtures`]: builds test/demo inputs (a CelebAMask-HQ-layout folder) from face photos.
 //! - [`demo`]: the end-to-end demo.
 
+pub mod annotation;
 pub mod app;
 pub mod db;
 pub mod demo;
@@ -21,3 +22,4 @@ pub mod import;
 pub mod masks;
 pub mod split;
 pub mod store;
+pub mod web;

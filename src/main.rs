@@ -162,6 +162,25 @@ enum Command {
         #[command(subcommand)]
         action: BenchAction,
     },
+    /// Serve the annotation and QA web app.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// Active seconds needed on a task before its annotation can be submitted.
+        #[arg(long, default_value_t = 60.0)]
+        min_seconds: f64,
+        /// Heartbeat interval of the annotation page; each heartbeat credits at most this.
+        #[arg(long, default_value_t = 5.0)]
+        heartbeat_seconds: f64,
+        /// Minutes a claimed task stays with its annotator without a heartbeat.
+        #[arg(long, default_value_t = 30)]
+        lease_minutes: u64,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Project settings.
     Project {
         #[command(subcommand)]
@@ -198,6 +217,18 @@ impl From<DeviceArg> for Device {
             DeviceArg::Cuda => Device::Cuda,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user; prints a generated password unless --password is given.
+    Add {
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long, env = "MMTT_NEW_PASSWORD")]
+        password: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -632,6 +663,37 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),
+        Command::Serve { bind, min_seconds, heartbeat_seconds, lease_minutes } => {
+            if *min_seconds < 0.0 || *heartbeat_seconds <= 0.0 {
+                anyhow::bail!("--min-seconds must be >= 0 and --heartbeat-seconds > 0");
+            }
+            let config = mmtt::web::WebConfig {
+                min_seconds: *min_seconds,
+                heartbeat_seconds: *heartbeat_seconds,
+                lease: std::time::Duration::from_secs(lease_minutes * 60),
+            };
+            with_app!(cli, |app| {
+                let state = mmtt::web::AppState { pool: app.pool.clone(), store: app.store.clone(), config: std::sync::Arc::new(config.clone()) };
+                mmtt::web::serve(state, bind).await
+            })
+        }
+        Command::User { action: UserAction::Add { name, role, password } } => {
+            let name = mmtt::web::auth::UserName::parse(name).map_err(anyhow::Error::msg)?;
+            let role: mmtt::web::auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let (password, generated) = match password {
+                Some(p) => (p.clone(), false),
+                None => (mmtt::web::auth::random_token()[..16].to_string(), true),
+            };
+            with_app!(cli, |app| {
+                mmtt::web::auth::add_user(&app.pool, &name, role, &password).await?;
+                if generated {
+                    println!("added {} ({role}) with password {password}", name.as_str());
+                } else {
+                    println!("added {} ({role})", name.as_str());
+                }
+                Ok(())
+            })
+        }
         Command::Project { action } => {
             with_app!(cli, |app| {
                     if let ProjectAction::SetSplit { seed, ratios } = action {

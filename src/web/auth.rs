@@ -1,0 +1,221 @@
+//! Accounts and sessions: argon2id password hashes, random session tokens stored hashed,
+//! HttpOnly SameSite=Strict cookies, a CSRF token per session, login throttling.
+
+use super::{AppState, WebError};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::fmt;
+use std::str::FromStr;
+
+pub const COOKIE: &str = "mmtt_session";
+/// Sessions last this long.
+pub const SESSION_HOURS: i64 = 12;
+/// Failed logins allowed per name (and per address) in [`THROTTLE_MINUTES`].
+pub const MAX_FAILURES: i64 = 5;
+pub const THROTTLE_MINUTES: i64 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Annotator,
+    Reviewer,
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Annotator => "annotator",
+            Role::Reviewer => "reviewer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "annotator" => Ok(Role::Annotator),
+            "reviewer" => Ok(Role::Reviewer),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role `{other}`: use annotator, reviewer or admin")),
+        }
+    }
+}
+
+/// A user name: 1-64 of letters, digits, `_`, `.`, `-`. Valid by construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserName(String);
+
+impl UserName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if ok { Ok(UserName(s.to_string())) } else { Err(format!("`{s}` is not a user name: use 1-64 letters, digits, `_`, `.` or `-`")) }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| anyhow::anyhow!("argon2: {e}"))
+}
+
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// A random token: 256 bits from the OS, hex.
+pub fn random_token() -> String {
+    let a = uuid::Uuid::new_v4().as_u128().to_le_bytes();
+    let b = uuid::Uuid::new_v4().as_u128().to_le_bytes();
+    let c = uuid::Uuid::new_v4().as_u128().to_le_bytes();
+    hex::encode(Sha256::digest([a, b, c].concat()))
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Creates a user; returns its id. Refuses a taken name.
+pub async fn add_user(pool: &sqlx::PgPool, name: &UserName, role: Role, password: &str) -> anyhow::Result<uuid::Uuid> {
+    if password.chars().count() < 8 {
+        anyhow::bail!("the password is too short: use at least 8 characters");
+    }
+    let id = uuid::Uuid::new_v4();
+    let hash = hash_password(password)?;
+    let r = sqlx::query("INSERT INTO users (id, name, role, password_hash) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING")
+        .bind(id)
+        .bind(name.as_str())
+        .bind(role.name())
+        .bind(hash)
+        .execute(pool)
+        .await?;
+    if r.rows_affected() == 0 {
+        anyhow::bail!("a user named `{}` already exists", name.as_str());
+    }
+    Ok(id)
+}
+
+/// The signed-in user of a request.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub role: Role,
+    pub csrf: String,
+}
+
+impl User {
+    pub fn require(&self, role: Role) -> Result<(), WebError> {
+        if self.role == Role::Admin || self.role == role { Ok(()) } else { Err(WebError::Forbidden) }
+    }
+    /// Checks the form's or header's CSRF token against the session's.
+    pub fn check_csrf(&self, token: Option<&str>) -> Result<(), WebError> {
+        match token {
+            Some(t) if constant_eq(t.as_bytes(), self.csrf.as_bytes()) => Ok(()),
+            _ => Err(WebError::Csrf),
+        }
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn cookie_token(parts: &Parts) -> Option<String> {
+    let header = parts.headers.get(axum::http::header::COOKIE)?.to_str().ok()?;
+    header.split(';').map(str::trim).find_map(|kv| kv.strip_prefix(COOKIE).and_then(|r| r.strip_prefix('='))).map(str::to_string)
+}
+
+impl FromRequestParts<AppState> for User {
+    type Rejection = WebError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = cookie_token(parts).ok_or(WebError::Unauthenticated)?;
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.role, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.token_hash = $1 AND s.expires_at > now() AND NOT u.disabled",
+        )
+        .bind(token_hash(&token))
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(WebError::Unauthenticated)?;
+        Ok(User {
+            id: row.get(0),
+            name: row.get(1),
+            role: row.get::<&str, _>(2).parse().map_err(|_| WebError::Internal("bad role in the database".into()))?,
+            csrf: row.get(3),
+        })
+    }
+}
+
+/// Outcome of a login attempt.
+pub enum Login {
+    Ok { token: String },
+    Refused,
+    Throttled,
+}
+
+pub async fn login(state: &AppState, name: &str, password: &str, ip: &str) -> Result<Login, WebError> {
+    let recent: i64 = sqlx::query_scalar(
+        "SELECT greatest((SELECT count(*) FROM login_failures WHERE name = $1 AND at > now() - make_interval(mins => $3)), \
+                         (SELECT count(*) FROM login_failures WHERE ip = $2 AND at > now() - make_interval(mins => $3)))",
+    )
+    .bind(name)
+    .bind(ip)
+    .bind(THROTTLE_MINUTES as i32)
+    .fetch_one(&state.pool)
+    .await?;
+    if recent >= MAX_FAILURES {
+        return Ok(Login::Throttled);
+    }
+    let row = sqlx::query("SELECT id, password_hash FROM users WHERE name = $1 AND NOT disabled").bind(name).fetch_optional(&state.pool).await?;
+    let hash_ok = match &row {
+        Some(r) => {
+            let h: String = r.get(1);
+            let pw = password.to_string();
+            tokio::task::spawn_blocking(move || verify_password(&pw, &h)).await.unwrap_or(false)
+        }
+        None => {
+            // spend the same time as a real check, so names cannot be probed by timing
+            let pw = password.to_string();
+            let _ = tokio::task::spawn_blocking(move || hash_password(&pw)).await;
+            false
+        }
+    };
+    if !hash_ok {
+        sqlx::query("INSERT INTO login_failures (name, ip) VALUES ($1, $2)").bind(name).bind(ip).execute(&state.pool).await?;
+        return Ok(Login::Refused);
+    }
+    let user_id: uuid::Uuid = row.expect("checked").get(0);
+    let token = random_token();
+    sqlx::query("INSERT INTO sessions (token_hash, user_id, csrf_token, expires_at) VALUES ($1, $2, $3, now() + make_interval(hours => $4))")
+        .bind(token_hash(&token))
+        .bind(user_id)
+        .bind(random_token())
+        .bind(SESSION_HOURS as i32)
+        .execute(&state.pool)
+        .await?;
+    Ok(Login::Ok { token })
+}
+
+pub fn session_cookie(token: &str) -> String {
+    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_HOURS * 3600)
+}
+
+pub fn clear_cookie() -> String {
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+}

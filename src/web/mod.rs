@@ -1,0 +1,170 @@
+//! The browser side: server-rendered pages (askama) and small JSON endpoints (axum), on the
+//! PostgreSQL store. Every route is declared once in [`route_table`] with the roles it admits, so
+//! the route-by-role test covers every route.
+//!
+//! - [`auth`]: accounts, sessions, CSRF, login throttling.
+//! - [`annotate`]: the annotator's tasks: claim with a lease, heartbeats, drafts, submit, skip.
+//! - [`pages`]: login, home, admin users.
+
+pub mod annotate;
+pub mod auth;
+pub mod pages;
+
+use crate::store::FsBlobStore;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::Router;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Server rules and settings.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Active time needed before a submission is accepted.
+    pub min_seconds: f64,
+    /// The page sends a heartbeat this often while visible and in use; each credits at most this.
+    pub heartbeat_seconds: f64,
+    /// A claimed task stays with its annotator this long without a heartbeat.
+    pub lease: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { min_seconds: 60.0, heartbeat_seconds: 5.0, lease: Duration::from_secs(30 * 60) }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: sqlx::PgPool,
+    pub store: Arc<FsBlobStore>,
+    pub config: Arc<WebConfig>,
+}
+
+/// Errors of a request, each with its status and a message for people.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("sign in first")]
+    Unauthenticated,
+    #[error("your role does not allow this")]
+    Forbidden,
+    #[error("the form's security token is missing or stale: reload the page and try again")]
+    Csrf,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<sqlx::Error> for WebError {
+    fn from(e: sqlx::Error) -> Self {
+        WebError::Internal(e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for WebError {
+    fn from(e: anyhow::Error) -> Self {
+        WebError::Internal(format!("{e:#}"))
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            WebError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            WebError::Forbidden | WebError::Csrf => StatusCode::FORBIDDEN,
+            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if let WebError::Internal(m) = &self {
+            tracing::error!(error = %m, "request failed");
+        }
+        if matches!(self, WebError::Unauthenticated) {
+            // pages send people to the login form; scripts see the 401
+            return (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], Html(pages::login_page(None).unwrap_or_default())).into_response();
+        }
+        let body = pages::message_page(status, &self.to_string()).unwrap_or_else(|_| self.to_string());
+        (status, Html(body)).into_response()
+    }
+}
+
+/// Renders an askama template, turning render errors into a 500.
+pub fn render<T: askama::Template>(t: &T) -> Result<Html<String>, WebError> {
+    t.render().map(Html).map_err(|e| WebError::Internal(format!("template: {e}")))
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    /// Any signed-in user.
+    SignedIn,
+    Annotator,
+    Reviewer,
+    Admin,
+}
+
+/// Every route: method, path, access, handler.
+pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState>)> {
+    use axum::routing::{get, post};
+    vec![
+        (Method::GET, "/login", Access::Public, get(pages::login_form)),
+        (Method::POST, "/login", Access::Public, post(pages::login_submit)),
+        (Method::POST, "/logout", Access::SignedIn, post(pages::logout)),
+        (Method::GET, "/", Access::SignedIn, get(pages::home)),
+        (Method::GET, "/static/app.css", Access::Public, get(pages::css)),
+        (Method::GET, "/static/annotate.js", Access::Public, get(pages::annotate_js)),
+        (Method::GET, "/annotate/next", Access::Annotator, get(annotate::next)),
+        (Method::GET, "/annotate/{task}", Access::Annotator, get(annotate::page)),
+        (Method::POST, "/annotate/{task}/heartbeat", Access::Annotator, post(annotate::heartbeat)),
+        (Method::POST, "/annotate/{task}/draft", Access::Annotator, post(annotate::draft)),
+        (Method::POST, "/annotate/{task}/submit", Access::Annotator, post(annotate::submit)),
+        (Method::POST, "/annotate/{task}/skip", Access::Annotator, post(annotate::skip)),
+        (Method::GET, "/images/{task}/{kind}", Access::SignedIn, get(annotate::image)),
+        (Method::GET, "/admin/users", Access::Admin, get(pages::users)),
+        (Method::POST, "/admin/users", Access::Admin, post(pages::add_user)),
+    ]
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for (_, path, _, mr) in route_table() {
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, existing)) => {
+                let merged = std::mem::take(existing).merge(mr);
+                *existing = merged;
+            }
+            None => by_path.push((path, mr)),
+        }
+    }
+    let mut r = Router::new();
+    for (path, mr) in by_path {
+        r = r.route(path, mr);
+    }
+    r.layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            header::HeaderValue::from_static("nosniff"),
+        ))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            header::HeaderValue::from_static("default-src 'self'; img-src 'self'; frame-ancestors 'none'"),
+        ))
+        .with_state(state)
+}
+
+/// Serves until Ctrl-C.
+pub async fn serve(state: AppState, bind: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    println!("serving on http://{}", listener.local_addr()?);
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The web app over HTTP: the real router on a fresh database per test (`spawn_app`), every route
+//! checked for every role, and the annotator's rules enforced by the server.
+
+mod common;
+
+use mmtt::web::auth::{add_user, Role, UserName};
+use mmtt::web::{route_table, AppState, WebConfig};
+use reqwest::StatusCode;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+struct TestApp {
+    base: String,
+    pool: sqlx::PgPool,
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+/// Imports the Debian sample faces and forges them (2 tasks), then serves the app.
+fn world() -> common::Env {
+    let env = common::Env::new();
+    let dir = env.data.path().join("photos");
+    common::copy_into(&common::sample_faces(), &dir);
+    env.ok(&["import", "photos", "--root", &dir.display().to_string()]);
+    env.ok(&["forge", "--method", "patch-inpaint", "--count", "2", "--seed", "1", "--wait"]);
+    env
+}
+
+async fn spawn_app(env: &common::Env, config: WebConfig) -> TestApp {
+    let pool = mmtt::db::connect_url(&env.db.url).await.expect("db");
+    let store = Arc::new(mmtt::store::FsBlobStore::open(env.data.path().join("blobs")).unwrap());
+    let state = AppState { pool: pool.clone(), store, config: Arc::new(config) };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, mmtt::web::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap();
+    });
+    for (name, role) in [("ann", Role::Annotator), ("ann2", Role::Annotator), ("rev", Role::Reviewer), ("adm", Role::Admin)] {
+        add_user(&pool, &UserName::parse(name).unwrap(), role, PASSWORD).await.unwrap();
+    }
+    TestApp { base: format!("http://{addr}"), pool }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// Signs in; returns the client and the session's CSRF token (read from the home page).
+async fn login(app: &TestApp, name: &str) -> (reqwest::Client, String) {
+    let c = client();
+    let r = c.post(format!("{}/login", app.base)).form(&[("name", name), ("password", PASSWORD)]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "login {name}");
+    let home = c.get(format!("{}/", app.base)).send().await.unwrap().text().await.unwrap();
+    let csrf = home.split("name=\"csrf\" value=\"").nth(1).and_then(|s| s.split('"').next()).expect("csrf on the home page").to_string();
+    (c, csrf)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Expected status for anonymous, annotator, reviewer, admin. A route missing here fails the test.
+fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
+    HashMap::from([
+        (("GET", "/login"), [200, 200, 200, 200]),
+        (("POST", "/login"), [401, 401, 401, 401]),
+        (("POST", "/logout"), [401, 303, 303, 303]),
+        (("GET", "/"), [401, 200, 200, 200]),
+        (("GET", "/static/app.css"), [200, 200, 200, 200]),
+        (("GET", "/static/annotate.js"), [200, 200, 200, 200]),
+        (("GET", "/annotate/next"), [401, 303, 403, 303]),
+        (("GET", "/annotate/{task}"), [401, 404, 403, 404]),
+        (("POST", "/annotate/{task}/heartbeat"), [401, 404, 403, 404]),
+        (("POST", "/annotate/{task}/draft"), [401, 404, 403, 404]),
+        (("POST", "/annotate/{task}/submit"), [401, 404, 403, 404]),
+        (("POST", "/annotate/{task}/skip"), [401, 404, 403, 404]),
+        (("GET", "/images/{task}/{kind}"), [401, 404, 404, 404]),
+        (("GET", "/admin/users"), [401, 403, 403, 200]),
+        (("POST", "/admin/users"), [401, 403, 403, 200]),
+    ])
+}
+
+#[test]
+fn every_route_answers_every_role_as_expected() {
+    let env = world();
+    rt().block_on(async {
+        let app = spawn_app(&env, WebConfig::default()).await;
+        let exp = expectations();
+        let unknown = uuid::Uuid::new_v4().to_string();
+        let mut n = 0;
+        for (method, path, _, _) in route_table() {
+            let key = (method.as_str(), path);
+            let want = exp.get(&key).unwrap_or_else(|| panic!("route {method} {path} has no expected status per role in this test"));
+            for (i, who) in [None, Some("ann"), Some("rev"), Some("adm")].into_iter().enumerate() {
+                let (c, csrf) = match who {
+                    Some(name) => login(&app, name).await,
+                    None => (client(), String::new()),
+                };
+                let url = format!("{}{}", app.base, path.replace("{task}", &unknown).replace("{kind}", "forged"));
+                let req = match method.as_str() {
+                    "GET" => c.get(&url),
+                    _ if path.ends_with("/heartbeat") || path.ends_with("/draft") => {
+                        c.post(&url).header("x-csrf-token", &csrf).json(&serde_json::json!({"text": "draft"}))
+                    }
+                    _ if path == "/login" => c.post(&url).form(&[("name", "nobody"), ("password", "wrong password")]),
+                    _ => {
+                        let new_name = format!("u{}", uuid::Uuid::new_v4().simple());
+                        c.post(&url).form(&[
+                            ("csrf", csrf.as_str()), ("text", "the eye is blurred"), ("reason", "broken_image"),
+                            ("name", &new_name), ("role", "annotator"), ("password", "a long password"),
+                        ])
+                    }
+                };
+                let got = req.send().await.unwrap().status().as_u16();
+                assert_eq!(got, want[i], "{method} {path} as {}", who.unwrap_or("anonymous"));
+                n += 1;
+            }
+        }
+        assert_eq!(n, exp.len() * 4, "the expectations name a route that no longer exists");
+    });
+}
+
+#[test]
+fn the_server_enforces_the_annotation_rules() {
+    let env = world();
+    rt().block_on(async {
+        let app = spawn_app(&env, WebConfig { min_seconds: 2.0, heartbeat_seconds: 1.0, ..WebConfig::default() }).await;
+        let (c, csrf) = login(&app, "ann").await;
+        let r = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let page_url = format!("{}{}", app.base, r.headers()["location"].to_str().unwrap());
+        let task = page_url.rsplit('/').next().unwrap().to_string();
+        let page = c.get(&page_url).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("Annotate only unnatural or poorly integrated facial features"));
+        // reopening "next" returns the same task
+        let again = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
+        assert_eq!(again.headers()["location"].to_str().unwrap(), format!("/annotate/{task}"));
+        // the images of a held task are served, as PNG with caching headers
+        let img = c.get(format!("{}/images/{task}/forged", app.base)).send().await.unwrap();
+        assert_eq!(img.status(), StatusCode::OK);
+        assert_eq!(img.headers()["content-type"], "image/png");
+        assert!(img.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+
+        let submit = |text: &str, token: &str| {
+            c.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", token), ("text", text)]).send()
+        };
+        // too early: refused with the time still needed, the text kept (escaped)
+        let r = submit("<script>alert(1)</script> The left eye is blurred.", &csrf).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("more seconds of active time are needed"), "{body}");
+        let kept = body.split("<textarea").nth(1).unwrap_or_default().split("</textarea>").next().unwrap_or_default().to_string();
+        assert!(kept.contains("&lt;script&gt;alert(1)&lt;/script&gt; The left eye is blurred.") || kept.contains("&#60;script&#62;alert(1)&#60;/script&#62; The left eye is blurred."), "{kept}");
+        assert!(!body.contains("<script>alert(1)"));
+        // empty, too long, no CSRF token, a stale token
+        let r = submit("  , . ", &csrf).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().contains("empty"));
+        let r = submit(&"word ".repeat(121), &csrf).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().contains("121 words"));
+        assert_eq!(submit("The nose is smeared.", "").await.unwrap().status(), StatusCode::FORBIDDEN);
+        assert_eq!(submit("The nose is smeared.", "0123456789abcdef").await.unwrap().status(), StatusCode::FORBIDDEN);
+        let hb = |token: &str| c.post(format!("{}/annotate/{task}/heartbeat", app.base)).header("x-csrf-token", token.to_string()).json(&serde_json::json!({})).send();
+        assert_eq!(hb("nope").await.unwrap().status(), StatusCode::FORBIDDEN);
+
+        // drafts are kept and restored
+        let d = c.post(format!("{}/annotate/{task}/draft", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({"text": "draft: the mouth"})).send().await.unwrap();
+        assert_eq!(d.status(), StatusCode::NO_CONTENT);
+        assert!(c.get(&page_url).send().await.unwrap().text().await.unwrap().contains("draft: the mouth"));
+
+        // another annotator cannot touch this task
+        let (c2, csrf2) = login(&app, "ann2").await;
+        let r = c2.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf2.as_str()), ("text", "The eyes.")]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(c2.get(format!("{}/images/{task}/original", app.base)).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+        let other = c2.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
+        assert_ne!(other.headers()["location"].to_str().unwrap(), format!("/annotate/{task}"), "two annotators never hold one task");
+
+        // active time: heartbeats credit at most one interval each; a long silence earns one interval
+        let j: serde_json::Value = hb(&csrf).await.unwrap().json().await.unwrap();
+        let start = j["active_seconds"].as_f64().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+        let j: serde_json::Value = hb(&csrf).await.unwrap().json().await.unwrap();
+        let credited = j["active_seconds"].as_f64().unwrap() - start;
+        assert!(credited <= 1.0 + 1e-6 && credited > 0.9, "a 2.6 s gap credited {credited}");
+        for _ in 0..3 {
+            tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+            hb(&csrf).await.unwrap();
+        }
+        assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap(), 0, "nothing stored so far");
+        let r = submit("The left eye is blurred and its lashes are smeared into the skin.", &csrf).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let (text, words, active, regions): (String, i32, f64, Vec<String>) =
+            sqlx::query_as("SELECT text, word_count, active_seconds, regions FROM annotations").fetch_one(&app.pool).await.unwrap();
+        assert_eq!(words, 13);
+        assert!(active >= 2.0);
+        assert_eq!(regions, ["eye", "skin"]);
+        assert!(text.starts_with("The left eye"));
+        assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotation_revisions").fetch_one(&app.pool).await.unwrap(), 1);
+        // the submitted task is gone from the annotator's hands
+        assert_eq!(submit("again", &csrf).await.unwrap().status(), StatusCode::NOT_FOUND);
+    });
+}
+
+#[test]
+fn logins_are_throttled_and_sessions_are_cookies_only() {
+    let env = world();
+    rt().block_on(async {
+        let app = spawn_app(&env, WebConfig::default()).await;
+        let c = client();
+        let r = c.post(format!("{}/login", app.base)).form(&[("name", "ann"), ("password", PASSWORD)]).send().await.unwrap();
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        for _ in 0..5 {
+            let r = c.post(format!("{}/login", app.base)).form(&[("name", "rev"), ("password", "wrong password")]).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+        let r = c.post(format!("{}/login", app.base)).form(&[("name", "rev"), ("password", PASSWORD)]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "throttled even with the right password");
+        // the stored session is a hash, not the cookie's token
+        let token = cookie.split(';').next().unwrap().split('=').nth(1).unwrap().to_string();
+        let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE token_hash = $1").bind(&token).fetch_one(&app.pool).await.unwrap();
+        assert_eq!(raw, 0);
+    });
+}
