@@ -98,6 +98,27 @@ pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// The demo's accounts, created or given new passwords: (name, role, password).
+pub async fn demo_accounts(app: &App) -> Result<Vec<(String, String, String)>> {
+    use crate::web::auth::{hash_password, random_token, Role, UserName};
+    let mut out = Vec::new();
+    for role in [Role::Annotator, Role::Reviewer, Role::Admin] {
+        let name = UserName::parse(&format!("demo-{role}")).map_err(anyhow::Error::msg)?;
+        let password = random_token()[..16].to_string();
+        sqlx::query(
+            "INSERT INTO users (id, name, role, password_hash) VALUES ($1, $2, $3, $4)              ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash, role = EXCLUDED.role, disabled = false",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(name.as_str())
+        .bind(role.name())
+        .bind(hash_password(&password)?)
+        .execute(&app.pool)
+        .await?;
+        out.push((name.as_str().to_string(), role.to_string(), password));
+    }
+    Ok(out)
+}
+
 /// Writes `original | forgery | mask` for one forgery.
 pub fn forgery_preview(original: &std::path::Path, forged: &std::path::Path, mask: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let o = image::open(original)?.into_rgb8();

@@ -76,6 +76,11 @@ enum Command {
         faces: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Stop after the forgeries instead of serving the web app.
+        #[arg(long)]
+        no_serve: bool,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
     },
     /// Build test inputs from face photos.
     Fixtures {
@@ -570,10 +575,23 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             )
         }
-        Command::Demo { faces, seed } => {
+        Command::Demo { faces, seed, no_serve, bind } => {
             let faces = faces.clone();
             let seed = *seed;
-            with_app!(cli, |app| { mmtt::demo::run(app, faces.as_deref(), seed).await })
+            with_app!(cli, |app| {
+                mmtt::demo::run(app, faces.as_deref(), seed).await?;
+                let accounts = mmtt::demo::demo_accounts(app).await?;
+                println!("\naccounts (passwords are new on every run):");
+                for (name, role, password) in &accounts {
+                    println!("  {role:<10} {name:<16} password {password}");
+                }
+                if *no_serve {
+                    return Ok(());
+                }
+                let state = mmtt::web::AppState { pool: app.pool.clone(), store: app.store.clone(), config: std::sync::Arc::new(mmtt::web::WebConfig::default()) };
+                println!("open http://{bind}/ and sign in (Ctrl-C stops the server)");
+                mmtt::web::serve(state, bind).await
+            })
         }
         Command::Fixtures { action: FixturesAction::Celebamask { photos, out } } => {
             let m = mmtt::fixtures::celebamask(photos, out).context("building the CelebAMask-HQ fixture")?;

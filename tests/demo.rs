@@ -7,7 +7,7 @@ use image::GenericImageView;
 #[test]
 fn demo_imports_plans_and_writes_previews() {
     let env = common::Env::new();
-    let out = env.ok(&["demo", "--seed", "3"]);
+    let out = env.ok(&["demo", "--seed", "3", "--no-serve"]);
     assert!(out.contains("import photos: 2 imported (2 faces)"), "{out}");
     let previews: Vec<&str> = out.lines().filter_map(|l| l.trim().split_whitespace().next()).filter(|w| w.ends_with(".png") && w.contains("/previews/")).collect();
     assert_eq!(previews.len(), 2, "{out}");
@@ -32,8 +32,13 @@ fn demo_imports_plans_and_writes_previews() {
     for p in shown {
         assert_eq!(image::open(p).unwrap().dimensions(), (1536, 512));
     }
+    // ready accounts for the three roles, their passwords printed
+    for role in ["annotator", "reviewer", "admin"] {
+        assert!(out.lines().any(|l| l.trim().starts_with(role) && l.contains(&format!("demo-{role}")) && l.contains("password ")), "{out}");
+    }
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM users WHERE name LIKE 'demo-%'"), 3);
     // running the demo again adds nothing
-    let again = env.ok(&["demo", "--seed", "3"]);
+    let again = env.ok(&["demo", "--seed", "3", "--no-serve"]);
     assert!(again.contains("0 imported (0 faces), 2 already present"), "{again}");
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM sources"), 2);
 }
