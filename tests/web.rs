@@ -75,6 +75,10 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("POST", "/annotate/{task}/submit"), [401, 404, 403, 404]),
         (("POST", "/annotate/{task}/skip"), [401, 404, 403, 404]),
         (("GET", "/images/{task}/{kind}"), [401, 404, 404, 404]),
+        (("GET", "/review"), [401, 403, 200, 200]),
+        (("GET", "/review/{annotation}"), [401, 403, 404, 404]),
+        (("POST", "/review/{annotation}/accept"), [401, 403, 404, 404]),
+        (("POST", "/review/{annotation}/return"), [401, 403, 404, 404]),
         (("GET", "/admin/users"), [401, 403, 403, 200]),
         (("POST", "/admin/users"), [401, 403, 403, 200]),
     ])
@@ -96,7 +100,7 @@ fn every_route_answers_every_role_as_expected() {
                     Some(name) => login(&app, name).await,
                     None => (client(), String::new()),
                 };
-                let url = format!("{}{}", app.base, path.replace("{task}", &unknown).replace("{kind}", "forged"));
+                let url = format!("{}{}", app.base, path.replace("{task}", &unknown).replace("{kind}", "forged").replace("{annotation}", &unknown));
                 let req = match method.as_str() {
                     "GET" => c.get(&url),
                     _ if path.ends_with("/heartbeat") || path.ends_with("/draft") => {
@@ -106,7 +110,7 @@ fn every_route_answers_every_role_as_expected() {
                     _ => {
                         let new_name = format!("u{}", uuid::Uuid::new_v4().simple());
                         c.post(&url).form(&[
-                            ("csrf", csrf.as_str()), ("text", "the eye is blurred"), ("reason", "broken_image"),
+                            ("csrf", csrf.as_str()), ("text", "the eye is blurred"), ("reason", "broken_image"), ("comment", "more detail"),
                             ("name", &new_name), ("role", "annotator"), ("password", "a long password"),
                         ])
                     }
@@ -222,5 +226,57 @@ fn logins_are_throttled_and_sessions_are_cookies_only() {
         let token = cookie.split(';').next().unwrap().split('=').nth(1).unwrap().to_string();
         let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE token_hash = $1").bind(&token).fetch_one(&app.pool).await.unwrap();
         assert_eq!(raw, 0);
+    });
+}
+
+#[test]
+fn a_reviewer_flags_returns_and_accepts() {
+    let env = world();
+    rt().block_on(async {
+        let app = spawn_app(&env, WebConfig { min_seconds: 0.0, heartbeat_seconds: 1.0, ..WebConfig::default() }).await;
+        let (c, csrf) = login(&app, "ann").await;
+        let loc = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap().headers()["location"].to_str().unwrap().to_string();
+        let task = loc.rsplit('/').next().unwrap().to_string();
+        // the mask covers some parts; "hair" never is: a false positive to flag
+        let text = "The hair has a hard seam and the skin looks waxy.";
+        let r = c.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", text)]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM annotations").fetch_one(&app.pool).await.unwrap();
+
+        let (rc, rcsrf) = login(&app, "rev").await;
+        let q = rc.get(format!("{}/review", app.base)).send().await.unwrap().text().await.unwrap();
+        assert!(q.contains(&format!("/review/{id}")));
+        let page = rc.get(format!("{}/review/{id}", app.base)).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("<mark>hair </mark>") || page.contains("<mark>hair</mark>"), "{page}");
+        assert!(page.contains("Possible false positives"));
+        // returning needs a comment; then the same annotator gets the task back with text and comment
+        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("comment", "")]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("comment", "Say which seam.")]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let (c2, _) = login(&app, "ann2").await;
+        let other = c2.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
+        assert_ne!(other.headers()["location"].to_str().unwrap(), format!("/annotate/{task}"), "a returned task goes to its own annotator only");
+        let back = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
+        assert_eq!(back.headers()["location"].to_str().unwrap(), format!("/annotate/{task}"));
+        let page = c.get(format!("{}/annotate/{task}", app.base)).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("Say which seam.") && page.contains("The hair has a hard seam"), "{page}");
+        let refined = "The hair has a hard seam above the left brow and the skin looks waxy.";
+        let r = c.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", refined)]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        // the reviewer removes the false positive and accepts
+        let edited = "The skin looks waxy.";
+        let r = rc.post(format!("{}/review/{id}/accept", app.base)).form(&[("csrf", rcsrf.as_str()), ("text", edited)]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let (status, stored, regions): (String, String, Vec<String>) =
+            sqlx::query_as("SELECT status, text, regions FROM annotations WHERE id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
+        assert_eq!((status.as_str(), stored.as_str()), ("accepted", edited));
+        assert_eq!(regions, ["skin"]);
+        let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM annotation_revisions WHERE annotation_id = $1 ORDER BY id")
+            .bind(id).fetch_all(&app.pool).await.unwrap();
+        assert_eq!(actions, ["submit", "return", "submit", "edit_accept"], "every version is kept");
+        // a decided annotation cannot be decided again
+        let r = rc.post(format!("{}/review/{id}/accept", app.base)).form(&[("csrf", rcsrf.as_str())]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     });
 }

@@ -35,6 +35,17 @@ pub async fn next(State(state): State<AppState>, user: User) -> Result<Response,
     if let Some(t) = mine {
         return Ok(Redirect::to(&format!("/annotate/{t}")).into_response());
     }
+    // tasks a reviewer returned to this annotator come first
+    let returned: Option<uuid::Uuid> = sqlx::query_scalar(
+        "UPDATE annotation_tasks SET status = 'claimed', lease_until = now() + make_interval(secs => $2), claimed_at = now(),            last_heartbeat = NULL, updated_at = now()          WHERE forgery_id = (SELECT forgery_id FROM annotation_tasks WHERE annotator_id = $1 AND status = 'returned'            ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING forgery_id",
+    )
+    .bind(user.id)
+    .bind(lease)
+    .fetch_optional(&state.pool)
+    .await?;
+    if let Some(t) = returned {
+        return Ok(Redirect::to(&format!("/annotate/{t}")).into_response());
+    }
     let claimed: Option<uuid::Uuid> = sqlx::query_scalar(
         "UPDATE annotation_tasks t SET status = 'claimed', lease_until = now() + make_interval(secs => $2), \
            claimed_at = now(), last_heartbeat = NULL, updated_at = now(), \
@@ -82,6 +93,8 @@ struct AnnotatePage {
     heartbeat_seconds: f64,
     max_words: usize,
     rules: [&'static str; 4],
+    /// The reviewer's comment when the task came back for refinement.
+    comment: Option<String>,
 }
 
 /// The paper's guidance (section 3.2), shown on every task.
@@ -92,8 +105,20 @@ pub const RULES: [&str; 4] = [
     "At most 120 words, and at least one minute on each image.",
 ];
 
-fn page_for(state: &AppState, user: &User, task: uuid::Uuid, text: String, active: f64, error: Option<String>) -> Result<Html<String>, WebError> {
+async fn return_comment(state: &AppState, task: uuid::Uuid) -> Result<Option<String>, WebError> {
+    Ok(sqlx::query_scalar(
+        "SELECT r.comment FROM annotation_revisions r JOIN annotations a ON a.id = r.annotation_id          WHERE a.forgery_id = $1 AND a.status = 'returned' AND r.action = 'return' ORDER BY r.id DESC LIMIT 1",
+    )
+    .bind(task)
+    .fetch_optional(&state.pool)
+    .await?
+    .flatten())
+}
+
+async fn page_for(state: &AppState, user: &User, task: uuid::Uuid, text: String, active: f64, error: Option<String>) -> Result<Html<String>, WebError> {
+    let comment = return_comment(state, task).await?;
     render(&AnnotatePage {
+        comment,
         task,
         csrf: user.csrf.clone(),
         text,
@@ -109,7 +134,7 @@ fn page_for(state: &AppState, user: &User, task: uuid::Uuid, text: String, activ
 pub async fn page(State(state): State<AppState>, user: User, Path(task): Path<uuid::Uuid>) -> Result<Html<String>, WebError> {
     user.require(Role::Annotator)?;
     let row = held(&state, &user, task).await?;
-    page_for(&state, &user, task, row.get::<Option<String>, _>(2).unwrap_or_default(), row.get(0), None)
+    page_for(&state, &user, task, row.get::<Option<String>, _>(2).unwrap_or_default(), row.get(0), None).await
 }
 
 fn csrf_header(headers: &HeaderMap) -> Option<&str> {
@@ -178,27 +203,31 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
     .await?
     .ok_or(WebError::NotFound)?;
     let (active, elapsed): (f64, f64) = (row.get(0), row.get(1));
-    let refuse = |msg: String| -> Result<Response, WebError> {
-        Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, task, f.text.clone(), active, Some(msg))?).into_response())
+    let refuse = async |msg: String| -> Result<Response, WebError> {
+        Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, task, f.text.clone(), active, Some(msg)).await?).into_response())
     };
     let words = match check_text(&f.text) {
         Ok(n) => n,
-        Err(e @ (TextError::Empty | TextError::TooLong(_))) => return refuse(e.to_string()),
+        Err(e @ (TextError::Empty | TextError::TooLong(_))) => return refuse(e.to_string()).await,
     };
     if active < state.config.min_seconds {
         let left = (state.config.min_seconds - active).ceil();
         return refuse(format!(
             "Not yet: look at the pair a little longer. {left:.0} more seconds of active time are needed (you have {active:.0} of {:.0}). Your text is kept.",
             state.config.min_seconds
-        ));
+        ))
+        .await;
     }
     let regions: Vec<&str> = region_labels(&f.text);
-    let id = uuid::Uuid::new_v4();
-    sqlx::query(
+    // a refinement of a returned annotation updates it; every version stays in the revisions
+    let id: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'submitted')",
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'submitted') \
+         ON CONFLICT (forgery_id) DO UPDATE SET text = EXCLUDED.text, regions = EXCLUDED.regions, word_count = EXCLUDED.word_count, \
+           active_seconds = EXCLUDED.active_seconds, elapsed_seconds = EXCLUDED.elapsed_seconds, status = 'submitted', updated_at = now() \
+         WHERE annotations.annotator_id = EXCLUDED.annotator_id RETURNING id",
     )
-    .bind(id)
+    .bind(uuid::Uuid::new_v4())
     .bind(task)
     .bind(user.id)
     .bind(&f.text)
@@ -206,7 +235,7 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
     .bind(words as i32)
     .bind(active)
     .bind(elapsed)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) VALUES ($1, $2, $3, $4, 'submit')")
         .bind(id)

@@ -4,11 +4,13 @@
 //!
 //! - [`auth`]: accounts, sessions, CSRF, login throttling.
 //! - [`annotate`]: the annotator's tasks: claim with a lease, heartbeats, drafts, submit, skip.
+//! - [`review`]: the reviewer's queue, false-positive flags, accept / edit / return.
 //! - [`pages`]: login, home, admin users.
 
 pub mod annotate;
 pub mod auth;
 pub mod pages;
+pub mod review;
 
 use crate::store::FsBlobStore;
 use axum::http::{header, Method, StatusCode};
@@ -125,6 +127,10 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::POST, "/annotate/{task}/submit", Access::Annotator, post(annotate::submit)),
         (Method::POST, "/annotate/{task}/skip", Access::Annotator, post(annotate::skip)),
         (Method::GET, "/images/{task}/{kind}", Access::SignedIn, get(annotate::image)),
+        (Method::GET, "/review", Access::Reviewer, get(review::queue)),
+        (Method::GET, "/review/{annotation}", Access::Reviewer, get(review::page)),
+        (Method::POST, "/review/{annotation}/accept", Access::Reviewer, post(review::accept)),
+        (Method::POST, "/review/{annotation}/return", Access::Reviewer, post(review::send_back)),
         (Method::GET, "/admin/users", Access::Admin, get(pages::users)),
         (Method::POST, "/admin/users", Access::Admin, post(pages::add_user)),
     ]

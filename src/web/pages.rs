@@ -84,13 +84,16 @@ struct HomePage {
     role: String,
     csrf: String,
     is_annotator: bool,
+    is_reviewer: bool,
     is_admin: bool,
+    to_review: i64,
     open_tasks: i64,
     my_submitted: i64,
 }
 
 pub async fn home(State(state): State<AppState>, user: User) -> Result<Html<String>, WebError> {
     let open_tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM annotation_tasks WHERE status = 'open'").fetch_one(&state.pool).await?;
+    let to_review: i64 = sqlx::query_scalar("SELECT count(*) FROM annotations WHERE status = 'submitted'").fetch_one(&state.pool).await?;
     let my_submitted: i64 =
         sqlx::query_scalar("SELECT count(*) FROM annotations WHERE annotator_id = $1").bind(user.id).fetch_one(&state.pool).await?;
     render(&HomePage {
@@ -98,7 +101,9 @@ pub async fn home(State(state): State<AppState>, user: User) -> Result<Html<Stri
         role: user.role.to_string(),
         csrf: user.csrf.clone(),
         is_annotator: matches!(user.role, Role::Annotator | Role::Admin),
+        is_reviewer: matches!(user.role, Role::Reviewer | Role::Admin),
         is_admin: user.role == Role::Admin,
+        to_review,
         open_tasks,
         my_submitted,
     })

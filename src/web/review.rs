@@ -1,0 +1,249 @@
+//! The reviewer's (QA) work: a queue of submitted annotations, automatic false-positive flags,
+//! accept, edit and accept, or return to the annotator with a comment (the paper's second phase).
+//!
+//! False-positive flags: each region label the text mentions is mapped to facial parts
+//! ([`label_parts`]); a part counts as manipulated when at least [`MANIPULATED_SHARE`] of its
+//! pixels lie inside the forgery's mask. A label none of whose parts is manipulated is flagged, and
+//! its words are highlighted in the text.
+
+use super::auth::{Role, User};
+use super::{render, AppState, WebError};
+use crate::annotation::{check_text, region_labels, REGION_LABELS};
+use crate::store::{BlobKey, BlobStore};
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Form;
+use mmtt_generators::mask::decode_mask_png;
+use serde::Deserialize;
+use sqlx::Row;
+
+/// Share of a part's pixels inside the mask above which the part counts as manipulated.
+pub const MANIPULATED_SHARE: f64 = 0.05;
+
+/// The facial parts a region label refers to.
+pub fn label_parts(label: &str) -> &'static [&'static str] {
+    match label {
+        "eye" | "pupil" => &["l_eye", "r_eye"],
+        "lip" => &["u_lip", "l_lip"],
+        "mouth" | "tooth" | "tongue" => &["mouth", "u_lip", "l_lip"],
+        "nose" => &["nose"],
+        "ear" => &["l_ear", "r_ear"],
+        "eyebrow" => &["l_brow", "r_brow"],
+        "hair" => &["hair"],
+        // cheek, forehead, chin, jaw, beard, mustache, skin, wrinkle, freckle, scar, dimple
+        _ => &["skin"],
+    }
+}
+
+/// Labels mentioned in `text` whose parts were not manipulated, given the manipulated parts.
+pub fn false_positive_labels(text: &str, manipulated: &[String]) -> Vec<&'static str> {
+    region_labels(text).into_iter().filter(|l| !label_parts(l).iter().any(|p| manipulated.iter().any(|m| m == p))).collect()
+}
+
+/// The parts of the forgery's source with at least [`MANIPULATED_SHARE`] of their pixels masked.
+async fn manipulated_parts(state: &AppState, forgery: uuid::Uuid) -> Result<Vec<String>, WebError> {
+    let rows = sqlx::query(
+        "SELECT sp.part, sp.mask_hash, f.mask_hash FROM forgeries f JOIN source_parts sp ON sp.source_id = f.target_id WHERE f.id = $1",
+    )
+    .bind(forgery)
+    .fetch_all(&state.pool)
+    .await?;
+    let Some(first) = rows.first() else { return Ok(vec![]) };
+    let get = |h: String| -> Result<image::GrayImage, WebError> {
+        let k: BlobKey = h.parse().map_err(|_| WebError::Internal("bad key".into()))?;
+        let bytes = state.store.get(&k).map_err(|e| WebError::Internal(e.to_string()))?;
+        decode_mask_png(&bytes, mmtt_generators::FACE_SIZE).map_err(|e| WebError::Internal(e.to_string()))
+    };
+    let mask = get(first.get(2))?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let part = get(r.get(1))?;
+        let (mut n, mut inside) = (0u64, 0u64);
+        for (p, m) in part.pixels().zip(mask.pixels()) {
+            if p.0[0] > 0 {
+                n += 1;
+                inside += (m.0[0] > 0) as u64;
+            }
+        }
+        if n > 0 && inside as f64 / n as f64 >= MANIPULATED_SHARE {
+            out.push(r.get::<String, _>(0));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Splits `text` into (segment, flagged) runs, flagging the words of the given labels.
+pub fn highlight(text: &str, flagged: &[&str]) -> Vec<(String, bool)> {
+    let words: Vec<String> = REGION_LABELS
+        .iter()
+        .filter(|(l, _)| flagged.contains(l))
+        .flat_map(|(_, syn)| syn.iter().map(|s| s.to_string()))
+        .collect();
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for token in text.split_inclusive(char::is_whitespace) {
+        let core: String = token.trim().trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
+        let hit = !core.is_empty() && words.iter().any(|w| *w == core);
+        match out.last_mut() {
+            Some((s, f)) if *f == hit => s.push_str(token),
+            _ => out.push((token.to_string(), hit)),
+        }
+    }
+    out
+}
+
+struct QueueRow {
+    id: uuid::Uuid,
+    method: String,
+    annotator: String,
+    words: i32,
+    text: String,
+}
+
+#[derive(Template)]
+#[template(path = "review_queue.html")]
+struct QueuePage {
+    rows: Vec<QueueRow>,
+}
+
+pub async fn queue(State(state): State<AppState>, user: User) -> Result<Html<String>, WebError> {
+    user.require(Role::Reviewer)?;
+    let rows = sqlx::query(
+        "SELECT a.id, f.method, u.name, a.word_count, a.text FROM annotations a JOIN forgeries f ON f.id = a.forgery_id \
+         JOIN users u ON u.id = a.annotator_id WHERE a.status = 'submitted' ORDER BY a.updated_at LIMIT 200",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let rows = rows
+        .iter()
+        .map(|r| QueueRow { id: r.get(0), method: r.get(1), annotator: r.get(2), words: r.get(3), text: r.get(4) })
+        .collect();
+    render(&QueuePage { rows })
+}
+
+#[derive(Template)]
+#[template(path = "review.html")]
+struct ReviewPage {
+    id: uuid::Uuid,
+    forgery: uuid::Uuid,
+    csrf: String,
+    text: String,
+    segments: Vec<(String, bool)>,
+    flagged: Vec<&'static str>,
+    manipulated: Vec<String>,
+    error: Option<String>,
+}
+
+async fn load(state: &AppState, id: uuid::Uuid) -> Result<(uuid::Uuid, String, String), WebError> {
+    let r = sqlx::query("SELECT forgery_id, text, status FROM annotations WHERE id = $1").bind(id).fetch_optional(&state.pool).await?.ok_or(WebError::NotFound)?;
+    Ok((r.get(0), r.get(1), r.get(2)))
+}
+
+async fn page_for(state: &AppState, user: &User, id: uuid::Uuid, error: Option<String>) -> Result<Html<String>, WebError> {
+    let (forgery, text, _) = load(state, id).await?;
+    let manipulated = manipulated_parts(state, forgery).await?;
+    let flagged = false_positive_labels(&text, &manipulated);
+    render(&ReviewPage { id, forgery, csrf: user.csrf.clone(), segments: highlight(&text, &flagged), text, flagged, manipulated, error })
+}
+
+pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>) -> Result<Html<String>, WebError> {
+    user.require(Role::Reviewer)?;
+    page_for(&state, &user, id, None).await
+}
+
+#[derive(Deserialize)]
+pub struct DecisionForm {
+    csrf: Option<String>,
+    /// The (possibly edited) text; absent keeps the annotator's.
+    text: Option<String>,
+    comment: Option<String>,
+}
+
+/// Accept (with the text as edited, if it was).
+pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>, Form(f): Form<DecisionForm>) -> Result<Response, WebError> {
+    user.require(Role::Reviewer)?;
+    user.check_csrf(f.csrf.as_deref())?;
+    let (forgery, old, status) = load(&state, id).await?;
+    if status != "submitted" {
+        return Err(WebError::Unprocessable(format!("this annotation is {status}, not waiting for review")));
+    }
+    let text = f.text.clone().unwrap_or(old.clone());
+    let words = match check_text(&text) {
+        Ok(n) => n,
+        Err(e) => return Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, id, Some(e.to_string())).await?).into_response()),
+    };
+    let regions = region_labels(&text);
+    let action = if text == old { "accept" } else { "edit_accept" };
+    let mut tx = state.pool.begin().await?;
+    let n = sqlx::query("UPDATE annotations SET status = 'accepted', text = $2, regions = $3, word_count = $4, updated_at = now() WHERE id = $1 AND status = 'submitted'")
+        .bind(id)
+        .bind(&text)
+        .bind(&regions)
+        .bind(words as i32)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(WebError::Unprocessable("another reviewer decided on this annotation first".into()));
+    }
+    sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action, comment) VALUES ($1,$2,$3,$4,$5,$6)")
+        .bind(id)
+        .bind(&text)
+        .bind(&regions)
+        .bind(user.id)
+        .bind(action)
+        .bind(f.comment.as_deref())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE annotation_tasks SET status = 'accepted', updated_at = now() WHERE forgery_id = $1").bind(forgery).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Redirect::to("/review").into_response())
+}
+
+/// Return to the same annotator with a comment and the previous text.
+pub async fn send_back(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>, Form(f): Form<DecisionForm>) -> Result<Response, WebError> {
+    user.require(Role::Reviewer)?;
+    user.check_csrf(f.csrf.as_deref())?;
+    let comment = f.comment.as_deref().map(str::trim).filter(|c| !c.is_empty()).ok_or_else(|| WebError::Unprocessable("say what to improve: the comment is empty".into()))?;
+    let (forgery, text, status) = load(&state, id).await?;
+    if status != "submitted" {
+        return Err(WebError::Unprocessable(format!("this annotation is {status}, not waiting for review")));
+    }
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("UPDATE annotations SET status = 'returned', updated_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action, comment) SELECT $1, text, regions, $2, 'return', $3 FROM annotations WHERE id = $1")
+        .bind(id)
+        .bind(user.id)
+        .bind(comment)
+        .execute(&mut *tx)
+        .await?;
+    // back to the same annotator, with the previous text as the draft and the comment shown
+    sqlx::query(
+        "UPDATE annotation_tasks t SET status = 'returned', draft = $2, skip_reason = NULL, updated_at = now(), \
+         annotator_id = a.annotator_id FROM annotations a WHERE a.id = $3 AND t.forgery_id = $1",
+    )
+    .bind(forgery)
+    .bind(&text)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Redirect::to("/review").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_regions_outside_the_manipulated_parts() {
+        let manipulated = vec!["l_eye".to_string(), "nose".to_string()];
+        let text = "The left eye is blurry and the hair has a seam; the nostrils are fine.";
+        assert_eq!(false_positive_labels(text, &manipulated), vec!["hair"]);
+        let h = highlight(text, &["hair"]);
+        assert!(h.iter().any(|(s, f)| *f && s.trim() == "hair"));
+        assert_eq!(h.iter().map(|(s, _)| s.as_str()).collect::<String>(), text);
+    }
+}
