@@ -22,4 +22,5 @@ pub mod import;
 pub mod masks;
 pub mod split;
 pub mod store;
+pub mod synthetic;
 pub mod web;

@@ -181,6 +181,18 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         lease_minutes: u64,
     },
+    /// Fill a benchmark/test database with synthetic samples.
+    SeedSynthetic {
+        #[arg(long)]
+        samples: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "forged")]
+        state: mmtt::synthetic::SyntheticState,
+        /// Add synthetic rows to a database that holds real data.
+        #[arg(long)]
+        force: bool,
+    },
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -695,6 +707,11 @@ async fn run(cli: Cli) -> Result<()> {
                 mmtt::web::serve(state, bind).await
             })
         }
+        Command::SeedSynthetic { samples, seed, state, force } => with_app!(cli, |app| {
+            let n = mmtt::synthetic::seed(app, *samples, *seed, *state, *force).await?;
+            println!("seeded {n} synthetic samples ({state:?})");
+            Ok(())
+        }),
         Command::User { action: UserAction::Add { name, role, password } } => {
             let name = mmtt::web::auth::UserName::parse(name).map_err(anyhow::Error::msg)?;
             let role: mmtt::web::auth::Role = role.parse().map_err(anyhow::Error::msg)?;

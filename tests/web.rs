@@ -280,3 +280,66 @@ fn a_reviewer_flags_returns_and_accepts() {
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     });
 }
+
+#[test]
+fn fifty_annotators_claim_and_submit_in_parallel() {
+    let env = common::Env::new();
+    let out = env.ok(&["seed-synthetic", "--samples", "60", "--seed", "4"]);
+    assert!(out.contains("seeded 60"), "{out}");
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM annotation_tasks WHERE status = 'open'"), 60);
+    rt().block_on(async {
+        let app = Arc::new(spawn_app(&env, WebConfig { min_seconds: 1.0, heartbeat_seconds: 1.0, ..WebConfig::default() }).await);
+        for k in 0..50 {
+            add_user(&app.pool, &UserName::parse(&format!("a{k}")).unwrap(), Role::Annotator, PASSWORD).await.unwrap();
+        }
+        let mut handles = Vec::new();
+        for k in 0..50 {
+            let app = app.clone();
+            handles.push(tokio::spawn(async move {
+                let (c, csrf) = login(&app, &format!("a{k}")).await;
+                let r = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::SEE_OTHER);
+                let task = r.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
+                for _ in 0..3 {
+                    let hb = c.post(format!("{}/annotate/{task}/heartbeat", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({})).send().await.unwrap();
+                    assert_eq!(hb.status(), StatusCode::OK);
+                    tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
+                }
+                let hb = c.post(format!("{}/annotate/{task}/heartbeat", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({})).send().await.unwrap();
+                assert_eq!(hb.status(), StatusCode::OK);
+                let text = format!("Annotator {k}: the nose is smeared.");
+                let r = c.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", text.as_str())]).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::SEE_OTHER, "annotator {k}");
+                task
+            }));
+        }
+        let mut tasks = Vec::new();
+        for h in handles {
+            tasks.push(h.await.unwrap());
+        }
+        let distinct: std::collections::HashSet<&String> = tasks.iter().collect();
+        assert_eq!(distinct.len(), 50, "no task was held twice");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap();
+        assert_eq!(n, 50, "no submission lost");
+        let short: i64 = sqlx::query_scalar("SELECT count(*) FROM annotations WHERE active_seconds < 1.0").fetch_one(&app.pool).await.unwrap();
+        assert_eq!(short, 0);
+        let authors: i64 = sqlx::query_scalar("SELECT count(DISTINCT annotator_id) FROM annotations").fetch_one(&app.pool).await.unwrap();
+        assert_eq!(authors, 50);
+    });
+}
+
+#[test]
+fn seed_synthetic_refuses_real_data_and_fills_accepted_samples() {
+    let env = common::Env::new();
+    let dir = env.data.path().join("photos");
+    common::copy_into(&common::sample_faces()[..1], &dir);
+    env.ok(&["import", "photos", "--root", &dir.display().to_string()]);
+    let out = env.mmtt(&["seed-synthetic", "--samples", "10"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds 1 real sources"));
+    env.ok(&["seed-synthetic", "--samples", "12", "--state", "accepted", "--force", "--seed", "2"]);
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM annotations WHERE status = 'accepted'"), 12);
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM annotation_tasks WHERE status = 'accepted'"), 12);
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries"), 12);
+    env.assert_store_consistent();
+}
