@@ -2,7 +2,7 @@
 # Installs what mmtt needs on Debian 12, idempotently and quietly when everything is present:
 # dlib (library, 68-point model), BLAS/LAPACK, the sample faces (python3-skimage,
 # python-matplotlib-data), PostgreSQL (server binaries for the private cluster; a server for the
-# tests). Prints MMTT_TEST_DATABASE_URL=... on its last line when asked with --print-test-url.
+# tests), Chromium and ChromeDriver (browser tests). Prints MMTT_TEST_DATABASE_URL=... on its last line when asked with --print-test-url.
 set -euo pipefail
 
 SUDO=""
@@ -17,7 +17,8 @@ if ! command -v cargo >/dev/null; then
 fi
 
 PACKAGES=(pkg-config libdlib-dev libdlib-data libblas-dev liblapack-dev libopenblas-dev
-          python3-skimage python-matplotlib-data python3-venv postgresql postgresql-client)
+          python3-skimage python-matplotlib-data python3-venv postgresql postgresql-client
+          chromium chromium-driver fonts-dejavu-core)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then missing+=("$p"); fi

@@ -519,14 +519,14 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
 }
 
 /// Progress of every job: counts per status and the failures' reasons.
-pub async fn jobs_report(app: &App) -> Result<serde_json::Value> {
+pub async fn jobs_report(pool: &sqlx::PgPool) -> Result<serde_json::Value> {
     let rows = sqlx::query(
         "SELECT j.id, j.methods, j.requested, j.created_at::text, \
            count(*) FILTER (WHERE i.status = 'queued'), count(*) FILTER (WHERE i.status = 'running'), \
            count(*) FILTER (WHERE i.status = 'done'), count(*) FILTER (WHERE i.status = 'failed') \
          FROM forge_jobs j LEFT JOIN forge_items i ON i.job_id = j.id GROUP BY j.id ORDER BY j.created_at",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await?;
     let mut jobs = Vec::new();
     for r in rows {
@@ -535,7 +535,7 @@ pub async fn jobs_report(app: &App) -> Result<serde_json::Value> {
             "SELECT id, method, last_error FROM forge_items WHERE job_id = $1 AND status = 'failed' ORDER BY updated_at",
         )
         .bind(id)
-        .fetch_all(&app.pool)
+        .fetch_all(pool)
         .await?;
         jobs.push(serde_json::json!({
             "id": id, "methods": r.get::<Vec<String>, _>(1), "requested": r.get::<i32, _>(2), "created_at": r.get::<String, _>(3),

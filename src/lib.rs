@@ -9,12 +9,15 @@
 //! - [`masks`]: mask planning, statistics and previews.
 //! - [`fixtures`]: builds test/demo inputs (a CelebAMask-HQ-layout folder) from face photos.
 //! - [`demo`]: the end-to-end demo.
+//! - [`web`]: the annotation and QA web app; [`bench_web`] its load benchmark.
+//! - [`bench`]: generator throughput; [`synthetic`]: bulk synthetic samples for benchmarks.
 
 pub mod annotation;
 pub mod app;
 pub mod db;
 pub mod demo;
 pub mod bench;
+pub mod bench_web;
 pub mod fixtures;
 pub mod forge;
 pub mod generate;

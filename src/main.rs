@@ -268,6 +268,18 @@ enum BenchAction {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// "Next task" + annotation page latency at many concurrent clients (fill the database first
+    /// with `mmtt seed-synthetic`).
+    Web {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Rounds (next + page + skip) per client.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn worker_options(cli: &Cli, w: &WorkerArgs, device: Device, until_empty: bool, job: Option<uuid::Uuid>) -> mmtt::forge::WorkerOptions {
@@ -656,7 +668,7 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Jobs { json } => with_app!(cli, |app| {
-            let report = mmtt::forge::jobs_report(app).await?;
+            let report = mmtt::forge::jobs_report(&app.pool).await?;
             if *json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -693,6 +705,21 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),
+        Command::Bench { action: BenchAction::Web { clients, rounds, json } } => with_app!(cli, |app| {
+            let r = mmtt::bench_web::run(app, &mmtt::bench_web::WebBenchArgs { clients: *clients, rounds: *rounds }).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("forged samples        {}", r.forged_samples);
+                println!("clients x rounds      {} x {}", r.clients, r.rounds);
+                println!("next + page  p50 {:7.2} ms   p99 {:7.2} ms", r.next_and_page_p50_ms, r.next_and_page_p99_ms);
+                println!("next         p50 {:7.2} ms   p99 {:7.2} ms", r.next_p50_ms, r.next_p99_ms);
+                println!("page         p50 {:7.2} ms   p99 {:7.2} ms", r.page_p50_ms, r.page_p99_ms);
+                println!("throughput   {:.0} requests/s ({:.0} next+page rounds/s)", r.requests_per_s, r.rounds_per_s);
+                println!("page weight  {} bytes (HTML + CSS + JS, images excluded)", r.page_weight_bytes);
+            }
+            Ok(())
+        }),
         Command::Serve { bind, min_seconds, heartbeat_seconds, lease_minutes } => {
             if *min_seconds < 0.0 || *heartbeat_seconds <= 0.0 {
                 anyhow::bail!("--min-seconds must be >= 0 and --heartbeat-seconds > 0");

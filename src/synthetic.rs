@@ -121,6 +121,9 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
             c.pixels.push(masks[v].1);
             let t = PHRASES[(rng.next_u64() % PHRASES.len() as u64) as usize];
             c.text.push(t.to_string());
+            // synthetic masks are planned on the nose: other regions are false positives
+            c.regions.push(crate::annotation::region_labels(t).join(","));
+            c.fp.push(crate::web::review::false_positive_labels(t, &[], &["nose".to_string()]).join(","));
             c.words.push(crate::annotation::word_count(t) as i32);
             c.active.push(60.0 + (rng.next_u64() % 240) as f64);
             c.annotator.push(annotators.get((i % 5) as usize).copied().unwrap_or_default());
@@ -160,11 +163,12 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
         if state == SyntheticState::Accepted {
             let ann: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
             sqlx::query(
-                "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status) \
-                 SELECT id, fid, uid, tx, '{}', wc, act, act * 1.3, 'accepted' \
-                 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::float8[]) AS t(id, fid, uid, tx, wc, act)",
+                "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, fp_labels) \
+                 SELECT id, fid, uid, tx, coalesce(string_to_array(nullif(rg, ''), ','), '{}'), wc, act, act * 1.3, 'accepted', \
+                        coalesce(string_to_array(nullif(fp, ''), ','), '{}') \
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::float8[], $7::text[], $8::text[]) AS t(id, fid, uid, tx, wc, act, rg, fp)",
             )
-            .bind(&ann).bind(&c.forgery).bind(&c.annotator).bind(&c.text).bind(&c.words).bind(&c.active)
+            .bind(&ann).bind(&c.forgery).bind(&c.annotator).bind(&c.text).bind(&c.words).bind(&c.active).bind(&c.regions).bind(&c.fp)
             .execute(&mut *tx)
             .await?;
             sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) SELECT id, text, regions, annotator_id, 'submit' FROM annotations WHERE id = ANY($1)")
@@ -197,6 +201,8 @@ struct Cols {
     mask: Vec<String>,
     pixels: Vec<i32>,
     text: Vec<String>,
+    regions: Vec<String>,
+    fp: Vec<String>,
     words: Vec<i32>,
     active: Vec<f64>,
     annotator: Vec<uuid::Uuid>,

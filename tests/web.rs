@@ -3,61 +3,12 @@
 
 mod common;
 
+use common::web::{client, login, rt, spawn_app, world, PASSWORD};
 use mmtt::web::auth::{add_user, Role, UserName};
-use mmtt::web::{route_table, AppState, WebConfig};
+use mmtt::web::{route_table, WebConfig};
 use reqwest::StatusCode;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-struct TestApp {
-    base: String,
-    pool: sqlx::PgPool,
-}
-
-const PASSWORD: &str = "correct horse battery";
-
-/// Imports the Debian sample faces and forges them (2 tasks), then serves the app.
-fn world() -> common::Env {
-    let env = common::Env::new();
-    let dir = env.data.path().join("photos");
-    common::copy_into(&common::sample_faces(), &dir);
-    env.ok(&["import", "photos", "--root", &dir.display().to_string()]);
-    env.ok(&["forge", "--method", "patch-inpaint", "--count", "2", "--seed", "1", "--wait"]);
-    env
-}
-
-async fn spawn_app(env: &common::Env, config: WebConfig) -> TestApp {
-    let pool = mmtt::db::connect_url(&env.db.url).await.expect("db");
-    let store = Arc::new(mmtt::store::FsBlobStore::open(env.data.path().join("blobs")).unwrap());
-    let state = AppState { pool: pool.clone(), store, config: Arc::new(config) };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, mmtt::web::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap();
-    });
-    for (name, role) in [("ann", Role::Annotator), ("ann2", Role::Annotator), ("rev", Role::Reviewer), ("adm", Role::Admin)] {
-        add_user(&pool, &UserName::parse(name).unwrap(), role, PASSWORD).await.unwrap();
-    }
-    TestApp { base: format!("http://{addr}"), pool }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
-}
-
-/// Signs in; returns the client and the session's CSRF token (read from the home page).
-async fn login(app: &TestApp, name: &str) -> (reqwest::Client, String) {
-    let c = client();
-    let r = c.post(format!("{}/login", app.base)).form(&[("name", name), ("password", PASSWORD)]).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER, "login {name}");
-    let home = c.get(format!("{}/", app.base)).send().await.unwrap().text().await.unwrap();
-    let csrf = home.split("name=\"csrf\" value=\"").nth(1).and_then(|s| s.split('"').next()).expect("csrf on the home page").to_string();
-    (c, csrf)
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
 
 /// Expected status for anonymous, annotator, reviewer, admin. A route missing here fails the test.
 fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
@@ -74,11 +25,13 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("POST", "/annotate/{task}/draft"), [401, 404, 403, 404]),
         (("POST", "/annotate/{task}/submit"), [401, 404, 403, 404]),
         (("POST", "/annotate/{task}/skip"), [401, 404, 403, 404]),
+        (("POST", "/annotate/{task}/prefetch"), [401, 404, 403, 404]),
         (("GET", "/images/{task}/{kind}"), [401, 404, 404, 404]),
         (("GET", "/review"), [401, 403, 200, 200]),
         (("GET", "/review/{annotation}"), [401, 403, 404, 404]),
         (("POST", "/review/{annotation}/accept"), [401, 403, 404, 404]),
         (("POST", "/review/{annotation}/return"), [401, 403, 404, 404]),
+        (("GET", "/admin"), [401, 403, 403, 200]),
         (("GET", "/admin/users"), [401, 403, 403, 200]),
         (("POST", "/admin/users"), [401, 403, 403, 200]),
     ])
@@ -103,7 +56,7 @@ fn every_route_answers_every_role_as_expected() {
                 let url = format!("{}{}", app.base, path.replace("{task}", &unknown).replace("{kind}", "forged").replace("{annotation}", &unknown));
                 let req = match method.as_str() {
                     "GET" => c.get(&url),
-                    _ if path.ends_with("/heartbeat") || path.ends_with("/draft") => {
+                    _ if path.ends_with("/heartbeat") || path.ends_with("/draft") || path.ends_with("/prefetch") => {
                         c.post(&url).header("x-csrf-token", &csrf).json(&serde_json::json!({"text": "draft"}))
                     }
                     _ if path == "/login" => c.post(&url).form(&[("name", "nobody"), ("password", "wrong password")]),
@@ -169,8 +122,25 @@ fn the_server_enforces_the_annotation_rules() {
         assert_eq!(hb("nope").await.unwrap().status(), StatusCode::FORBIDDEN);
 
         // drafts are kept and restored
-        let d = c.post(format!("{}/annotate/{task}/draft", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({"text": "draft: the mouth"})).send().await.unwrap();
-        assert_eq!(d.status(), StatusCode::NO_CONTENT);
+        let d = c.post(format!("{}/annotate/{task}/draft", app.base)).header("x-csrf-token", &csrf)
+            .json(&serde_json::json!({"text": "draft: the mouth and the NOSE", "regions": ["mouth", "ear"]})).send().await.unwrap();
+        assert_eq!(d.status(), StatusCode::OK);
+        // the server suggests the chips from the text (the one extractor) and counts the words
+        let j: serde_json::Value = d.json().await.unwrap();
+        assert_eq!(j["suggested"], serde_json::json!(["mouth", "nose"]));
+        assert_eq!(j["words"], 6);
+        let page = c.get(&page_url).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("draft: the mouth"));
+        // the chips come back as the annotator left them (ear chosen by hand, nose switched off)
+        for (label, on) in [("mouth", true), ("ear", true), ("nose", false), ("eye", false)] {
+            let input = page.split(&format!("value=\"{label}\"")).nth(1).unwrap().split('>').next().unwrap().to_string();
+            assert_eq!(input.contains("checked"), on, "chip {label}: {input}");
+        }
+        // a chip that is not one of the 21 labels is refused and nothing is stored
+        let d = c.post(format!("{}/annotate/{task}/draft", app.base)).header("x-csrf-token", &csrf)
+            .json(&serde_json::json!({"text": "other", "regions": ["elbow"]})).send().await.unwrap();
+        assert_eq!(d.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(d.text().await.unwrap().contains("unknown region label"));
         assert!(c.get(&page_url).send().await.unwrap().text().await.unwrap().contains("draft: the mouth"));
 
         // another annotator cannot touch this task
@@ -193,6 +163,12 @@ fn the_server_enforces_the_annotation_rules() {
             hb(&csrf).await.unwrap();
         }
         assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap(), 0, "nothing stored so far");
+        // a chip outside the 21 labels is refused, nothing stored
+        let r = c.post(format!("{}/annotate/{task}/submit", app.base))
+            .body(format!("csrf={csrf}&chips=1&region=eye&region=elbow&text=The+eye")).header("content-type", "application/x-www-form-urlencoded")
+            .send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap(), 0);
         let r = submit("The left eye is blurred and its lashes are smeared into the skin.", &csrf).await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let (text, words, active, regions): (String, i32, f64, Vec<String>) =
@@ -202,8 +178,13 @@ fn the_server_enforces_the_annotation_rules() {
         assert_eq!(regions, ["eye", "skin"]);
         assert!(text.starts_with("The left eye"));
         assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotation_revisions").fetch_one(&app.pool).await.unwrap(), 1);
-        // the submitted task is gone from the annotator's hands
-        assert_eq!(submit("again", &csrf).await.unwrap().status(), StatusCode::NOT_FOUND);
+        // the submitted task is gone from the annotator's hands: a replayed form is a conflict
+        let r = submit("again", &csrf).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert!(r.text().await.unwrap().contains("already submitted"));
+        assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotation_revisions").fetch_one(&app.pool).await.unwrap(), 1, "the replay stored nothing");
+        let (text2,): (String,) = sqlx::query_as("SELECT text FROM annotations").fetch_one(&app.pool).await.unwrap();
+        assert_eq!(text2, text);
     });
 }
 
@@ -249,10 +230,14 @@ fn a_reviewer_flags_returns_and_accepts() {
         let page = rc.get(format!("{}/review/{id}", app.base)).send().await.unwrap().text().await.unwrap();
         assert!(page.contains("<mark>hair </mark>") || page.contains("<mark>hair</mark>"), "{page}");
         assert!(page.contains("Possible false positives"));
-        // returning needs a comment; then the same annotator gets the task back with text and comment
-        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("comment", "")]).send().await.unwrap();
+        let v1 = version_on(&page);
+        // a form without its version is refused
+        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("comment", "x")]).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("comment", "Say which seam.")]).send().await.unwrap();
+        // returning needs a comment; then the same annotator gets the task back with text and comment
+        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("version", v1.as_str()), ("comment", "")]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("version", v1.as_str()), ("comment", "Say which seam.")]).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let (c2, _) = login(&app, "ann2").await;
         let other = c2.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
@@ -264,21 +249,39 @@ fn a_reviewer_flags_returns_and_accepts() {
         let refined = "The hair has a hard seam above the left brow and the skin looks waxy.";
         let r = c.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", refined)]).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        // a decision on the page of the first version is stale now
+        let r = rc.post(format!("{}/review/{id}/accept", app.base)).form(&[("csrf", rcsrf.as_str()), ("version", v1.as_str())]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert!(r.text().await.unwrap().contains("changed since this page was loaded"));
+        let fp: Vec<String> = sqlx::query_scalar("SELECT fp_labels FROM annotations WHERE id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
+        assert!(fp.contains(&"hair".to_string()), "flags are stored with the submission: {fp:?}");
+        let page = rc.get(format!("{}/review/{id}", app.base)).send().await.unwrap().text().await.unwrap();
+        let v2 = version_on(&page);
+        assert_ne!(v1, v2);
         // the reviewer removes the false positive and accepts
         let edited = "The skin looks waxy.";
-        let r = rc.post(format!("{}/review/{id}/accept", app.base)).form(&[("csrf", rcsrf.as_str()), ("text", edited)]).send().await.unwrap();
+        let r = rc.post(format!("{}/review/{id}/accept", app.base))
+            .form(&[("csrf", rcsrf.as_str()), ("version", v2.as_str()), ("text", edited), ("chips", "1"), ("region", "skin")]).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
-        let (status, stored, regions): (String, String, Vec<String>) =
-            sqlx::query_as("SELECT status, text, regions FROM annotations WHERE id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
+        let (status, stored, regions, fp): (String, String, Vec<String>, Vec<String>) =
+            sqlx::query_as("SELECT status, text, regions, fp_labels FROM annotations WHERE id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
         assert_eq!((status.as_str(), stored.as_str()), ("accepted", edited));
         assert_eq!(regions, ["skin"]);
+        assert!(fp.contains(&"hair".to_string()), "the annotator's flags stay for the dashboard: {fp:?}");
         let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM annotation_revisions WHERE annotation_id = $1 ORDER BY id")
             .bind(id).fetch_all(&app.pool).await.unwrap();
         assert_eq!(actions, ["submit", "return", "submit", "edit_accept"], "every version is kept");
-        // a decided annotation cannot be decided again
-        let r = rc.post(format!("{}/review/{id}/accept", app.base)).form(&[("csrf", rcsrf.as_str())]).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        // a decided annotation cannot be decided again (a replayed form)
+        let r = rc.post(format!("{}/review/{id}/accept", app.base)).form(&[("csrf", rcsrf.as_str()), ("version", v2.as_str())]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM annotation_revisions WHERE annotation_id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
+        assert_eq!(n, 4, "the replay stored nothing");
     });
+}
+
+/// The `version` hidden field of a review page.
+fn version_on(page: &str) -> String {
+    page.split("name=\"version\" value=\"").nth(1).and_then(|s| s.split('"').next()).expect("a version field").to_string()
 }
 
 #[test]
@@ -342,4 +345,59 @@ fn seed_synthetic_refuses_real_data_and_fills_accepted_samples() {
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM annotation_tasks WHERE status = 'accepted'"), 12);
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries"), 12);
     env.assert_store_consistent();
+}
+
+#[test]
+fn prefetch_claims_one_task_ahead_and_the_dashboard_counts() {
+    let env = world();
+    rt().block_on(async {
+        let app = spawn_app(&env, WebConfig { min_seconds: 0.0, heartbeat_seconds: 1.0, ..WebConfig::default() }).await;
+        let (c, csrf) = login(&app, "ann").await;
+        let loc = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap().headers()["location"].to_str().unwrap().to_string();
+        let a = loc.rsplit('/').next().unwrap().to_string();
+        let pf = |t: String| c.post(format!("{}/annotate/{t}/prefetch", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({})).send();
+        let j: serde_json::Value = pf(a.clone()).await.unwrap().json().await.unwrap();
+        let b = j["next"].as_str().expect("a task ahead").to_string();
+        assert_ne!(a, b);
+        assert_eq!(j["images"].as_array().unwrap().len(), 3);
+        // asking again does not claim a third task
+        let j2: serde_json::Value = pf(a.clone()).await.unwrap().json().await.unwrap();
+        assert_eq!(j2["next"].as_str(), Some(b.as_str()));
+        // the prefetched images are the annotator's, not anyone else's
+        for u in j["images"].as_array().unwrap() {
+            let r = c.get(format!("{}{}", app.base, u.as_str().unwrap())).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        let (c2, _) = login(&app, "ann2").await;
+        assert_eq!(c2.get(format!("{}/images/{b}/forged", app.base)).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+        assert_eq!(c2.get(format!("{}/annotate/next", app.base)).send().await.unwrap().status(), StatusCode::OK, "both tasks are held: none left");
+        // "next" keeps the current task first; after submitting, the prefetched one
+        assert_eq!(c.get(format!("{}/annotate/next", app.base)).send().await.unwrap().headers()["location"].to_str().unwrap(), loc);
+
+        // the page's own weight (HTML, CSS, JS) stays small and nothing is loaded from elsewhere
+        let html = c.get(format!("{}{loc}", app.base)).send().await.unwrap().text().await.unwrap();
+        let css = c.get(format!("{}/static/app.css", app.base)).send().await.unwrap().bytes().await.unwrap().len();
+        let js = c.get(format!("{}/static/annotate.js", app.base)).send().await.unwrap().bytes().await.unwrap().len();
+        assert!(html.len() + css + js < 300_000, "page weight {} bytes", html.len() + css + js);
+        let external = regex_lite::Regex::new(r#"(src|href|action)\s*=\s*"(https?:)?//"#).unwrap();
+        assert!(!external.is_match(&html), "the page loads nothing from another server");
+
+        let r = c.post(format!("{}/annotate/{a}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", "The nose is smeared.")]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let then = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
+        assert_eq!(then.headers()["location"].to_str().unwrap(), format!("/annotate/{b}"));
+
+        let (ac, _) = login(&app, "adm").await;
+        let dash = ac.get(format!("{}/admin", app.base)).send().await.unwrap().text().await.unwrap();
+        let count = |k: &str| -> i64 {
+            dash.split(&format!("data-k=\"{k}\">")).nth(1).and_then(|s| s.split('<').next()).and_then(|s| s.parse().ok()).unwrap_or(-1)
+        };
+        assert_eq!(count("forged"), 2);
+        assert_eq!(count("in_review"), 1);
+        assert_eq!(count("annotated"), 1);
+        assert_eq!(count("annotating"), 1);
+        assert_eq!(count("accepted"), 0);
+        assert!(dash.contains("<td>ann</td>"), "per-annotator row");
+        assert!(dash.contains("patch-inpaint"), "per-method row and the job");
+    });
 }

@@ -8,11 +8,11 @@
 //!   nothing. Elapsed time since the claim is recorded beside it.
 
 use super::auth::{Role, User};
-use super::{render, AppState, WebError};
-use crate::annotation::{check_text, region_labels, TextError, MAX_WORDS};
+use super::{render, AppState, FormFields, WebError};
+use crate::annotation::{check_text, region_labels, word_count, TextError, MAX_WORDS, REGION_LABELS};
 use crate::store::{BlobKey, BlobStore};
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawForm, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Form, Json};
@@ -46,20 +46,17 @@ pub async fn next(State(state): State<AppState>, user: User) -> Result<Response,
     if let Some(t) = returned {
         return Ok(Redirect::to(&format!("/annotate/{t}")).into_response());
     }
-    let claimed: Option<uuid::Uuid> = sqlx::query_scalar(
-        "UPDATE annotation_tasks t SET status = 'claimed', lease_until = now() + make_interval(secs => $2), \
-           claimed_at = now(), last_heartbeat = NULL, updated_at = now(), \
-           active_seconds = CASE WHEN t.annotator_id = $1 THEN t.active_seconds ELSE 0 END, \
-           draft = CASE WHEN t.annotator_id = $1 THEN t.draft ELSE NULL END, annotator_id = $1 \
-         WHERE t.forgery_id = (SELECT forgery_id FROM annotation_tasks \
-           WHERE status = 'open' OR (status = 'claimed' AND lease_until < now()) \
-           ORDER BY (status = 'open') DESC, forgery_id FOR UPDATE SKIP LOCKED LIMIT 1) \
-         RETURNING t.forgery_id",
-    )
-    .bind(user.id)
-    .bind(lease)
-    .fetch_optional(&state.pool)
-    .await?;
+    // an open task first (walks the partial index), else one whose lease expired
+    let mut claimed = None;
+    for pick in [
+        "SELECT forgery_id FROM annotation_tasks WHERE status = 'open' ORDER BY status, forgery_id FOR UPDATE SKIP LOCKED LIMIT 1",
+        "SELECT forgery_id FROM annotation_tasks WHERE status = 'claimed' AND lease_until < now() ORDER BY status, forgery_id FOR UPDATE SKIP LOCKED LIMIT 1",
+    ] {
+        claimed = claim(&state, &user, pick).await?;
+        if claimed.is_some() {
+            break;
+        }
+    }
     match claimed {
         Some(t) => Ok(Redirect::to(&format!("/annotate/{t}")).into_response()),
         None => Ok(Html(super::pages::message_page(StatusCode::OK, "No task is waiting: every forged image has an annotator. Come back later.")
@@ -68,10 +65,44 @@ pub async fn next(State(state): State<AppState>, user: User) -> Result<Response,
     }
 }
 
+/// Claims the task `pick` selects (a locking subquery) for `user`. A task that comes back to its
+/// previous annotator keeps their active time and draft; anyone else starts afresh.
+async fn claim(state: &AppState, user: &User, pick: &str) -> Result<Option<uuid::Uuid>, WebError> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "UPDATE annotation_tasks t SET status = 'claimed', lease_until = now() + make_interval(secs => $2), \
+           claimed_at = now(), last_heartbeat = NULL, updated_at = now(), \
+           active_seconds = CASE WHEN t.annotator_id = $1 THEN t.active_seconds ELSE 0 END, \
+           draft = CASE WHEN t.annotator_id = $1 THEN t.draft ELSE NULL END, \
+           draft_regions = CASE WHEN t.annotator_id = $1 THEN t.draft_regions ELSE NULL END, annotator_id = $1 \
+         WHERE t.forgery_id = ({pick}) RETURNING t.forgery_id"
+    )))
+    .bind(user.id)
+    .bind(state.config.lease.as_secs_f64())
+    .fetch_optional(&state.pool)
+    .await?)
+}
+
+/// Why `user` does not hold `task`: a replayed or stale form gets a 409 that says what happened;
+/// a task that is not theirs is simply not found.
+async fn not_held(state: &AppState, user: &User, task: uuid::Uuid) -> WebError {
+    let row: Result<Option<(String, Option<uuid::Uuid>)>, _> =
+        sqlx::query_as("SELECT status, annotator_id FROM annotation_tasks WHERE forgery_id = $1").bind(task).fetch_optional(&state.pool).await;
+    match row {
+        Err(e) => e.into(),
+        Ok(Some((status, Some(who)))) if who == user.id => match status.as_str() {
+            "submitted" | "accepted" => WebError::Conflict("this task was already submitted: the form was sent twice or is out of date; nothing was changed".into()),
+            "skipped" => WebError::Conflict("this task was skipped; nothing was changed".into()),
+            "returned" => WebError::Conflict("this task was returned to you for refinement: open it again from \"Next task\"".into()),
+            _ => WebError::Conflict("your hold on this task expired (no heartbeat for too long) and it went back to the queue; nothing was stored".into()),
+        },
+        Ok(_) => WebError::NotFound,
+    }
+}
+
 /// The task if `user` holds it under a live lease.
 async fn held(state: &AppState, user: &User, task: uuid::Uuid) -> Result<sqlx::postgres::PgRow, WebError> {
     sqlx::query(
-        "SELECT active_seconds, extract(epoch FROM now() - claimed_at)::float8, draft FROM annotation_tasks \
+        "SELECT active_seconds, extract(epoch FROM now() - claimed_at)::float8, draft, draft_regions FROM annotation_tasks \
          WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' AND lease_until > now()",
     )
     .bind(task)
@@ -79,6 +110,38 @@ async fn held(state: &AppState, user: &User, task: uuid::Uuid) -> Result<sqlx::p
     .fetch_optional(&state.pool)
     .await?
     .ok_or(WebError::NotFound)
+}
+
+/// One of the 21 region chips on a page.
+pub struct Chip {
+    pub label: &'static str,
+    pub on: bool,
+    pub suggested: bool,
+}
+
+/// All 21 chips, `chosen` switched on, the text's suggestions marked.
+pub fn chips(text: &str, chosen: &[&str]) -> Vec<Chip> {
+    let suggested = region_labels(text);
+    REGION_LABELS.iter().map(|(l, _)| Chip { label: l, on: chosen.contains(l), suggested: suggested.contains(l) }).collect()
+}
+
+/// Parses chosen region labels; each must be one of the 21.
+pub fn parse_regions<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Vec<&'static str>, WebError> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for v in values {
+        let label = REGION_LABELS.iter().map(|(l, _)| *l).find(|l| *l == v.trim()).ok_or_else(|| {
+            WebError::Unprocessable(format!(
+                "unknown region label `{v}`: use one of {}",
+                REGION_LABELS.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        if !out.contains(&label) {
+            out.push(label);
+        }
+    }
+    // the release's order
+    out.sort_by_key(|l| REGION_LABELS.iter().position(|(x, _)| x == l));
+    Ok(out)
 }
 
 #[derive(Template)]
@@ -93,6 +156,7 @@ struct AnnotatePage {
     heartbeat_seconds: f64,
     max_words: usize,
     rules: [&'static str; 4],
+    chips: Vec<Chip>,
     /// The reviewer's comment when the task came back for refinement.
     comment: Option<String>,
 }
@@ -115,9 +179,11 @@ async fn return_comment(state: &AppState, task: uuid::Uuid) -> Result<Option<Str
     .flatten())
 }
 
-async fn page_for(state: &AppState, user: &User, task: uuid::Uuid, text: String, active: f64, error: Option<String>) -> Result<Html<String>, WebError> {
+async fn page_for(state: &AppState, user: &User, task: uuid::Uuid, text: String, regions: Option<Vec<&'static str>>, active: f64, error: Option<String>) -> Result<Html<String>, WebError> {
     let comment = return_comment(state, task).await?;
+    let chosen = regions.unwrap_or_else(|| region_labels(&text));
     render(&AnnotatePage {
+        chips: chips(&text, &chosen),
         comment,
         task,
         csrf: user.csrf.clone(),
@@ -134,7 +200,8 @@ async fn page_for(state: &AppState, user: &User, task: uuid::Uuid, text: String,
 pub async fn page(State(state): State<AppState>, user: User, Path(task): Path<uuid::Uuid>) -> Result<Html<String>, WebError> {
     user.require(Role::Annotator)?;
     let row = held(&state, &user, task).await?;
-    page_for(&state, &user, task, row.get::<Option<String>, _>(2).unwrap_or_default(), row.get(0), None).await
+    let regions = row.get::<Option<Vec<String>>, _>(3).map(|r| parse_regions(r.iter().map(String::as_str))).transpose()?;
+    page_for(&state, &user, task, row.get::<Option<String>, _>(2).unwrap_or_default(), regions, row.get(0), None).await
 }
 
 fn csrf_header(headers: &HeaderMap) -> Option<&str> {
@@ -156,8 +223,8 @@ pub async fn heartbeat(State(state): State<AppState>, user: User, headers: Heade
     .bind(state.config.heartbeat_seconds)
     .bind(state.config.lease.as_secs_f64())
     .fetch_optional(&state.pool)
-    .await?
-    .ok_or(WebError::NotFound)?;
+    .await?;
+    let Some(row) = row else { return Err(not_held(&state, &user, task).await) };
     let active: f64 = row.get(0);
     Ok(Json(serde_json::json!({"active_seconds": active, "min_seconds": state.config.min_seconds})))
 }
@@ -165,33 +232,44 @@ pub async fn heartbeat(State(state): State<AppState>, user: User, headers: Heade
 #[derive(Deserialize)]
 pub struct DraftBody {
     text: String,
+    /// The chips as the annotator left them; absent follows the text's suggestions.
+    regions: Option<Vec<String>>,
 }
 
-pub async fn draft(State(state): State<AppState>, user: User, headers: HeaderMap, Path(task): Path<uuid::Uuid>, Json(b): Json<DraftBody>) -> Result<StatusCode, WebError> {
+/// Saves the draft; answers with the text's suggested regions and word count (one extractor and
+/// one word count, the server's, for the page and the rules).
+pub async fn draft(State(state): State<AppState>, user: User, headers: HeaderMap, Path(task): Path<uuid::Uuid>, Json(b): Json<DraftBody>) -> Result<Json<serde_json::Value>, WebError> {
     user.require(Role::Annotator)?;
     user.check_csrf(csrf_header(&headers))?;
     if b.text.len() > MAX_DRAFT_BYTES {
         return Err(WebError::Unprocessable(format!("the draft is over {MAX_DRAFT_BYTES} bytes")));
     }
-    let n = sqlx::query("UPDATE annotation_tasks SET draft = $3, updated_at = now() WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' AND lease_until > now()")
-        .bind(task)
-        .bind(user.id)
-        .bind(&b.text)
-        .execute(&state.pool)
-        .await?
-        .rows_affected();
-    if n == 0 { Err(WebError::NotFound) } else { Ok(StatusCode::NO_CONTENT) }
+    let regions = b.regions.as_ref().map(|r| parse_regions(r.iter().map(String::as_str))).transpose()?;
+    let n = sqlx::query(
+        "UPDATE annotation_tasks SET draft = $3, draft_regions = $4, updated_at = now() \
+         WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' AND lease_until > now()",
+    )
+    .bind(task)
+    .bind(user.id)
+    .bind(&b.text)
+    .bind(&regions)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Err(not_held(&state, &user, task).await);
+    }
+    Ok(Json(serde_json::json!({"suggested": region_labels(&b.text), "words": word_count(&b.text), "max_words": MAX_WORDS})))
 }
 
-#[derive(Deserialize)]
-pub struct SubmitForm {
-    csrf: Option<String>,
-    text: String,
-}
-
-pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<uuid::Uuid>, Form(f): Form<SubmitForm>) -> Result<Response, WebError> {
+/// Submits the explanation. Fields: `csrf`, `text`, and the chosen chips as repeated `region`
+/// fields with `chips=1` (a form without `chips` takes the text's suggestions).
+pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<uuid::Uuid>, RawForm(body): RawForm) -> Result<Response, WebError> {
     user.require(Role::Annotator)?;
-    user.check_csrf(f.csrf.as_deref())?;
+    let f = FormFields::parse(&body);
+    user.check_csrf(f.get("csrf"))?;
+    let text = f.get("text").unwrap_or_default().to_string();
+    let chosen = if f.get("chips").is_some() { Some(parse_regions(f.all("region"))?) } else { None };
     let mut tx = state.pool.begin().await?;
     let row = sqlx::query(
         "SELECT active_seconds, extract(epoch FROM now() - claimed_at)::float8 FROM annotation_tasks \
@@ -200,13 +278,13 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
     .bind(task)
     .bind(user.id)
     .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(WebError::NotFound)?;
+    .await?;
+    let Some(row) = row else { return Err(not_held(&state, &user, task).await) };
     let (active, elapsed): (f64, f64) = (row.get(0), row.get(1));
     let refuse = async |msg: String| -> Result<Response, WebError> {
-        Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, task, f.text.clone(), active, Some(msg)).await?).into_response())
+        Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, task, text.clone(), chosen.clone(), active, Some(msg)).await?).into_response())
     };
-    let words = match check_text(&f.text) {
+    let words = match check_text(&text) {
         Ok(n) => n,
         Err(e @ (TextError::Empty | TextError::TooLong(_))) => return refuse(e.to_string()).await,
     };
@@ -218,38 +296,66 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
         ))
         .await;
     }
-    let regions: Vec<&str> = region_labels(&f.text);
+    let regions: Vec<&str> = chosen.clone().unwrap_or_else(|| region_labels(&text));
+    let manipulated = super::review::manipulated_parts(&state, task).await?;
+    let fp = super::review::false_positive_labels(&text, &regions, &manipulated);
     // a refinement of a returned annotation updates it; every version stays in the revisions
     let id: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'submitted') \
+        "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, fp_labels) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'submitted',$9) \
          ON CONFLICT (forgery_id) DO UPDATE SET text = EXCLUDED.text, regions = EXCLUDED.regions, word_count = EXCLUDED.word_count, \
-           active_seconds = EXCLUDED.active_seconds, elapsed_seconds = EXCLUDED.elapsed_seconds, status = 'submitted', updated_at = now() \
+           active_seconds = EXCLUDED.active_seconds, elapsed_seconds = EXCLUDED.elapsed_seconds, status = 'submitted', \
+           fp_labels = EXCLUDED.fp_labels, version = annotations.version + 1, updated_at = now() \
          WHERE annotations.annotator_id = EXCLUDED.annotator_id RETURNING id",
     )
     .bind(uuid::Uuid::new_v4())
     .bind(task)
     .bind(user.id)
-    .bind(&f.text)
+    .bind(&text)
     .bind(&regions)
     .bind(words as i32)
     .bind(active)
     .bind(elapsed)
+    .bind(&fp)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) VALUES ($1, $2, $3, $4, 'submit')")
         .bind(id)
-        .bind(&f.text)
+        .bind(&text)
         .bind(&regions)
         .bind(user.id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE annotation_tasks SET status = 'submitted', lease_until = NULL, draft = NULL, updated_at = now() WHERE forgery_id = $1")
+    sqlx::query("UPDATE annotation_tasks SET status = 'submitted', lease_until = NULL, draft = NULL, draft_regions = NULL, updated_at = now() WHERE forgery_id = $1")
         .bind(task)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(Redirect::to("/annotate/next").into_response())
+}
+
+/// Claims the annotator's next task ahead of time (at most one ahead), so the page can prefetch
+/// its images while the current one is being written. `next` hands it out after this one.
+pub async fn prefetch(State(state): State<AppState>, user: User, headers: HeaderMap, Path(task): Path<uuid::Uuid>) -> Result<Json<serde_json::Value>, WebError> {
+    user.require(Role::Annotator)?;
+    user.check_csrf(csrf_header(&headers))?;
+    held(&state, &user, task).await?;
+    let ahead: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT forgery_id FROM annotation_tasks WHERE annotator_id = $1 AND status = 'claimed' AND lease_until > now() AND forgery_id <> $2 \
+         ORDER BY claimed_at LIMIT 1",
+    )
+    .bind(user.id)
+    .bind(task)
+    .fetch_optional(&state.pool)
+    .await?;
+    let next = match ahead {
+        Some(t) => Some(t),
+        None => claim(&state, &user, "SELECT forgery_id FROM annotation_tasks WHERE status = 'open' ORDER BY status, forgery_id FOR UPDATE SKIP LOCKED LIMIT 1").await?,
+    };
+    Ok(Json(serde_json::json!({
+        "next": next,
+        "images": next.map(|t| ["original", "forged", "mask"].map(|k| format!("/images/{t}/{k}"))),
+    })))
 }
 
 #[derive(Deserialize)]
@@ -275,7 +381,7 @@ pub async fn skip(State(state): State<AppState>, user: User, Path(task): Path<uu
     .await?
     .rows_affected();
     if n == 0 {
-        return Err(WebError::NotFound);
+        return Err(not_held(&state, &user, task).await);
     }
     Ok(Redirect::to("/annotate/next").into_response())
 }

@@ -5,10 +5,12 @@
 //! - [`auth`]: accounts, sessions, CSRF, login throttling.
 //! - [`annotate`]: the annotator's tasks: claim with a lease, heartbeats, drafts, submit, skip.
 //! - [`review`]: the reviewer's queue, false-positive flags, accept / edit / return.
+//! - [`dashboard`]: the admin's counts, per-annotator figures and jobs.
 //! - [`pages`]: login, home, admin users.
 
 pub mod annotate;
 pub mod auth;
+pub mod dashboard;
 pub mod pages;
 pub mod review;
 
@@ -55,6 +57,9 @@ pub enum WebError {
     Csrf,
     #[error("not found")]
     NotFound,
+    /// The request was valid once but the state moved on (a replayed or stale form).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unprocessable(String),
     #[error("internal error: {0}")]
@@ -79,6 +84,7 @@ impl IntoResponse for WebError {
             WebError::Unauthenticated => StatusCode::UNAUTHORIZED,
             WebError::Forbidden | WebError::Csrf => StatusCode::FORBIDDEN,
             WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::Conflict(_) => StatusCode::CONFLICT,
             WebError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -97,6 +103,25 @@ impl IntoResponse for WebError {
 /// Renders an askama template, turning render errors into a 500.
 pub fn render<T: askama::Template>(t: &T) -> Result<Html<String>, WebError> {
     t.render().map(Html).map_err(|e| WebError::Internal(format!("template: {e}")))
+}
+
+/// A parsed `application/x-www-form-urlencoded` body that keeps repeated fields (checkbox
+/// groups such as the region chips), which `axum::Form` cannot.
+#[derive(Debug, Default)]
+pub struct FormFields(Vec<(String, String)>);
+
+impl FormFields {
+    pub fn parse(body: &[u8]) -> Self {
+        FormFields(form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+    }
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    /// Every value of `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
 }
 
 /// Who may use a route.
@@ -126,11 +151,13 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::POST, "/annotate/{task}/draft", Access::Annotator, post(annotate::draft)),
         (Method::POST, "/annotate/{task}/submit", Access::Annotator, post(annotate::submit)),
         (Method::POST, "/annotate/{task}/skip", Access::Annotator, post(annotate::skip)),
+        (Method::POST, "/annotate/{task}/prefetch", Access::Annotator, post(annotate::prefetch)),
         (Method::GET, "/images/{task}/{kind}", Access::SignedIn, get(annotate::image)),
         (Method::GET, "/review", Access::Reviewer, get(review::queue)),
         (Method::GET, "/review/{annotation}", Access::Reviewer, get(review::page)),
         (Method::POST, "/review/{annotation}/accept", Access::Reviewer, post(review::accept)),
         (Method::POST, "/review/{annotation}/return", Access::Reviewer, post(review::send_back)),
+        (Method::GET, "/admin", Access::Admin, get(dashboard::dashboard)),
         (Method::GET, "/admin/users", Access::Admin, get(pages::users)),
         (Method::POST, "/admin/users", Access::Admin, post(pages::add_user)),
     ]

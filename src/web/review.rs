@@ -7,16 +7,14 @@
 //! its words are highlighted in the text.
 
 use super::auth::{Role, User};
-use super::{render, AppState, WebError};
+use super::{render, AppState, FormFields, WebError};
 use crate::annotation::{check_text, region_labels, REGION_LABELS};
 use crate::store::{BlobKey, BlobStore};
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawForm, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::Form;
 use mmtt_generators::mask::decode_mask_png;
-use serde::Deserialize;
 use sqlx::Row;
 
 /// Share of a part's pixels inside the mask above which the part counts as manipulated.
@@ -37,13 +35,20 @@ pub fn label_parts(label: &str) -> &'static [&'static str] {
     }
 }
 
-/// Labels mentioned in `text` whose parts were not manipulated, given the manipulated parts.
-pub fn false_positive_labels(text: &str, manipulated: &[String]) -> Vec<&'static str> {
-    region_labels(text).into_iter().filter(|l| !label_parts(l).iter().any(|p| manipulated.iter().any(|m| m == p))).collect()
+/// Labels the text mentions or the chips carry whose parts were not manipulated, in the release's
+/// order.
+pub fn false_positive_labels(text: &str, chips: &[&str], manipulated: &[String]) -> Vec<&'static str> {
+    let mentioned = region_labels(text);
+    REGION_LABELS
+        .iter()
+        .map(|(l, _)| *l)
+        .filter(|l| mentioned.contains(l) || chips.contains(l))
+        .filter(|l| !label_parts(l).iter().any(|p| manipulated.iter().any(|m| m == p)))
+        .collect()
 }
 
 /// The parts of the forgery's source with at least [`MANIPULATED_SHARE`] of their pixels masked.
-async fn manipulated_parts(state: &AppState, forgery: uuid::Uuid) -> Result<Vec<String>, WebError> {
+pub async fn manipulated_parts(state: &AppState, forgery: uuid::Uuid) -> Result<Vec<String>, WebError> {
     let rows = sqlx::query(
         "SELECT sp.part, sp.mask_hash, f.mask_hash FROM forgeries f JOIN source_parts sp ON sp.source_id = f.target_id WHERE f.id = $1",
     )
@@ -127,6 +132,8 @@ pub async fn queue(State(state): State<AppState>, user: User) -> Result<Html<Str
 #[template(path = "review.html")]
 struct ReviewPage {
     id: uuid::Uuid,
+    version: i32,
+    chips: Vec<super::annotate::Chip>,
     forgery: uuid::Uuid,
     csrf: String,
     text: String,
@@ -136,57 +143,99 @@ struct ReviewPage {
     error: Option<String>,
 }
 
-async fn load(state: &AppState, id: uuid::Uuid) -> Result<(uuid::Uuid, String, String), WebError> {
-    let r = sqlx::query("SELECT forgery_id, text, status FROM annotations WHERE id = $1").bind(id).fetch_optional(&state.pool).await?.ok_or(WebError::NotFound)?;
-    Ok((r.get(0), r.get(1), r.get(2)))
+/// An annotation as the reviewer sees it.
+struct Loaded {
+    forgery: uuid::Uuid,
+    text: String,
+    status: String,
+    regions: Vec<String>,
+    version: i32,
 }
 
-async fn page_for(state: &AppState, user: &User, id: uuid::Uuid, error: Option<String>) -> Result<Html<String>, WebError> {
-    let (forgery, text, _) = load(state, id).await?;
-    let manipulated = manipulated_parts(state, forgery).await?;
-    let flagged = false_positive_labels(&text, &manipulated);
-    render(&ReviewPage { id, forgery, csrf: user.csrf.clone(), segments: highlight(&text, &flagged), text, flagged, manipulated, error })
+async fn load(state: &AppState, id: uuid::Uuid) -> Result<Loaded, WebError> {
+    let r = sqlx::query("SELECT forgery_id, text, status, regions, version FROM annotations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(WebError::NotFound)?;
+    Ok(Loaded { forgery: r.get(0), text: r.get(1), status: r.get(2), regions: r.get(3), version: r.get(4) })
+}
+
+/// The review page, showing `text` and `chips` (the stored ones, or a refused edit's).
+async fn page_for(state: &AppState, user: &User, id: uuid::Uuid, edit: Option<(String, Vec<&'static str>)>, error: Option<String>) -> Result<Html<String>, WebError> {
+    let a = load(state, id).await?;
+    let (text, chosen) = match edit {
+        Some(e) => e,
+        None => (a.text.clone(), super::annotate::parse_regions(a.regions.iter().map(String::as_str))?),
+    };
+    let manipulated = manipulated_parts(state, a.forgery).await?;
+    let flagged = false_positive_labels(&text, &chosen, &manipulated);
+    render(&ReviewPage {
+        id,
+        version: a.version,
+        chips: super::annotate::chips(&text, &chosen),
+        forgery: a.forgery,
+        csrf: user.csrf.clone(),
+        segments: highlight(&text, &flagged),
+        text,
+        flagged,
+        manipulated,
+        error,
+    })
+}
+
+/// Refuses a decision made on an out-of-date page or on an annotation that is no longer waiting.
+fn check_fresh(a: &Loaded, f: &FormFields) -> Result<(), WebError> {
+    if a.status != "submitted" {
+        return Err(WebError::Conflict(format!("this annotation is {}, not waiting for review: the form is out of date; nothing was changed", a.status)));
+    }
+    match f.get("version").map(str::parse::<i32>) {
+        Some(Ok(v)) if v == a.version => Ok(()),
+        Some(Ok(_)) => Err(WebError::Conflict("the annotation changed since this page was loaded: reload it to see the new version; nothing was changed".into())),
+        _ => Err(WebError::Unprocessable("the form has no valid `version` field: reload the page".into())),
+    }
 }
 
 pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>) -> Result<Html<String>, WebError> {
     user.require(Role::Reviewer)?;
-    page_for(&state, &user, id, None).await
+    page_for(&state, &user, id, None, None).await
 }
 
-#[derive(Deserialize)]
-pub struct DecisionForm {
-    csrf: Option<String>,
-    /// The (possibly edited) text; absent keeps the annotator's.
-    text: Option<String>,
-    comment: Option<String>,
-}
-
-/// Accept (with the text as edited, if it was).
-pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>, Form(f): Form<DecisionForm>) -> Result<Response, WebError> {
+/// Accept, with the text and chips as edited. Fields: `csrf`, `version` (of the annotation the page
+/// showed), `text` (absent keeps the annotator's), the chips as repeated `region` with `chips=1`
+/// (absent keeps the annotator's), `comment` (optional).
+pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>, RawForm(body): RawForm) -> Result<Response, WebError> {
     user.require(Role::Reviewer)?;
-    user.check_csrf(f.csrf.as_deref())?;
-    let (forgery, old, status) = load(&state, id).await?;
-    if status != "submitted" {
-        return Err(WebError::Unprocessable(format!("this annotation is {status}, not waiting for review")));
-    }
-    let text = f.text.clone().unwrap_or(old.clone());
+    let f = FormFields::parse(&body);
+    user.check_csrf(f.get("csrf"))?;
+    let a = load(&state, id).await?;
+    check_fresh(&a, &f)?;
+    let text = f.get("text").map(str::to_string).unwrap_or(a.text.clone());
+    let regions = if f.get("chips").is_some() {
+        super::annotate::parse_regions(f.all("region"))?
+    } else {
+        super::annotate::parse_regions(a.regions.iter().map(String::as_str))?
+    };
     let words = match check_text(&text) {
         Ok(n) => n,
-        Err(e) => return Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, id, Some(e.to_string())).await?).into_response()),
+        Err(e) => return Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, id, Some((text, regions)), Some(e.to_string())).await?).into_response()),
     };
-    let regions = region_labels(&text);
-    let action = if text == old { "accept" } else { "edit_accept" };
+    let action = if text == a.text && regions.iter().copied().eq(a.regions.iter().map(String::as_str)) { "accept" } else { "edit_accept" };
     let mut tx = state.pool.begin().await?;
-    let n = sqlx::query("UPDATE annotations SET status = 'accepted', text = $2, regions = $3, word_count = $4, updated_at = now() WHERE id = $1 AND status = 'submitted'")
-        .bind(id)
-        .bind(&text)
-        .bind(&regions)
-        .bind(words as i32)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let n = sqlx::query(
+        "UPDATE annotations SET status = 'accepted', text = $2, regions = $3, word_count = $4, version = version + 1, updated_at = now() \
+         WHERE id = $1 AND status = 'submitted' AND version = $5",
+    )
+    .bind(id)
+    .bind(&text)
+    .bind(&regions)
+    .bind(words as i32)
+    .bind(a.version)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     if n == 0 {
-        return Err(WebError::Unprocessable("another reviewer decided on this annotation first".into()));
+        return Err(WebError::Conflict("another reviewer decided on this annotation first; nothing was changed".into()));
     }
     sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action, comment) VALUES ($1,$2,$3,$4,$5,$6)")
         .bind(id)
@@ -194,38 +243,45 @@ pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uu
         .bind(&regions)
         .bind(user.id)
         .bind(action)
-        .bind(f.comment.as_deref())
+        .bind(f.get("comment").map(str::trim).filter(|c| !c.is_empty()))
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE annotation_tasks SET status = 'accepted', updated_at = now() WHERE forgery_id = $1").bind(forgery).execute(&mut *tx).await?;
+    sqlx::query("UPDATE annotation_tasks SET status = 'accepted', updated_at = now() WHERE forgery_id = $1").bind(a.forgery).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(Redirect::to("/review").into_response())
 }
 
-/// Return to the same annotator with a comment and the previous text.
-pub async fn send_back(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>, Form(f): Form<DecisionForm>) -> Result<Response, WebError> {
+/// Return to the same annotator with a comment and the previous text. Fields: `csrf`, `version`,
+/// `comment` (required).
+pub async fn send_back(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>, RawForm(body): RawForm) -> Result<Response, WebError> {
     user.require(Role::Reviewer)?;
-    user.check_csrf(f.csrf.as_deref())?;
-    let comment = f.comment.as_deref().map(str::trim).filter(|c| !c.is_empty()).ok_or_else(|| WebError::Unprocessable("say what to improve: the comment is empty".into()))?;
-    let (forgery, text, status) = load(&state, id).await?;
-    if status != "submitted" {
-        return Err(WebError::Unprocessable(format!("this annotation is {status}, not waiting for review")));
-    }
+    let f = FormFields::parse(&body);
+    user.check_csrf(f.get("csrf"))?;
+    let a = load(&state, id).await?;
+    check_fresh(&a, &f)?;
+    let comment = f.get("comment").map(str::trim).filter(|c| !c.is_empty()).ok_or_else(|| WebError::Unprocessable("say what to improve: the comment is empty".into()))?;
     let mut tx = state.pool.begin().await?;
-    sqlx::query("UPDATE annotations SET status = 'returned', updated_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    let n = sqlx::query("UPDATE annotations SET status = 'returned', version = version + 1, updated_at = now() WHERE id = $1 AND status = 'submitted' AND version = $2")
+        .bind(id)
+        .bind(a.version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(WebError::Conflict("another reviewer decided on this annotation first; nothing was changed".into()));
+    }
     sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action, comment) SELECT $1, text, regions, $2, 'return', $3 FROM annotations WHERE id = $1")
         .bind(id)
         .bind(user.id)
         .bind(comment)
         .execute(&mut *tx)
         .await?;
-    // back to the same annotator, with the previous text as the draft and the comment shown
+    // back to the same annotator, with the previous text and chips as the draft and the comment shown
     sqlx::query(
-        "UPDATE annotation_tasks t SET status = 'returned', draft = $2, skip_reason = NULL, updated_at = now(), \
-         annotator_id = a.annotator_id FROM annotations a WHERE a.id = $3 AND t.forgery_id = $1",
+        "UPDATE annotation_tasks t SET status = 'returned', draft = a.text, draft_regions = a.regions, skip_reason = NULL, updated_at = now(), \
+         annotator_id = a.annotator_id FROM annotations a WHERE a.id = $2 AND t.forgery_id = $1",
     )
-    .bind(forgery)
-    .bind(&text)
+    .bind(a.forgery)
     .bind(id)
     .execute(&mut *tx)
     .await?;
@@ -241,7 +297,9 @@ mod tests {
     fn flags_regions_outside_the_manipulated_parts() {
         let manipulated = vec!["l_eye".to_string(), "nose".to_string()];
         let text = "The left eye is blurry and the hair has a seam; the nostrils are fine.";
-        assert_eq!(false_positive_labels(text, &manipulated), vec!["hair"]);
+        assert_eq!(false_positive_labels(text, &[], &manipulated), vec!["hair"]);
+        // a chip counts like a mention; chips on manipulated parts are not flagged
+        assert_eq!(false_positive_labels(text, &["ear", "eye"], &manipulated), vec!["ear", "hair"]);
         let h = highlight(text, &["hair"]);
         assert!(h.iter().any(|(s, f)| *f && s.trim() == "hair"));
         assert_eq!(h.iter().map(|(s, _)| s.as_str()).collect::<String>(), text);

@@ -2,6 +2,8 @@
 //! real face photos (Debian's samples, and `MMTT_FACES_DIR` in CI).
 #![allow(dead_code)]
 
+pub mod web;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

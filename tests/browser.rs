@@ -1,0 +1,231 @@
+//! The three roles in a real browser: Debian's headless Chromium driven over WebDriver
+//! (chromedriver + fantoccini) against the real app on a fresh database. An annotator is refused
+//! an early submission, waits out a short `--min-seconds`, writes, submits; a reviewer removes a
+//! flagged false-positive region and accepts; the admin sees the counts change. A screenshot of
+//! every page goes to `target/tmp/screenshots/`.
+
+mod common;
+
+use common::web::{spawn_app, world, PASSWORD};
+use fantoccini::{Client, ClientBuilder, Locator};
+use mmtt::web::WebConfig;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A chromedriver process on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        for bin in [CHROMIUM, CHROMEDRIVER] {
+            assert!(std::path::Path::new(bin).exists(), "{bin} is missing: run scripts/setup.sh (Debian packages chromium and chromium-driver)");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(CHROMEDRIVER).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Driver { child, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh headless Chromium session with its own profile.
+async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1366,900",
+                     format!("--user-data-dir={}", profile.display())],
+        }),
+    );
+    ClientBuilder::native().capabilities(caps).connect(&driver.url).await.expect("a chromium session")
+}
+
+fn shots_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    let path = shots_dir().join(format!("{name}.png"));
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot {}", path.display());
+}
+
+async fn js(c: &Client, script: &str) -> serde_json::Value {
+    c.execute(script, vec![]).await.unwrap()
+}
+
+/// Polls `script` until it returns true.
+async fn wait_for(c: &Client, script: &str, what: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if js(c, script).await == serde_json::Value::Bool(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn sign_in(c: &Client, base: &str, name: &str) {
+    c.goto(&format!("{base}/login")).await.unwrap();
+    c.find(Locator::Css("input[name=name]")).await.unwrap().send_keys(name).await.unwrap();
+    c.find(Locator::Css("input[name=password]")).await.unwrap().send_keys(PASSWORD).await.unwrap();
+    c.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
+    wait_for(c, "return !location.pathname.startsWith('/login')", "the home page", 10).await;
+}
+
+async fn dashboard_count(c: &Client, base: &str, key: &str) -> i64 {
+    c.goto(&format!("{base}/admin")).await.unwrap();
+    let t = c.find(Locator::Css(&format!("#total [data-k={key}]"))).await.unwrap().text().await.unwrap();
+    t.trim().parse().unwrap()
+}
+
+/// Region labels with a sentence naming each (one label per sentence).
+const SENTENCES: [(&str, &str); 7] = [
+    ("nose", "The nose is smeared and too smooth."),
+    ("eye", "The eye is blurred."),
+    ("mouth", "The mouth corners are warped."),
+    ("eyebrow", "The eyebrow is patchy."),
+    ("skin", "The skin looks waxy."),
+    ("hair", "The hair has a hard seam."),
+    ("ear", "The ear looks pasted on."),
+];
+
+#[test]
+fn three_roles_do_their_job_in_a_real_browser() {
+    let env = world();
+    let profiles = tempfile::tempdir().unwrap();
+    let driver = Driver::start();
+    common::web::rt().block_on(async {
+        let app = spawn_app(&env, WebConfig { min_seconds: 4.0, heartbeat_seconds: 1.0, ..WebConfig::default() }).await;
+        let base = app.base.clone();
+
+        // the admin first: nothing is annotated yet
+        let admin = browser(&driver, &profiles.path().join("admin")).await;
+        sign_in(&admin, &base, "adm").await;
+        assert_eq!(dashboard_count(&admin, &base, "in_review").await, 0);
+        assert_eq!(dashboard_count(&admin, &base, "accepted").await, 0);
+
+        // the annotator
+        let ann = browser(&driver, &profiles.path().join("ann")).await;
+        ann.goto(&format!("{base}/login")).await.unwrap();
+        shot(&ann, "01-login").await;
+        sign_in(&ann, &base, "ann").await;
+        shot(&ann, "02-home").await;
+        ann.find(Locator::LinkText("Next task")).await.unwrap().click().await.unwrap();
+        wait_for(&ann, "return /^\\/annotate\\/[0-9a-f-]{36}$/.test(location.pathname)", "the task page", 10).await;
+        let task_url = ann.current_url().await.unwrap().to_string();
+        let task: uuid::Uuid = task_url.rsplit('/').next().unwrap().parse().unwrap();
+        // one region the mask covers and one it does not (a false positive to flag)
+        let manipulated = mmtt::web::review::manipulated_parts(&app.state, task).await.unwrap();
+        let covered = |l: &str| mmtt::web::review::label_parts(l).iter().any(|p| manipulated.iter().any(|m| m == p));
+        let (true_label, true_sentence) = *SENTENCES.iter().find(|(l, _)| covered(l)).expect("the mask covers a named region");
+        let (fp_label, fp_sentence) = *SENTENCES.iter().rev().find(|(l, _)| !covered(l)).unwrap_or_else(|| panic!("the mask covers every region: {manipulated:?}"));
+        let text = format!("{true_sentence} {fp_sentence}");
+        // synchronized zoom: one click zooms both images by the same transform
+        ann.find(Locator::Id("zoom-in")).await.unwrap().click().await.unwrap();
+        let same = js(&ann, "var s = document.querySelectorAll('.stage'); return [s[0].style.transform, s[1].style.transform];").await;
+        assert_eq!(same[0], same[1]);
+        assert!(same[0].as_str().unwrap().contains("scale(1.5)"), "{same}");
+        // typing: the word count and the chips follow; shortcuts do not fire inside the text box
+        let area = ann.find(Locator::Id("text")).await.unwrap();
+        area.send_keys(&text).await.unwrap();
+        assert_eq!(js(&ann, "return document.querySelectorAll('.stage')[0].style.transform").await, same[0], "typing 0/+/- in the text box must not zoom");
+        let words = mmtt::annotation::word_count(&text);
+        wait_for(&ann, &format!("return document.getElementById('words').textContent === '{words}'"), "the live word count", 5).await;
+        wait_for(&ann, &format!("return document.querySelector('#chips input[value={true_label}]').checked && document.querySelector('#chips input[value={fp_label}]').checked"), "chips suggested from the text", 10).await;
+        wait_for(&ann, "return document.getElementById('saved').textContent === 'draft saved'", "the draft save", 10).await;
+        shot(&ann, "03-annotate").await;
+        // too early: refused by the server with the time still needed; the text is kept
+        ann.find(Locator::Id("submit")).await.unwrap().click().await.unwrap();
+        let refusal = ann.wait().for_element(Locator::Id("refusal")).await.unwrap().text().await.unwrap();
+        assert!(refusal.contains("more seconds of active time are needed"), "{refusal}");
+        assert_eq!(ann.find(Locator::Id("text")).await.unwrap().prop("value").await.unwrap().as_deref(), Some(text.as_str()));
+        shot(&ann, "04-annotate-refused").await;
+        assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap(), 0);
+        // the draft survives a reload
+        ann.goto(&task_url).await.unwrap();
+        assert_eq!(ann.find(Locator::Id("text")).await.unwrap().prop("value").await.unwrap().as_deref(), Some(text.as_str()));
+        // wait out --min-seconds on the server's clock (heartbeats while the page is visible and in use)
+        wait_for(&ann, "document.dispatchEvent(new Event('mousemove')); return document.getElementById('timer').classList.contains('done')", "the active-time minimum", 30).await;
+        ann.find(Locator::Id("submit")).await.unwrap().click().await.unwrap();
+        wait_for(&ann, &format!("return location.pathname !== '/annotate/{task}'"), "the next page after submitting", 10).await;
+        shot(&ann, "05-after-submit").await;
+        let (stored, regions, fp): (String, Vec<String>, Vec<String>) =
+            sqlx::query_as("SELECT text, regions, fp_labels FROM annotations WHERE forgery_id = $1").bind(task).fetch_one(&app.pool).await.unwrap();
+        assert_eq!(stored, text);
+        assert!(regions.contains(&fp_label.to_string()) && regions.contains(&true_label.to_string()), "{regions:?}");
+        assert!(fp.contains(&fp_label.to_string()), "{fp_label} lies outside the mask: {fp:?}");
+        let active: f64 = sqlx::query_scalar("SELECT active_seconds FROM annotations WHERE forgery_id = $1").bind(task).fetch_one(&app.pool).await.unwrap();
+        assert!(active >= 4.0, "{active}");
+        assert_eq!(dashboard_count(&admin, &base, "in_review").await, 1);
+
+        // the reviewer removes the flagged region and accepts
+        let rev = browser(&driver, &profiles.path().join("rev")).await;
+        sign_in(&rev, &base, "rev").await;
+        rev.goto(&format!("{base}/review")).await.unwrap();
+        shot(&rev, "06-review-queue").await;
+        rev.find(Locator::Css("a[href^='/review/']")).await.unwrap().click().await.unwrap();
+        let flags = rev.wait().for_element(Locator::Id("flags")).await.unwrap().text().await.unwrap();
+        assert!(flags.contains(fp_label), "{flags}");
+        let marked = rev.find(Locator::Css("#flagged-text mark")).await.unwrap().text().await.unwrap();
+        assert!(fp_sentence.to_lowercase().contains(&marked.trim().to_lowercase()), "{marked}");
+        shot(&rev, "07-review").await;
+        let area = rev.find(Locator::Id("text")).await.unwrap();
+        area.clear().await.unwrap();
+        area.send_keys(true_sentence).await.unwrap();
+        rev.find(Locator::Css(&format!("#accept-form input[value={fp_label}]"))).await.unwrap().click().await.unwrap();
+        rev.find(Locator::Id("accept")).await.unwrap().click().await.unwrap();
+        wait_for(&rev, "return location.pathname === '/review'", "the queue after accepting", 10).await;
+        shot(&rev, "08-review-done").await;
+        let (status, stored, regions, fp): (String, String, Vec<String>, Vec<String>) =
+            sqlx::query_as("SELECT status, text, regions, fp_labels FROM annotations WHERE forgery_id = $1").bind(task).fetch_one(&app.pool).await.unwrap();
+        assert_eq!(status, "accepted");
+        assert_eq!(stored, true_sentence);
+        assert!(!regions.contains(&fp_label.to_string()) && regions.contains(&true_label.to_string()), "{regions:?}");
+        assert_eq!(fp, [fp_label], "the annotator's flag stays for the dashboard's false-positive rate");
+
+        // the admin sees the counts change
+        assert_eq!(dashboard_count(&admin, &base, "accepted").await, 1);
+        let fp_rate = admin.find(Locator::Css("#overall th:last-child")).await.unwrap().text().await.unwrap();
+        assert_eq!(fp_rate.trim(), "100.0 %");
+        assert_eq!(dashboard_count(&admin, &base, "in_review").await, 0);
+        shot(&admin, "09-dashboard").await;
+        admin.goto(&format!("{base}/admin/users")).await.unwrap();
+        shot(&admin, "10-users").await;
+        // nothing the pages loaded came from another server
+        for c in [&ann, &rev, &admin] {
+            let urls = js(c, "return performance.getEntriesByType('resource').map(function (e) { return e.name; })").await;
+            for u in urls.as_array().unwrap() {
+                assert!(u.as_str().unwrap().starts_with(&base), "a request left the server: {u}");
+            }
+        }
+        for c in [ann, rev, admin] {
+            c.close().await.unwrap();
+        }
+    });
+}
