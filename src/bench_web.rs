@@ -12,7 +12,6 @@ use crate::app::App;
 use crate::web::auth::{add_user, Role, UserName};
 use crate::web::{AppState, WebConfig};
 use anyhow::{anyhow, bail, Context, Result};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct WebBenchArgs {
@@ -59,11 +58,7 @@ pub async fn run(app: &App, args: &WebBenchArgs) -> Result<WebBenchReport> {
     if open < (args.clients * 2) as i64 {
         bail!("only {open} open tasks: fill the database first, e.g. `mmtt seed-synthetic --samples 128303 --seed 1`");
     }
-    let state = AppState {
-        pool: app.pool.clone(),
-        store: app.store.clone(),
-        config: Arc::new(WebConfig { min_seconds: 0.0, ..WebConfig::default() }),
-    };
+    let state = AppState::new(app.pool.clone(), app.store.clone(), WebConfig { min_seconds: 0.0, ..WebConfig::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move {

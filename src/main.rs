@@ -612,7 +612,7 @@ async fn run(cli: Cli) -> Result<()> {
                 if *no_serve {
                     return Ok(());
                 }
-                let state = mmtt::web::AppState { pool: app.pool.clone(), store: app.store.clone(), config: std::sync::Arc::new(mmtt::web::WebConfig::default()) };
+                let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), mmtt::web::WebConfig::default());
                 println!("open http://{bind}/ and sign in (Ctrl-C stops the server)");
                 mmtt::web::serve(state, bind).await
             })
@@ -730,7 +730,7 @@ async fn run(cli: Cli) -> Result<()> {
                 lease: std::time::Duration::from_secs(lease_minutes * 60),
             };
             with_app!(cli, |app| {
-                let state = mmtt::web::AppState { pool: app.pool.clone(), store: app.store.clone(), config: std::sync::Arc::new(config.clone()) };
+                let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone());
                 mmtt::web::serve(state, bind).await
             })
         }

@@ -145,7 +145,8 @@ fn three_roles_do_their_job_in_a_real_browser() {
         let covered = |l: &str| mmtt::web::review::label_parts(l).iter().any(|p| manipulated.iter().any(|m| m == p));
         let (true_label, true_sentence) = *SENTENCES.iter().find(|(l, _)| covered(l)).expect("the mask covers a named region");
         let (fp_label, fp_sentence) = *SENTENCES.iter().rev().find(|(l, _)| !covered(l)).unwrap_or_else(|| panic!("the mask covers every region: {manipulated:?}"));
-        let text = format!("{true_sentence} {fp_sentence}");
+        // with the shortcut keys (F, +, -, 0) inside: typing them must not trigger shortcuts
+        let text = format!("{true_sentence} {fp_sentence} Off by 0-1 px, +/- f.");
         // synchronized zoom: one click zooms both images by the same transform
         ann.find(Locator::Id("zoom-in")).await.unwrap().click().await.unwrap();
         let same = js(&ann, "var s = document.querySelectorAll('.stage'); return [s[0].style.transform, s[1].style.transform];").await;
@@ -155,6 +156,8 @@ fn three_roles_do_their_job_in_a_real_browser() {
         let area = ann.find(Locator::Id("text")).await.unwrap();
         area.send_keys(&text).await.unwrap();
         assert_eq!(js(&ann, "return document.querySelectorAll('.stage')[0].style.transform").await, same[0], "typing 0/+/- in the text box must not zoom");
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(js(&ann, "return document.getElementById('mask').style.opacity").await, "0.35", "typing f must not start the flicker");
         let words = mmtt::annotation::word_count(&text);
         wait_for(&ann, &format!("return document.getElementById('words').textContent === '{words}'"), "the live word count", 5).await;
         wait_for(&ann, &format!("return document.querySelector('#chips input[value={true_label}]').checked && document.querySelector('#chips input[value={fp_label}]').checked"), "chips suggested from the text", 10).await;

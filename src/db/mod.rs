@@ -19,10 +19,23 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// cross splits). `mmtt project set-split` chooses another before the first import.
 pub const DEFAULT_SPLIT_SEED: u64 = 20_251_129;
 
+/// Connections per process unless `MMTT_DB_CONNECTIONS` says otherwise (1-256).
+pub const DEFAULT_CONNECTIONS: u32 = 8;
+
+fn max_connections() -> Result<u32> {
+    match std::env::var("MMTT_DB_CONNECTIONS") {
+        Err(_) => Ok(DEFAULT_CONNECTIONS),
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n @ 1..=256) => Ok(n),
+            _ => anyhow::bail!("MMTT_DB_CONNECTIONS={v} is not a number from 1 to 256: unset it for the default of {DEFAULT_CONNECTIONS}"),
+        },
+    }
+}
+
 /// Connects to `options`, applies migrations and makes sure the project settings exist.
 pub async fn connect_with(options: PgConnectOptions) -> Result<PgPool> {
     let pool = PgPoolOptions::new()
-        .max_connections(8)
+        .max_connections(max_connections()?)
         .acquire_timeout(std::time::Duration::from_secs(15))
         .connect_with(options)
         .await

@@ -24,40 +24,14 @@ pub const MAX_DRAFT_BYTES: usize = 20_000;
 
 pub async fn next(State(state): State<AppState>, user: User) -> Result<Response, WebError> {
     user.require(Role::Annotator)?;
-    let lease = state.config.lease.as_secs_f64();
-    let mine: Option<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT forgery_id FROM annotation_tasks WHERE annotator_id = $1 AND status = 'claimed' AND lease_until > now() \
-         ORDER BY claimed_at LIMIT 1",
-    )
-    .bind(user.id)
-    .fetch_optional(&state.pool)
-    .await?;
-    if let Some(t) = mine {
-        return Ok(Redirect::to(&format!("/annotate/{t}")).into_response());
-    }
-    // tasks a reviewer returned to this annotator come first
-    let returned: Option<uuid::Uuid> = sqlx::query_scalar(
-        "UPDATE annotation_tasks SET status = 'claimed', lease_until = now() + make_interval(secs => $2), claimed_at = now(),            last_heartbeat = NULL, updated_at = now()          WHERE forgery_id = (SELECT forgery_id FROM annotation_tasks WHERE annotator_id = $1 AND status = 'returned'            ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING forgery_id",
-    )
-    .bind(user.id)
-    .bind(lease)
-    .fetch_optional(&state.pool)
-    .await?;
-    if let Some(t) = returned {
-        return Ok(Redirect::to(&format!("/annotate/{t}")).into_response());
-    }
-    // an open task first (walks the partial index), else one whose lease expired
-    let mut claimed = None;
-    for pick in [
-        "SELECT forgery_id FROM annotation_tasks WHERE status = 'open' ORDER BY status, forgery_id FOR UPDATE SKIP LOCKED LIMIT 1",
-        "SELECT forgery_id FROM annotation_tasks WHERE status = 'claimed' AND lease_until < now() ORDER BY status, forgery_id FOR UPDATE SKIP LOCKED LIMIT 1",
-    ] {
-        claimed = claim(&state, &user, pick).await?;
-        if claimed.is_some() {
-            break;
-        }
-    }
-    match claimed {
+    // one round trip: own live task, else returned to them, else open, else lease-expired
+    // (migrations/0005: mmtt_next_task, claims with FOR UPDATE SKIP LOCKED)
+    let task: Option<uuid::Uuid> = sqlx::query_scalar("SELECT mmtt_next_task($1, $2)")
+        .bind(user.id)
+        .bind(state.config.lease.as_secs_f64())
+        .fetch_one(&state.pool)
+        .await?;
+    match task {
         Some(t) => Ok(Redirect::to(&format!("/annotate/{t}")).into_response()),
         None => Ok(Html(super::pages::message_page(StatusCode::OK, "No task is waiting: every forged image has an annotator. Come back later.")
             .map_err(|e| WebError::Internal(e.to_string()))?)
@@ -99,11 +73,14 @@ async fn not_held(state: &AppState, user: &User, task: uuid::Uuid) -> WebError {
     }
 }
 
-/// The task if `user` holds it under a live lease.
+/// The task if `user` holds it under a live lease: active seconds, elapsed seconds, draft, draft
+/// chips, and the reviewer's comment when it came back for refinement.
 async fn held(state: &AppState, user: &User, task: uuid::Uuid) -> Result<sqlx::postgres::PgRow, WebError> {
     sqlx::query(
-        "SELECT active_seconds, extract(epoch FROM now() - claimed_at)::float8, draft, draft_regions FROM annotation_tasks \
-         WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' AND lease_until > now()",
+        "SELECT t.active_seconds, extract(epoch FROM now() - t.claimed_at)::float8, t.draft, t.draft_regions, \
+           (SELECT r.comment FROM annotations a JOIN annotation_revisions r ON r.annotation_id = a.id \
+             WHERE a.forgery_id = t.forgery_id AND a.status = 'returned' AND r.action = 'return' ORDER BY r.id DESC LIMIT 1) \
+         FROM annotation_tasks t WHERE t.forgery_id = $1 AND t.annotator_id = $2 AND t.status = 'claimed' AND t.lease_until > now()",
     )
     .bind(task)
     .bind(user.id)
@@ -169,18 +146,8 @@ pub const RULES: [&str; 4] = [
     "At most 120 words, and at least one minute on each image.",
 ];
 
-async fn return_comment(state: &AppState, task: uuid::Uuid) -> Result<Option<String>, WebError> {
-    Ok(sqlx::query_scalar(
-        "SELECT r.comment FROM annotation_revisions r JOIN annotations a ON a.id = r.annotation_id          WHERE a.forgery_id = $1 AND a.status = 'returned' AND r.action = 'return' ORDER BY r.id DESC LIMIT 1",
-    )
-    .bind(task)
-    .fetch_optional(&state.pool)
-    .await?
-    .flatten())
-}
-
-async fn page_for(state: &AppState, user: &User, task: uuid::Uuid, text: String, regions: Option<Vec<&'static str>>, active: f64, error: Option<String>) -> Result<Html<String>, WebError> {
-    let comment = return_comment(state, task).await?;
+#[allow(clippy::too_many_arguments)]
+async fn page_for(state: &AppState, user: &User, task: uuid::Uuid, text: String, regions: Option<Vec<&'static str>>, active: f64, comment: Option<String>, error: Option<String>) -> Result<Html<String>, WebError> {
     let chosen = regions.unwrap_or_else(|| region_labels(&text));
     render(&AnnotatePage {
         chips: chips(&text, &chosen),
@@ -201,7 +168,7 @@ pub async fn page(State(state): State<AppState>, user: User, Path(task): Path<uu
     user.require(Role::Annotator)?;
     let row = held(&state, &user, task).await?;
     let regions = row.get::<Option<Vec<String>>, _>(3).map(|r| parse_regions(r.iter().map(String::as_str))).transpose()?;
-    page_for(&state, &user, task, row.get::<Option<String>, _>(2).unwrap_or_default(), regions, row.get(0), None).await
+    page_for(&state, &user, task, row.get::<Option<String>, _>(2).unwrap_or_default(), regions, row.get(0), row.get(4), None).await
 }
 
 fn csrf_header(headers: &HeaderMap) -> Option<&str> {
@@ -270,19 +237,12 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
     user.check_csrf(f.get("csrf"))?;
     let text = f.get("text").unwrap_or_default().to_string();
     let chosen = if f.get("chips").is_some() { Some(parse_regions(f.all("region"))?) } else { None };
-    let mut tx = state.pool.begin().await?;
-    let row = sqlx::query(
-        "SELECT active_seconds, extract(epoch FROM now() - claimed_at)::float8 FROM annotation_tasks \
-         WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' AND lease_until > now() FOR UPDATE",
-    )
-    .bind(task)
-    .bind(user.id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else { return Err(not_held(&state, &user, task).await) };
-    let (active, elapsed): (f64, f64) = (row.get(0), row.get(1));
+    // Checks and reads first, outside any transaction: a transaction never waits for a second
+    // pool connection (under load that would starve the pool).
+    let Ok(row) = held(&state, &user, task).await else { return Err(not_held(&state, &user, task).await) };
+    let active: f64 = row.get(0);
     let refuse = async |msg: String| -> Result<Response, WebError> {
-        Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, task, text.clone(), chosen.clone(), active, Some(msg)).await?).into_response())
+        Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, task, text.clone(), chosen.clone(), active, row.get(4), Some(msg)).await?).into_response())
     };
     let words = match check_text(&text) {
         Ok(n) => n,
@@ -299,6 +259,21 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
     let regions: Vec<&str> = chosen.clone().unwrap_or_else(|| region_labels(&text));
     let manipulated = super::review::manipulated_parts(&state, task).await?;
     let fp = super::review::false_positive_labels(&text, &regions, &manipulated);
+    // then the writes, with the hold checked again under the row lock
+    let mut tx = state.pool.begin().await?;
+    let row = sqlx::query(
+        "SELECT active_seconds, extract(epoch FROM now() - claimed_at)::float8 FROM annotation_tasks \
+         WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' AND lease_until > now() FOR UPDATE",
+    )
+    .bind(task)
+    .bind(user.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Err(not_held(&state, &user, task).await);
+    };
+    let (active, elapsed): (f64, f64) = (row.get(0), row.get(1));
     // a refinement of a returned annotation updates it; every version stays in the revisions
     let id: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, fp_labels) \

@@ -44,6 +44,13 @@ pub struct AppState {
     pub pool: sqlx::PgPool,
     pub store: Arc<FsBlobStore>,
     pub config: Arc<WebConfig>,
+    pub sessions: Arc<auth::SessionCache>,
+}
+
+impl AppState {
+    pub fn new(pool: sqlx::PgPool, store: Arc<FsBlobStore>, config: WebConfig) -> Self {
+        AppState { pool, store, config: Arc::new(config), sessions: Arc::default() }
+    }
 }
 
 /// Errors of a request, each with its status and a message for people.

@@ -73,7 +73,9 @@ pub async fn logout(State(state): State<AppState>, user: User, headers: axum::ht
         .and_then(|h| h.split(';').map(str::trim).find_map(|kv| kv.strip_prefix("mmtt_session=")))
         .unwrap_or_default()
         .to_string();
-    sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(auth::token_hash(&token)).execute(&state.pool).await?;
+    let hash = auth::token_hash(&token);
+    sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(&hash).execute(&state.pool).await?;
+    state.sessions.evict(&hash);
     Ok(([(header::SET_COOKIE, auth::clear_cookie())], Redirect::to("/login")).into_response())
 }
 

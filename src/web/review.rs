@@ -184,6 +184,11 @@ async fn page_for(state: &AppState, user: &User, id: uuid::Uuid, edit: Option<(S
     })
 }
 
+/// Two reviewers decided at once: the later one changes nothing.
+fn decided_first() -> WebError {
+    WebError::Conflict("another reviewer decided on this annotation first; nothing was changed".into())
+}
+
 /// Refuses a decision made on an out-of-date page or on an annotation that is no longer waiting.
 fn check_fresh(a: &Loaded, f: &FormFields) -> Result<(), WebError> {
     if a.status != "submitted" {
@@ -235,7 +240,7 @@ pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uu
     .await?
     .rows_affected();
     if n == 0 {
-        return Err(WebError::Conflict("another reviewer decided on this annotation first; nothing was changed".into()));
+        return Err(decided_first());
     }
     sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action, comment) VALUES ($1,$2,$3,$4,$5,$6)")
         .bind(id)
@@ -268,7 +273,7 @@ pub async fn send_back(State(state): State<AppState>, user: User, Path(id): Path
         .await?
         .rows_affected();
     if n == 0 {
-        return Err(WebError::Conflict("another reviewer decided on this annotation first; nothing was changed".into()));
+        return Err(decided_first());
     }
     sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action, comment) SELECT $1, text, regions, $2, 'return', $3 FROM annotations WHERE id = $1")
         .bind(id)

@@ -28,7 +28,7 @@ pub fn world() -> super::Env {
 pub async fn spawn_app(env: &super::Env, config: WebConfig) -> TestApp {
     let pool = mmtt::db::connect_url(&env.db.url).await.expect("db");
     let store = Arc::new(mmtt::store::FsBlobStore::open(env.data.path().join("blobs")).unwrap());
-    let state = AppState { pool: pool.clone(), store, config: Arc::new(config) };
+    let state = AppState::new(pool.clone(), store, config);
     let served = state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
