@@ -4,6 +4,9 @@
 
 ALTER TABLE annotation_tasks ADD COLUMN draft_regions text[];
 ALTER TABLE annotations ADD COLUMN fp_labels text[] NOT NULL DEFAULT '{}';
+-- The reference extractor's labels of the current text (spec section 7), kept with every change
+-- of the text so statistics and exports need not re-run it.
+ALTER TABLE annotations ADD COLUMN mentions text[] NOT NULL DEFAULT '{}';
 -- Bumped on every change, so a form rendered from an older version is refused as stale.
 ALTER TABLE annotations ADD COLUMN version integer NOT NULL DEFAULT 1;
 CREATE INDEX annotations_status ON annotations (status, updated_at);

@@ -32,8 +32,9 @@ fi
 # ONNX Runtime (its libonnxruntime.so is what mmtt loads), onnx (tiny test models), numpy and
 # Pillow (the Python reference pipeline), in the project's own virtual environment.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY_PACKAGES=(onnxruntime==1.31.1 onnx numpy pillow)
-if ! "$ROOT/.venv/bin/python" -c "import onnxruntime, onnx, numpy, PIL; assert onnxruntime.__version__ == '1.31.1'" 2>/dev/null; then
+# datasets and pycocotools: the real clients the export tests read the exports with.
+PY_PACKAGES=(onnxruntime==1.31.1 onnx numpy pillow datasets==5.2.0 pycocotools==2.0.11)
+if ! "$ROOT/.venv/bin/python" -c "import onnxruntime, onnx, numpy, PIL, datasets, pycocotools; assert onnxruntime.__version__ == '1.31.1' and datasets.__version__ == '5.2.0'" 2>/dev/null; then
   echo "setup: installing ${PY_PACKAGES[*]} into .venv" >&2
   [ -x "$ROOT/.venv/bin/python" ] || python3 -m venv "$ROOT/.venv"
   "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" >&2

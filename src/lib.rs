@@ -10,12 +10,14 @@
 //! - [`fixtures`]: builds test/demo inputs (a CelebAMask-HQ-layout folder) from face photos.
 //! - [`demo`]: the end-to-end demo.
 //! - [`web`]: the annotation and QA web app; [`bench_web`] its load benchmark.
+//! - [`export`]: dataset exports (hf, coco, webdataset, mmtt); [`stats`]: spec section 6 statistics and charts.
 //! - [`bench`]: generator throughput; [`synthetic`]: bulk synthetic samples for benchmarks.
 
 pub mod annotation;
 pub mod app;
 pub mod db;
 pub mod demo;
+pub mod export;
 pub mod bench;
 pub mod bench_web;
 pub mod fixtures;
@@ -24,6 +26,7 @@ pub mod generate;
 pub mod import;
 pub mod masks;
 pub mod split;
+pub mod stats;
 pub mod store;
 pub mod synthetic;
 pub mod web;

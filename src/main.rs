@@ -38,7 +38,7 @@ enum Command {
     /// Import source faces.
     Import {
         #[arg(value_enum)]
-        dataset: Dataset,
+        dataset: ImportKind,
         /// The dataset's folder.
         #[arg(long)]
         root: PathBuf,
@@ -181,6 +181,53 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         lease_minutes: u64,
     },
+    /// Export accepted triplets as a dataset (hf, coco, webdataset, mmtt); resumes when re-run.
+    Export {
+        #[arg(long, value_enum)]
+        format: mmtt::export::Format,
+        #[arg(long)]
+        out: PathBuf,
+        /// Submitted, not yet reviewed annotations too.
+        #[arg(long)]
+        include_unreviewed: bool,
+        /// Only these methods (repeatable).
+        #[arg(long = "method")]
+        methods: Vec<String>,
+        /// Only these source datasets (repeatable).
+        #[arg(long = "dataset")]
+        datasets: Vec<String>,
+        /// Draw new splits for this export (refused when a swap pair would cross them).
+        #[arg(long, requires = "seed")]
+        resplit: bool,
+        /// With --resplit: the seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// With --resplit: train:validation:test.
+        #[arg(long, default_value = "8:1:1")]
+        ratios: String,
+        /// Hard-link images from the data directory instead of copying.
+        #[arg(long)]
+        link: bool,
+        /// hf: leave out the originals.
+        #[arg(long)]
+        no_originals: bool,
+        /// webdataset: bytes per shard.
+        #[arg(long, default_value_t = 1_000_000_000)]
+        shard_size: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dataset statistics (spec section 6) and the Table 1 row.
+    Stats {
+        #[arg(long)]
+        json: bool,
+        /// Count submitted captions too (default: accepted ones).
+        #[arg(long)]
+        include_unreviewed: bool,
+        /// Write the charts (SVG) into this folder.
+        #[arg(long)]
+        charts: Option<PathBuf>,
+    },
     /// Fill a benchmark/test database with synthetic samples.
     SeedSynthetic {
         #[arg(long)]
@@ -256,6 +303,21 @@ enum ForgeriesAction {
     },
 }
 
+/// What `mmtt import` reads.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ImportKind {
+    /// CelebA-HQ-img/{k}.jpg with CelebAMask-HQ-mask-anno/{k/2000}/{k:05}_{part}.png
+    #[value(name = "celebamask-hq")]
+    CelebamaskHq,
+    /// FFHQ aligned faces (any folder of images, searched recursively)
+    Ffhq,
+    /// Any photos: faces detected, aligned FFHQ-style
+    Photos,
+    /// The authors' MMTT release: {train,val,test}.json with images and masks
+    #[value(name = "mmtt-release")]
+    MmttRelease,
+}
+
 #[derive(Subcommand)]
 enum BenchAction {
     /// Images/s of the ONNX generators (mmtt vs Python onnxruntime) and the built-in ones.
@@ -267,6 +329,13 @@ enum BenchAction {
         n: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+    },
+    /// `mmtt stats` time and an hf export against `cp -r` of the same files (and `--link`); fill
+    /// the database first with `mmtt seed-synthetic --state accepted`.
+    Export {
+        /// An empty or new folder for the exports.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// "Next task" + annotation page latency at many concurrent clients (fill the database first
     /// with `mmtt seed-synthetic`).
@@ -471,9 +540,28 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Import { dataset: ImportKind::MmttRelease, root, json, .. } => with_app!(cli, |app| {
+            let s = import::release::import(app, root).await?;
+            println!(
+                "imported {} samples from the MMTT release ({}); {} were already present",
+                s.imported,
+                s.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+                s.already_present
+            );
+            if *json {
+                println!("{}", serde_json::to_string(&s)?);
+            }
+            Ok(())
+        }),
         Command::Import { dataset, root, limit, max_side, json } => {
+            let dataset = match dataset {
+                ImportKind::CelebamaskHq => Dataset::CelebAMaskHq,
+                ImportKind::Ffhq => Dataset::Ffhq,
+                ImportKind::Photos => Dataset::Photos,
+                ImportKind::MmttRelease => unreachable!("handled above"),
+            };
             let opts = ImportOptions {
-                dataset: *dataset,
+                dataset,
                 root: Some(root.clone()),
                 files: vec![],
                 limit: *limit,
@@ -705,6 +793,11 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),
+        Command::Bench { action: BenchAction::Export { out } } => with_app!(cli, |app| {
+            let r = mmtt::export::bench(app, out).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }),
         Command::Bench { action: BenchAction::Web { clients, rounds, json } } => with_app!(cli, |app| {
             let r = mmtt::bench_web::run(app, &mmtt::bench_web::WebBenchArgs { clients: *clients, rounds: *rounds }).await?;
             if *json {
@@ -734,6 +827,57 @@ async fn run(cli: Cli) -> Result<()> {
                 mmtt::web::serve(state, bind).await
             })
         }
+        Command::Export { format, out, include_unreviewed, methods, datasets, resplit, seed, ratios, link, no_originals, shard_size, json } => {
+            let mut o = mmtt::export::ExportOptions::new(*format, out.clone());
+            o.include_unreviewed = *include_unreviewed;
+            o.methods = methods.clone();
+            o.datasets = datasets.clone();
+            o.link = *link;
+            o.originals = !*no_originals;
+            o.shard_bytes = *shard_size;
+            if *resplit {
+                let r: mmtt::split::SplitRatios = ratios.parse()?;
+                o.resplit = Some((seed.ok_or_else(|| anyhow::anyhow!("--resplit needs --seed"))?, r));
+            } else if seed.is_some() {
+                anyhow::bail!("--seed only applies with --resplit");
+            }
+            with_app!(cli, |app| {
+                let r = mmtt::export::run(app, &o).await?;
+                if *json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "exported {} samples ({}) to {} in {:.1} s: {} files, {:.1} MB ({} kept from an earlier run); splits seed {} ratios {}",
+                        r.samples,
+                        r.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+                        r.out, r.seconds, r.files, r.bytes as f64 / 1e6, r.reused_files, r.split_seed, r.split_ratios
+                    );
+                }
+                Ok(())
+            })
+        }
+        Command::Stats { json, include_unreviewed, charts } => with_app!(cli, |app| {
+            let t = std::time::Instant::now();
+            let scope = mmtt::stats::Scope {
+                statuses: if *include_unreviewed { vec!["accepted".into(), "submitted".into()] } else { vec![] },
+                ..Default::default()
+            };
+            let (samples, faces) = mmtt::stats::load(&app.pool, &scope).await?;
+            let st = mmtt::stats::Stats::compute(&samples, faces);
+            if let Some(dir) = charts {
+                std::fs::create_dir_all(dir)?;
+                for (name, svg) in st.charts()? {
+                    std::fs::write(dir.join(name), svg)?;
+                }
+            }
+            if *json {
+                println!("{}", serde_json::to_string(&st)?);
+            } else {
+                print!("{}", st.to_text());
+            }
+            eprintln!("stats: {} samples in {:.0} ms", st.samples, t.elapsed().as_secs_f64() * 1e3);
+            Ok(())
+        }),
         Command::SeedSynthetic { samples, seed, state, force } => with_app!(cli, |app| {
             let n = mmtt::synthetic::seed(app, *samples, *seed, *state, *force).await?;
             println!("seeded {n} synthetic samples ({state:?})");

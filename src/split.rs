@@ -35,6 +35,13 @@ impl fmt::Display for Split {
     }
 }
 
+impl FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Split::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| format!("unknown split `{s}`: use train, validation or test"))
+    }
+}
+
 /// Split ratios `A:B:C` (train:validation:test), positive integers. Valid by construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitRatios([u32; 3]);

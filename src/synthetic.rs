@@ -33,6 +33,9 @@ const PHRASES: [&str; 8] = [
     "The forehead has a colour shift and the wrinkles are painted on.",
 ];
 
+/// Parts a synthetic plan draws from (CelebAMask-HQ names).
+const PARTS: [&str; 9] = ["nose", "l_eye", "r_eye", "mouth", "u_lip", "l_lip", "l_brow", "r_brow", "skin"];
+
 fn variant_image(i: usize) -> RgbImage {
     let (a, b) = ((i * 37 % 200) as f32, (i * 91 % 200) as f32);
     RgbImage::from_fn(512, 512, |x, y| {
@@ -80,7 +83,7 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
         masks.push((crate::store::BlobKey::of(&m).to_string(), n));
     }
     let job = uuid::Uuid::new_v4();
-    sqlx::query("INSERT INTO forge_jobs (id, requested, seed, plan_seed, methods, params) VALUES ($1, $2, $3, $3, '{synthetic}', '{\"synthetic\": true}')")
+    sqlx::query("INSERT INTO forge_jobs (id, requested, seed, plan_seed, methods, params) VALUES ($1, $2, $3, $3, '{synthetic-swap,synthetic-transformer,synthetic-diffusion}', '{\"synthetic\": true}')")
         .bind(job)
         .bind(samples as i32)
         .bind(seed as i64)
@@ -113,6 +116,17 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
             c.item.push(uuid::Uuid::new_v4());
             c.forgery.push(uuid::Uuid::new_v4());
             c.original_id.push(format!("syn-{seed}-{i}"));
+            // the paper's method mix: swap 44,343 : transformer 37,440 : diffusion 46,520
+            let r = rng.next_u64() % 128_303;
+            let (method, family) = if r < 44_343 {
+                ("synthetic-swap", "swap")
+            } else if r < 44_343 + 37_440 {
+                ("synthetic-transformer", "transformer")
+            } else {
+                ("synthetic-diffusion", "diffusion")
+            };
+            c.method.push(method.to_string());
+            c.family.push(family.to_string());
             c.split.push(split::assign(settings.split_seed, settings.split_ratios, &key).name().to_string());
             c.key.push(key);
             c.original.push(originals[v].clone());
@@ -121,9 +135,13 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
             c.pixels.push(masks[v].1);
             let t = PHRASES[(rng.next_u64() % PHRASES.len() as u64) as usize];
             c.text.push(t.to_string());
-            // synthetic masks are planned on the nose: other regions are false positives
+            // 1-5 planned parts; regions the text names outside them are false positives
+            let k = 1 + (rng.next_u64() % 5) as usize;
+            let start = (rng.next_u64() % PARTS.len() as u64) as usize;
+            let parts: Vec<String> = (0..k).map(|j| PARTS[(start + j * 2) % PARTS.len()].to_string()).collect();
             c.regions.push(crate::annotation::region_labels(t).join(","));
-            c.fp.push(crate::web::review::false_positive_labels(t, &[], &["nose".to_string()]).join(","));
+            c.fp.push(crate::web::review::false_positive_labels(t, &[], &parts).join(","));
+            c.parts.push(parts.join(","));
             c.words.push(crate::annotation::word_count(t) as i32);
             c.active.push(60.0 + (rng.next_u64() % 240) as f64);
             c.annotator.push(annotators.get((i % 5) as usize).copied().unwrap_or_default());
@@ -140,32 +158,33 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
         .await?;
         sqlx::query(
             "INSERT INTO mask_plans (id, source_id, purpose, kind, parts, k_drawn, seed, item_seed, rule_version, mask_hash, pixels) \
-             SELECT id, sid, 'inpaint', 'parts', '{nose}', 1, $4, 0, 1, mh, px FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $5::int[]) AS t(id, sid, mh, px)",
+             SELECT id, sid, 'inpaint', 'parts', string_to_array(pa, ','), cardinality(string_to_array(pa, ',')), $4, 0, 1, mh, px \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $5::int[], $6::text[]) AS t(id, sid, mh, px, pa)",
         )
-        .bind(&c.plan).bind(&c.source).bind(&c.mask).bind(seed as i64).bind(&c.pixels)
+        .bind(&c.plan).bind(&c.source).bind(&c.mask).bind(seed as i64).bind(&c.pixels).bind(&c.parts)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO forge_items (id, job_id, method, family, target_id, plan_id, seed, status, attempts) \
-             SELECT id, $1, 'synthetic', 'inpaint', sid, pid, $4, 'done', 1 FROM UNNEST($2::uuid[], $3::uuid[], $5::uuid[]) AS t(id, sid, pid)",
+             SELECT id, $1, me, fa, sid, pid, $4, 'done', 1 FROM UNNEST($2::uuid[], $3::uuid[], $5::uuid[], $6::text[], $7::text[]) AS t(id, sid, pid, me, fa)",
         )
-        .bind(job).bind(&c.item).bind(&c.source).bind(seed as i64).bind(&c.plan)
+        .bind(job).bind(&c.item).bind(&c.source).bind(seed as i64).bind(&c.plan).bind(&c.method).bind(&c.family)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO forgeries (id, item_id, method, target_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings) \
-             SELECT id, iid, 'synthetic', sid, pid, sp, fh, mh, oh, $8, '{\"generator\": \"synthetic\"}', '{}' \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $9::text[]) AS t(id, iid, sid, pid, sp, fh, mh, oh)",
+             SELECT id, iid, me, sid, pid, sp, fh, mh, oh, $8, '{\"generator\": \"synthetic\"}', '{}' \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $9::text[], $10::text[]) AS t(id, iid, sid, pid, sp, fh, mh, oh, me)",
         )
-        .bind(&c.forgery).bind(&c.item).bind(&c.source).bind(&c.plan).bind(&c.split).bind(&c.forged).bind(&c.mask).bind(seed as i64).bind(&c.original)
+        .bind(&c.forgery).bind(&c.item).bind(&c.source).bind(&c.plan).bind(&c.split).bind(&c.forged).bind(&c.mask).bind(seed as i64).bind(&c.original).bind(&c.method)
         .execute(&mut *tx)
         .await?;
         if state == SyntheticState::Accepted {
             let ann: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
             sqlx::query(
-                "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, fp_labels) \
+                "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, fp_labels, mentions) \
                  SELECT id, fid, uid, tx, coalesce(string_to_array(nullif(rg, ''), ','), '{}'), wc, act, act * 1.3, 'accepted', \
-                        coalesce(string_to_array(nullif(fp, ''), ','), '{}') \
+                        coalesce(string_to_array(nullif(fp, ''), ','), '{}'), coalesce(string_to_array(nullif(rg, ''), ','), '{}') \
                  FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::float8[], $7::text[], $8::text[]) AS t(id, fid, uid, tx, wc, act, rg, fp)",
             )
             .bind(&ann).bind(&c.forgery).bind(&c.annotator).bind(&c.text).bind(&c.words).bind(&c.active).bind(&c.regions).bind(&c.fp)
@@ -203,6 +222,9 @@ struct Cols {
     text: Vec<String>,
     regions: Vec<String>,
     fp: Vec<String>,
+    parts: Vec<String>,
+    method: Vec<String>,
+    family: Vec<String>,
     words: Vec<i32>,
     active: Vec<f64>,
     annotator: Vec<uuid::Uuid>,

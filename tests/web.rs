@@ -32,6 +32,7 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("POST", "/review/{annotation}/accept"), [401, 403, 404, 404]),
         (("POST", "/review/{annotation}/return"), [401, 403, 404, 404]),
         (("GET", "/admin"), [401, 403, 403, 200]),
+        (("GET", "/admin/stats"), [401, 403, 403, 200]),
         (("GET", "/admin/users"), [401, 403, 403, 200]),
         (("POST", "/admin/users"), [401, 403, 403, 200]),
     ])

@@ -9,6 +9,7 @@
 
 pub mod datasets;
 pub mod decode;
+pub mod release;
 
 use crate::app::App;
 use crate::split;

@@ -276,9 +276,9 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
     let (active, elapsed): (f64, f64) = (row.get(0), row.get(1));
     // a refinement of a returned annotation updates it; every version stays in the revisions
     let id: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, fp_labels) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'submitted',$9) \
-         ON CONFLICT (forgery_id) DO UPDATE SET text = EXCLUDED.text, regions = EXCLUDED.regions, word_count = EXCLUDED.word_count, \
+        "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, fp_labels, mentions) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'submitted',$9,$10) \
+         ON CONFLICT (forgery_id) DO UPDATE SET text = EXCLUDED.text, regions = EXCLUDED.regions, word_count = EXCLUDED.word_count, mentions = EXCLUDED.mentions, \
            active_seconds = EXCLUDED.active_seconds, elapsed_seconds = EXCLUDED.elapsed_seconds, status = 'submitted', \
            fp_labels = EXCLUDED.fp_labels, version = annotations.version + 1, updated_at = now() \
          WHERE annotations.annotator_id = EXCLUDED.annotator_id RETURNING id",
@@ -292,6 +292,7 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
     .bind(active)
     .bind(elapsed)
     .bind(&fp)
+    .bind(region_labels(&text))
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) VALUES ($1, $2, $3, $4, 'submit')")

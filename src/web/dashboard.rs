@@ -50,9 +50,19 @@ pub struct JobRow {
     pub percent: f64,
 }
 
+pub struct ExportRow {
+    pub format: String,
+    pub out_dir: String,
+    pub status: String,
+    pub started: String,
+    pub done: i32,
+    pub total: i32,
+}
+
 #[derive(Template)]
 #[template(path = "dashboard.html")]
 struct DashboardPage {
+    exports: Vec<ExportRow>,
     name: String,
     states: Vec<StateRow>,
     total: StateRow,
@@ -193,5 +203,46 @@ pub async fn dashboard(State(state): State<AppState>, user: User) -> Result<Html
             }
         })
         .collect();
-    render(&DashboardPage { name: user.name.clone(), states, total, annotators, overall, jobs })
+    let exports = sqlx::query_as::<_, (String, String, String, String, i32, i32)>(
+        "SELECT format, out_dir, status, left(started_at::text, 19), done, total FROM exports ORDER BY started_at DESC LIMIT 10",
+    )
+    .fetch_all(&state.pool)
+    .await?
+    .into_iter()
+    .map(|(format, out_dir, status, started, done, total)| ExportRow { format, out_dir, status, started, done, total })
+    .collect();
+    render(&DashboardPage { name: user.name.clone(), states, total, annotators, overall, jobs, exports })
+}
+
+#[derive(Template)]
+#[template(path = "stats.html")]
+struct StatsPage {
+    name: String,
+    text: String,
+    /// (title, data URI of the SVG)
+    charts: Vec<(String, String)>,
+    elapsed_ms: f64,
+}
+
+/// `data:` URI of an SVG (shown in `<img>`, where an SVG runs no script).
+fn svg_data_uri(svg: &str) -> String {
+    let mut s = String::from("data:image/svg+xml;charset=utf-8,");
+    for b in svg.bytes() {
+        if b.is_ascii_alphanumeric() || b" -_.~/:=,;()'".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// Spec section 6 statistics with their charts (accepted captions).
+pub async fn stats(State(state): State<AppState>, user: User) -> Result<Html<String>, WebError> {
+    user.require(Role::Admin)?;
+    let t = std::time::Instant::now();
+    let (samples, faces) = crate::stats::load(&state.pool, &crate::stats::Scope::default()).await?;
+    let st = crate::stats::Stats::compute(&samples, faces);
+    let charts = st.charts()?.into_iter().map(|(n, svg)| (n.trim_end_matches(".svg").to_string(), svg_data_uri(&svg))).collect();
+    render(&StatsPage { name: user.name.clone(), text: st.to_text(), charts, elapsed_ms: t.elapsed().as_secs_f64() * 1e3 })
 }

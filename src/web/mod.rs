@@ -165,6 +165,7 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::POST, "/review/{annotation}/accept", Access::Reviewer, post(review::accept)),
         (Method::POST, "/review/{annotation}/return", Access::Reviewer, post(review::send_back)),
         (Method::GET, "/admin", Access::Admin, get(dashboard::dashboard)),
+        (Method::GET, "/admin/stats", Access::Admin, get(dashboard::stats)),
         (Method::GET, "/admin/users", Access::Admin, get(pages::users)),
         (Method::POST, "/admin/users", Access::Admin, post(pages::add_user)),
     ]
@@ -192,7 +193,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
-            header::HeaderValue::from_static("default-src 'self'; img-src 'self'; frame-ancestors 'none'"),
+            header::HeaderValue::from_static("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
         ))
         .with_state(state)
 }

@@ -228,7 +228,7 @@ pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uu
     let action = if text == a.text && regions.iter().copied().eq(a.regions.iter().map(String::as_str)) { "accept" } else { "edit_accept" };
     let mut tx = state.pool.begin().await?;
     let n = sqlx::query(
-        "UPDATE annotations SET status = 'accepted', text = $2, regions = $3, word_count = $4, version = version + 1, updated_at = now() \
+        "UPDATE annotations SET status = 'accepted', text = $2, regions = $3, word_count = $4, mentions = $6, version = version + 1, updated_at = now() \
          WHERE id = $1 AND status = 'submitted' AND version = $5",
     )
     .bind(id)
@@ -236,6 +236,7 @@ pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uu
     .bind(&regions)
     .bind(words as i32)
     .bind(a.version)
+    .bind(region_labels(&text))
     .execute(&mut *tx)
     .await?
     .rows_affected();

@@ -1,0 +1,169 @@
+//! `mmtt import mmtt-release --root DIR`: the authors' published MMTT release (spec section 8),
+//! so its samples can be reviewed, re-split, exported and evaluated on the platform.
+//!
+//! The release is `train.json`, `val.json` (or `validation.json`) and `test.json`, each a list of
+//! `{image_id, instance_id, caption, img_path, mask_path, multilabel[21]}` with paths relative to
+//! the root. The method comes from the image id's prefix (`sd` diffusion -> `sdxl`, `mat`
+//! transformer, `e4s` swap, anything else attribute editing). The release carries no pristine
+//! originals: the forged image stands in for the original (and source) of each sample, which
+//! the review page then shows twice. Captions arrive accepted (by the account `mmtt-release`),
+//! in the release's split. Re-importing skips what is already there.
+
+use crate::annotation::{region_labels, word_count, REGION_LABELS};
+use crate::app::App;
+use crate::split::Split;
+use crate::store::BlobStore;
+use anyhow::{anyhow, bail, Context, Result};
+use mmtt_generators::mask::{encode_mask_png, encode_rgb_png};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+pub struct ReleaseRecord {
+    pub image_id: String,
+    #[serde(default)]
+    pub instance_id: serde_json::Value,
+    pub caption: String,
+    pub img_path: String,
+    pub mask_path: String,
+    pub multilabel: Vec<u8>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReleaseSummary {
+    pub imported: u64,
+    pub already_present: u64,
+    pub per_split: std::collections::BTreeMap<String, u64>,
+}
+
+/// The method and family an image id's prefix names.
+pub fn method_of(image_id: &str) -> (&'static str, &'static str) {
+    match image_id.split(['_', '-']).next().unwrap_or_default() {
+        "sd" => ("sdxl", "diffusion"),
+        "mat" => ("mat", "transformer"),
+        "e4s" => ("e4s", "swap"),
+        _ => ("attribute-edit", "inpaint"),
+    }
+}
+
+fn load_image(root: &Path, rel: &str, what: &str, id: &str) -> Result<image::DynamicImage> {
+    let p = root.join(rel);
+    if rel.contains("..") {
+        bail!("record {id}: {what} path `{rel}` leaves the release folder");
+    }
+    image::open(&p).with_context(|| format!("record {id}: cannot read its {what} {} (is --root the release's folder?)", p.display()))
+}
+
+pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
+    let files: Vec<(&str, Split)> =
+        vec![("train.json", Split::Train), ("val.json", Split::Validation), ("validation.json", Split::Validation), ("test.json", Split::Test)];
+    let present: Vec<(std::path::PathBuf, Split)> = files.iter().map(|(f, s)| (root.join(f), *s)).filter(|(p, _)| p.is_file()).collect();
+    if present.is_empty() {
+        bail!("{} holds none of train.json, val.json, validation.json, test.json: point --root at the MMTT release's folder", root.display());
+    }
+    // the account the release's captions are credited to
+    let user: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO users (id, name, role, password_hash, disabled) VALUES ($1, 'mmtt-release', 'annotator', '!imported', true) \
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .fetch_one(&app.pool)
+    .await?;
+    let job = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO forge_jobs (id, requested, seed, plan_seed, methods, params) VALUES ($1, 0, 0, 0, '{mmtt-release}', $2)")
+        .bind(job)
+        .bind(serde_json::json!({"imported_from": root.display().to_string()}))
+        .execute(&app.pool)
+        .await?;
+    let mut summary = ReleaseSummary::default();
+    for (path, split) in present {
+        let records: Vec<ReleaseRecord> = serde_json::from_slice(&std::fs::read(&path)?)
+            .with_context(|| format!("{} is not a JSON list of {{image_id, instance_id, caption, img_path, mask_path, multilabel}} records", path.display()))?;
+        eprintln!("import mmtt-release: {} records in {}", records.len(), path.display());
+        for r in records {
+            let id = r.image_id.trim();
+            if id.is_empty() {
+                bail!("{}: a record has an empty image_id", path.display());
+            }
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sources WHERE dataset = 'mmtt-release' AND original_id = $1)")
+                .bind(id)
+                .fetch_one(&app.pool)
+                .await?;
+            if exists {
+                summary.already_present += 1;
+                continue;
+            }
+            if r.multilabel.len() != 21 || r.multilabel.iter().any(|v| *v > 1) {
+                bail!("record {id}: multilabel must be 21 values of 0 or 1, found {:?}", r.multilabel);
+            }
+            let words = word_count(&r.caption);
+            if words == 0 {
+                bail!("record {id}: the caption is empty");
+            }
+            let img = load_image(root, &r.img_path, "image", id)?.to_rgb8();
+            let img = if img.dimensions() != (512, 512) { image::imageops::resize(&img, 512, 512, image::imageops::FilterType::Lanczos3) } else { img };
+            let mask = load_image(root, &r.mask_path, "mask", id)?.to_luma8();
+            let mask = if mask.dimensions() != (512, 512) { image::imageops::resize(&mask, 512, 512, image::imageops::FilterType::Nearest) } else { mask };
+            let mask = image::GrayImage::from_fn(512, 512, |x, y| image::Luma([if mask.get_pixel(x, y).0[0] > 127 { 255 } else { 0 }]));
+            let pixels = mask.pixels().filter(|p| p.0[0] > 0).count() as i32;
+            if pixels == 0 {
+                bail!("record {id}: its mask {} has no pixel above 127", r.mask_path);
+            }
+            let (img_png, mask_png) = (encode_rgb_png(&img)?, encode_mask_png(&mask)?);
+            let (img_key, mask_key) = (app.store.put(&img_png)?, app.store.put(&mask_png)?);
+            let labels: Vec<&str> = REGION_LABELS.iter().zip(&r.multilabel).filter(|(_, v)| **v == 1).map(|((l, _), _)| *l).collect();
+            let (method, family) = method_of(id);
+            let mut tx = app.pool.begin().await?;
+            crate::db::record_blob(&mut tx, &img_key, &img_png).await?;
+            crate::db::record_blob(&mut tx, &mask_key, &mask_png).await?;
+            let (source, plan, item, forgery, ann) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+            sqlx::query(
+                "INSERT INTO sources (id, dataset, original_id, original_path, original_width, original_height, image_hash, width, height, part_source, parts, split, split_key) \
+                 VALUES ($1, 'mmtt-release', $2, $3, 512, 512, $4, 512, 512, 'annotated', '{}', $5, $4)",
+            )
+            .bind(source).bind(id).bind(&r.img_path).bind(img_key.as_str()).bind(split.name())
+            .execute(&mut *tx)
+            .await?;
+            let plan_parts: Vec<&str> = if labels.is_empty() { vec!["unknown"] } else { labels.clone() };
+            sqlx::query(
+                "INSERT INTO mask_plans (id, source_id, purpose, kind, parts, k_drawn, seed, item_seed, rule_version, mask_hash, pixels) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, $7, $8)",
+            )
+            .bind(plan).bind(source).bind(if family == "swap" { "swap" } else { "inpaint" }).bind(if family == "swap" { "swap" } else { "parts" })
+            .bind(&plan_parts).bind(plan_parts.len() as i16).bind(mask_key.as_str()).bind(pixels)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO forge_items (id, job_id, method, family, target_id, plan_id, seed, status, attempts) VALUES ($1, $2, $3, $4, $5, $6, 0, 'done', 0)")
+                .bind(item).bind(job).bind(method).bind(family).bind(source).bind(plan)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO forgeries (id, item_id, method, target_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0, $9, '{}')",
+            )
+            .bind(forgery).bind(item).bind(method).bind(source).bind(plan).bind(split.name()).bind(img_key.as_str()).bind(mask_key.as_str())
+            .bind(serde_json::json!({"generator": "mmtt-release", "image_id": id, "instance_id": r.instance_id, "no_original": true}))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, mentions) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 'accepted', $7)",
+            )
+            .bind(ann).bind(forgery).bind(user).bind(&r.caption).bind(&labels).bind(words as i32).bind(region_labels(&r.caption))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) VALUES ($1, $2, $3, $4, 'import')")
+                .bind(ann).bind(&r.caption).bind(&labels).bind(user)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE annotation_tasks SET status = 'accepted', annotator_id = $2 WHERE forgery_id = $1").bind(forgery).bind(user).execute(&mut *tx).await?;
+            tx.commit().await?;
+            summary.imported += 1;
+            *summary.per_split.entry(split.name().to_string()).or_default() += 1;
+        }
+    }
+    if summary.imported + summary.already_present == 0 {
+        return Err(anyhow!("the release's files hold no records"));
+    }
+    Ok(summary)
+}
