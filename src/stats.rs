@@ -200,7 +200,8 @@ pub fn bar_chart(title: &str, bars: &[(String, f64)], y_label: &str) -> Result<S
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d((0u32..n).into_segmented(), 0f64..top)
+            // a segmented range a..b has b - a + 1 slots
+            .build_cartesian_2d((0u32..n.saturating_sub(1).max(1)).into_segmented(), 0f64..top)
             .context("chart axes")?;
         let labels: Vec<String> = bars.iter().map(|(l, _)| l.clone()).collect();
         chart

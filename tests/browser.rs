@@ -220,6 +220,12 @@ fn three_roles_do_their_job_in_a_real_browser() {
         shot(&admin, "09-dashboard").await;
         admin.goto(&format!("{base}/admin/users")).await.unwrap();
         shot(&admin, "10-users").await;
+        // the statistics page shows its charts (SVG images) and the caption figures
+        admin.goto(&format!("{base}/admin/stats")).await.unwrap();
+        let loaded = js(&admin, "var i = document.querySelectorAll('#charts img'); return [i.length, Array.prototype.every.call(i, function (x) { return x.complete && x.naturalWidth > 0; })]").await;
+        assert!(loaded[0].as_u64().unwrap() >= 4 && loaded[1] == true, "charts shown: {loaded}");
+        assert!(admin.find(Locator::Id("stats-text")).await.unwrap().text().await.unwrap().contains("text annotations 1"));
+        shot(&admin, "11-stats").await;
         // nothing the pages loaded came from another server
         for c in [&ann, &rev, &admin] {
             let urls = js(c, "return performance.getEntriesByType('resource').map(function (e) { return e.name; })").await;
