@@ -2,7 +2,7 @@
 # Installs what mmtt needs on Debian 12, idempotently and quietly when everything is present:
 # dlib (library, 68-point model), BLAS/LAPACK, the sample faces (python3-skimage,
 # python-matplotlib-data), PostgreSQL (server binaries for the private cluster; a server for the
-# tests), Chromium and ChromeDriver (browser tests). Prints MMTT_TEST_DATABASE_URL=... on its last line when asked with --print-test-url.
+# tests), Chromium and ChromeDriver (browser tests), Java (the reference caption tokenizer). Prints MMTT_TEST_DATABASE_URL=... on its last line when asked with --print-test-url.
 set -euo pipefail
 
 SUDO=""
@@ -18,7 +18,7 @@ fi
 
 PACKAGES=(pkg-config libdlib-dev libdlib-data libblas-dev liblapack-dev libopenblas-dev
           python3-skimage python-matplotlib-data python3-venv postgresql postgresql-client
-          chromium chromium-driver fonts-dejavu-core)
+          chromium chromium-driver fonts-dejavu-core openjdk-17-jre-headless)
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then missing+=("$p"); fi
@@ -32,9 +32,10 @@ fi
 # ONNX Runtime (its libonnxruntime.so is what mmtt loads), onnx (tiny test models), numpy and
 # Pillow (the Python reference pipeline), in the project's own virtual environment.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-# datasets and pycocotools: the real clients the export tests read the exports with.
-PY_PACKAGES=(onnxruntime==1.31.1 onnx numpy pillow datasets==5.2.0 pycocotools==2.0.11)
-if ! "$ROOT/.venv/bin/python" -c "import onnxruntime, onnx, numpy, PIL, datasets, pycocotools; assert onnxruntime.__version__ == '1.31.1' and datasets.__version__ == '5.2.0'" 2>/dev/null; then
+# datasets and pycocotools: the real clients the export tests read the exports with;
+# pycocoevalcap (with Java): the reference the caption metrics are tested against.
+PY_PACKAGES=(onnxruntime==1.31.1 onnx numpy pillow datasets==5.2.0 pycocotools==2.0.11 pycocoevalcap==1.2)
+if ! "$ROOT/.venv/bin/python" -c "import onnxruntime, onnx, numpy, PIL, datasets, pycocotools, pycocoevalcap.bleu.bleu; assert onnxruntime.__version__ == '1.31.1' and datasets.__version__ == '5.2.0'" 2>/dev/null; then
   echo "setup: installing ${PY_PACKAGES[*]} into .venv" >&2
   [ -x "$ROOT/.venv/bin/python" ] || python3 -m venv "$ROOT/.venv"
   "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" >&2

@@ -112,3 +112,58 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
+
+/// `mmtt bench captions`: BLEU + ROUGE-L + CIDEr by `mmtt eval captions` against pycocoevalcap 1.2
+/// (Java PTBTokenizer) on the same files, each a fresh process, three runs each (best time).
+pub fn captions(n: usize, refs: Option<PathBuf>, preds: Option<PathBuf>) -> Result<()> {
+    let dir = tempfile_dir()?;
+    let (refs, preds) = match (refs, preds) {
+        (Some(r), Some(p)) => (r, p),
+        (None, None) => {
+            let st = std::process::Command::new(python()).arg(script("captions_reference.py")).args(["gen", &n.to_string(), "1"]).arg(&dir).status()?;
+            if !st.success() {
+                bail!("scripts/captions_reference.py gen failed (run scripts/setup.sh for .venv)");
+            }
+            (dir.join("refs.json"), dir.join("preds.json"))
+        }
+        _ => bail!("give both --refs and --preds, or neither"),
+    };
+    let time = |cmd: &mut std::process::Command| -> Result<(f64, serde_json::Value)> {
+        let t = Instant::now();
+        let out = cmd.output()?;
+        let s = t.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("scores JSON")?;
+        Ok((s, v))
+    };
+    let exe = std::env::current_exe()?;
+    let (mut best_ref, mut best_ours) = (f64::MAX, f64::MAX);
+    let (mut want, mut got) = (serde_json::Value::Null, serde_json::Value::Null);
+    for _ in 0..3 {
+        let (s, v) = time(std::process::Command::new(python()).arg(script("captions_reference.py")).arg("score").arg(&refs).arg(&preds))?;
+        best_ref = best_ref.min(s);
+        want = v;
+        let (s, v) = time(std::process::Command::new(&exe).args(["eval", "captions", "--refs"]).arg(&refs).arg("--preds").arg(&preds))?;
+        best_ours = best_ours.min(s);
+        got = v;
+    }
+    let mut worst = 0.0f64;
+    for k in ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"] {
+        worst = worst.max((want[k].as_f64().unwrap_or(f64::NAN) - got[k].as_f64().unwrap_or(f64::NAN)).abs());
+    }
+    println!("captions              {}", want.get("tokenized").and_then(|t| t["preds"].as_object()).map(|o| o.len()).unwrap_or(0));
+    println!("pycocoevalcap 1.2     {best_ref:.3} s (PTBTokenizer + Bleu(4) + Rouge + Cider, fresh process, best of 3)");
+    println!("mmtt eval captions    {best_ours:.3} s (fresh process, best of 3)");
+    println!("speed-up              {:.1} x", best_ref / best_ours);
+    println!("largest difference    {worst:.2e}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("mmtt-bench-captions-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

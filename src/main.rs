@@ -228,6 +228,18 @@ enum Command {
         #[arg(long)]
         charts: Option<PathBuf>,
     },
+    /// ForgeryTalker metrics, as the reference tools compute them (JSON on stdout, a table on stderr).
+    Eval {
+        #[command(subcommand)]
+        action: EvalAction,
+    },
+    /// The 21 region labels a text mentions (the authors' extractor, spec section 7).
+    Regions {
+        text: String,
+        /// Print the 21-value vector too.
+        #[arg(long)]
+        vector: bool,
+    },
     /// Fill a benchmark/test database with synthetic samples.
     SeedSynthetic {
         #[arg(long)]
@@ -303,6 +315,53 @@ enum ForgeriesAction {
     },
 }
 
+#[derive(Subcommand)]
+enum EvalAction {
+    /// BLEU-1..4, METEOR, ROUGE-L, CIDEr: refs `{"id": ["ref", ...]}`, preds `{"id": "hyp"}`.
+    Captions {
+        #[arg(long)]
+        refs: PathBuf,
+        #[arg(long)]
+        preds: PathBuf,
+    },
+    /// mIoU, cIoU, precision, recall over same-named PNG masks.
+    Masks {
+        #[arg(long)]
+        gt: PathBuf,
+        #[arg(long)]
+        pred: PathBuf,
+        /// A pixel is forged where its 8-bit luma is above this.
+        #[arg(long, default_value_t = 127)]
+        threshold: u8,
+    },
+    /// PLM and per-label / macro / micro precision, recall, F1 of 21-label sets per id.
+    Labels {
+        #[arg(long)]
+        gt: PathBuf,
+        #[arg(long)]
+        pred: PathBuf,
+    },
+}
+
+fn read_text(p: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+}
+
+/// Prints `v` as JSON on stdout and its top-level numbers as a table on stderr.
+fn print_scores(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    if let Some(o) = v.as_object() {
+        for (k, x) in o {
+            match x {
+                serde_json::Value::Number(n) => eprintln!("{k:<12} {:>10.6}", n.as_f64().unwrap_or(0.0)),
+                serde_json::Value::Null => eprintln!("{k:<12} {:>10}", "unavailable"),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What `mmtt import` reads.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ImportKind {
@@ -336,6 +395,16 @@ enum BenchAction {
         /// An empty or new folder for the exports.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// `mmtt eval captions` against pycocoevalcap (fresh processes, same files): generated
+    /// captions unless --refs/--preds are given.
+    Captions {
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        #[arg(long)]
+        refs: Option<PathBuf>,
+        #[arg(long)]
+        preds: Option<PathBuf>,
     },
     /// "Next task" + annotation page latency at many concurrent clients (fill the database first
     /// with `mmtt seed-synthetic`).
@@ -793,6 +862,7 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),
+        Command::Bench { action: BenchAction::Captions { n, refs, preds } } => mmtt::bench::captions(*n, refs.clone(), preds.clone()),
         Command::Bench { action: BenchAction::Export { out } } => with_app!(cli, |app| {
             let r = mmtt::export::bench(app, out).await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -878,6 +948,29 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("stats: {} samples in {:.0} ms", st.samples, t.elapsed().as_secs_f64() * 1e3);
             Ok(())
         }),
+        Command::Eval { action } => {
+            let v = match action {
+                EvalAction::Captions { refs, preds } => {
+                    let set = mmtt_model::eval::captions::CaptionSet::parse(&read_text(refs)?, &read_text(preds)?)?;
+                    serde_json::to_value(set.score())?
+                }
+                EvalAction::Masks { gt, pred, threshold } => serde_json::to_value(mmtt_model::eval::masks::evaluate(gt, pred, *threshold)?)?,
+                EvalAction::Labels { gt, pred } => {
+                    let labels: Vec<&str> = mmtt::annotation::REGION_LABELS.iter().map(|(l, _)| *l).collect();
+                    serde_json::to_value(mmtt_model::eval::labels::evaluate(&read_text(gt)?, &read_text(pred)?, &labels)?)?
+                }
+            };
+            print_scores(&v)
+        }
+        Command::Regions { text, vector } => {
+            let labels = mmtt::annotation::region_labels(text);
+            if *vector {
+                println!("{}", serde_json::json!({"regions": labels, "multilabel": mmtt::annotation::multilabel(text)}));
+            } else {
+                println!("{}", serde_json::to_string(&labels)?);
+            }
+            Ok(())
+        }
         Command::SeedSynthetic { samples, seed, state, force } => with_app!(cli, |app| {
             let n = mmtt::synthetic::seed(app, *samples, *seed, *state, *force).await?;
             println!("seeded {n} synthetic samples ({state:?})");

@@ -1,2 +1,12 @@
-//! ForgeryTalker training and evaluation. Empty until the ForgeryTalker issues: this crate will own
-//! the Forgery Prompter Network, the mask decoder and the caption/localization metrics.
+//! ForgeryTalker evaluation (and, with later issues, training): the paper's metrics computed
+//! exactly as the reference tools compute them, in Rust, without Java or Python at run time.
+//!
+//! - [`eval::tokenize`]: the PTBTokenizer behaviour pycocoevalcap relies on, and its punctuation
+//!   filter.
+//! - [`eval::bleu`], [`eval::rouge`], [`eval::cider`]: pycocoevalcap 1.2's Bleu(4), Rouge
+//!   (ROUGE-L) and Cider (CIDEr-D), quirks included.
+//! - [`eval::captions`]: the `mmtt eval captions` entry point (ids checked, tokenization, scores).
+//! - [`eval::masks`]: mIoU, cIoU, precision, recall with the reference's image rules.
+//! - [`eval::labels`]: PLM and per-label / macro / micro precision, recall, F1.
+
+pub mod eval;

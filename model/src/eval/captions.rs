@@ -1,0 +1,113 @@
+//! `mmtt eval captions --refs R.json --preds P.json`: R is `{"id": ["ref", ...]}`, P is
+//! `{"id": "hyp"}` (a one-element list is accepted too). Both must name the same ids. Tokenized
+//! as pycocoevalcap does ([`super::tokenize`]), then BLEU-1..4, ROUGE-L and CIDEr on
+//! pycocoevalcap's raw scales. METEOR is not computed by this build: it is reported as `null`
+//! (unavailable), never guessed.
+
+use super::{bleu, cider, rouge, tokenize::tokenize, EvalError};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CaptionScores {
+    #[serde(rename = "BLEU-1")]
+    pub bleu1: f64,
+    #[serde(rename = "BLEU-2")]
+    pub bleu2: f64,
+    #[serde(rename = "BLEU-3")]
+    pub bleu3: f64,
+    #[serde(rename = "BLEU-4")]
+    pub bleu4: f64,
+    #[serde(rename = "METEOR")]
+    pub meteor: Option<f64>,
+    #[serde(rename = "ROUGE-L")]
+    pub rouge_l: f64,
+    #[serde(rename = "CIDEr")]
+    pub cider: f64,
+}
+
+/// References and predictions, parsed and checked.
+pub struct CaptionSet {
+    /// id -> (prediction, references), in id order.
+    pub items: BTreeMap<String, (String, Vec<String>)>,
+}
+
+fn as_text(id: &str, v: &serde_json::Value, what: &str) -> Result<String, EvalError> {
+    match v {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Array(a) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_string()),
+        _ => Err(EvalError::Input(format!("{what} of id `{id}` must be a string (or a list with one string), found {v}"))),
+    }
+}
+
+impl CaptionSet {
+    /// Parses the two JSON texts; lists ids that are in one file but not the other.
+    pub fn parse(refs: &str, preds: &str) -> Result<Self, EvalError> {
+        let r: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(refs).map_err(|e| EvalError::Input(format!("references: not a JSON object of id -> [captions]: {e}")))?;
+        let p: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(preds).map_err(|e| EvalError::Input(format!("predictions: not a JSON object of id -> caption: {e}")))?;
+        let only_r: Vec<&String> = r.keys().filter(|k| !p.contains_key(*k)).collect();
+        let only_p: Vec<&String> = p.keys().filter(|k| !r.contains_key(*k)).collect();
+        if !only_r.is_empty() || !only_p.is_empty() {
+            let show = |v: &[&String]| v.iter().take(20).map(|s| s.as_str()).collect::<Vec<_>>().join(", ") + if v.len() > 20 { ", ..." } else { "" };
+            return Err(EvalError::Input(format!(
+                "the files must name the same ids: {} only in the references [{}], {} only in the predictions [{}]",
+                only_r.len(),
+                show(&only_r),
+                only_p.len(),
+                show(&only_p)
+            )));
+        }
+        if r.is_empty() {
+            return Err(EvalError::Input("no ids to evaluate".into()));
+        }
+        let mut items = BTreeMap::new();
+        for (id, refs) in &r {
+            let list = refs.as_array().ok_or_else(|| EvalError::Input(format!("references of id `{id}` must be a list of strings")))?;
+            if list.is_empty() {
+                return Err(EvalError::Input(format!("id `{id}` has no reference caption")));
+            }
+            let refs: Vec<String> = list.iter().map(|v| as_text(id, v, "a reference")).collect::<Result<_, _>>()?;
+            items.insert(id.clone(), (as_text(id, &p[id], "the prediction")?, refs));
+        }
+        Ok(CaptionSet { items })
+    }
+
+    /// Scores on pycocoevalcap's raw scales.
+    pub fn score(&self) -> CaptionScores {
+        let tokenized: Vec<(String, Vec<String>)> = self
+            .items
+            .par_iter()
+            .map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect()))
+            .collect();
+        // words to ids, once: n-grams become integer keys
+        let mut vocab: HashMap<&str, u32> = HashMap::new();
+        let mut items: Vec<(Vec<u32>, Vec<Vec<u32>>)> = Vec::with_capacity(tokenized.len());
+        fn conv<'a>(t: &'a str, vocab: &mut HashMap<&'a str, u32>) -> Vec<u32> {
+            t.split_whitespace()
+                .map(|w| {
+                    let next = vocab.len() as u32;
+                    *vocab.entry(w).or_insert(next)
+                })
+                .collect()
+        }
+        for (h, rs) in &tokenized {
+            let hv = conv(h, &mut vocab);
+            let rv: Vec<Vec<u32>> = rs.iter().map(|r| conv(r, &mut vocab)).collect();
+            items.push((hv, rv));
+        }
+        let counts: Vec<(bleu::Sorted, Vec<bleu::Sorted>)> =
+            items.par_iter().map(|(h, rs)| (bleu::sorted_counts(h), rs.iter().map(|r| bleu::sorted_counts(r)).collect())).collect();
+        let comps: Vec<bleu::Comps> = items
+            .par_iter()
+            .zip(&counts)
+            .map(|((h, rs), (hc, rcs))| bleu::comps(h.len(), hc, &rs.iter().map(Vec::len).collect::<Vec<_>>(), rcs))
+            .collect();
+        let (b, _) = bleu::score(&comps);
+        let rouges: Vec<f64> = items.par_iter().map(|(h, rs)| rouge::score(h, rs)).collect();
+        let (c, _) = cider::score(&counts);
+        CaptionScores { bleu1: b[0], bleu2: b[1], bleu3: b[2], bleu4: b[3], meteor: None, rouge_l: rouges.iter().sum::<f64>() / rouges.len() as f64, cider: c }
+    }
+}

@@ -1,0 +1,136 @@
+"""Parity harness for `mmtt eval captions`: varied forgery-explanation captions, and the real
+pycocoevalcap 1.2 scores of them (Java PTBTokenizer, Bleu(4), Rouge, Cider).
+
+    captions_reference.py gen N SEED DIR      writes DIR/refs.json and DIR/preds.json
+    captions_reference.py score REFS PREDS    prints the reference scores and tokenizations as JSON
+"""
+import json
+import os
+import random
+import sys
+
+PARTS = ["left eye", "right eye", "eyes", "nose", "nostrils", "mouth", "upper lip", "lips", "teeth", "chin", "jaw", "jawline",
+         "forehead", "eyebrows", "left eyebrow", "cheeks", "right cheek", "ears", "hairline", "hair", "skin", "iris", "pupils",
+         "face boundary", "neck", "beard", "mustache", "wrinkles", "freckles", "dimple", "temples", "eyelashes"]
+FLAWS = ["is blurred", "looks smudged", "has a visible blending seam", "is over-smoothed", "shows checkerboard artifacts",
+         "has an unnatural colour", "is asymmetric", "is slightly distorted", "has double edges", "looks painted on",
+         "does not match the lighting", "has a strange glossy sheen", "is misaligned with the other side of the face",
+         "fades into the surrounding skin", "has GAN-like texture", "is 2.5 px off", "looks 30% darker"]
+OPENERS = ["", "It seems that ", "I noticed that ", "Notice that ", "Clearly, ", "Moreover, ", "In addition, ", "Besides, "]
+TAILS = ["", ", which looks unnatural", ", and this is a strong sign of editing", " when compared with the rest of the image",
+         " (see the left side)", " -- a typical artifact", "; it's obvious", ", doesn't it?", "!", "..."]
+
+
+def sentence(r):
+    s = r.choice(OPENERS) + "the " + r.choice(PARTS) + " " + r.choice(FLAWS) + r.choice(TAILS)
+    s = s[0].upper() + s[1:]
+    if not s.endswith(("!", "?", "...")):
+        s += "."
+    return s
+
+
+def caption(r, k=None):
+    return " ".join(sentence(r) for _ in range(k or r.randint(1, 4)))
+
+
+def perturb(r, text):
+    kind = r.randrange(12)
+    w = text.split()
+    if kind == 0:
+        return text
+    if kind == 1 and len(w) > 3:
+        del w[r.randrange(len(w))]
+        return " ".join(w)
+    if kind == 2:
+        return text.upper() if r.random() < 0.5 else text.lower()
+    if kind == 3:
+        return '"' + text + '"'
+    if kind == 4:
+        return text.replace("does not", "doesn't").replace("is ", "'s ", 1) if "does not" in text else text + " It isn't real."
+    if kind == 5:
+        return caption(r)
+    if kind == 6:
+        return " ".join(w[: max(1, len(w) // 3)])
+    if kind == 7:
+        return text + " " + sentence(r)
+    if kind == 8:
+        return text.replace(",", " ,").replace(".", " . ")
+    if kind == 9:
+        return "Blurred " + r.choice(PARTS)
+    if kind == 10:
+        return text.replace(" ", "  ")
+    return "(" + text + ")"
+
+
+# captions that exercise the tokenizer's rules
+EDGE = [
+    "The eye's \"shine\" isn't right, it's fake.",
+    "Look: the nose/mouth area is odd; e.g. the lips.",
+    "Mr. Smith's jaw... looks off?!",
+    "It's 3.5mm wide; 50% of the chin.",
+    "The teeth\u2019s edges are \u201cmelted\u201d.",
+    "Eyes: blurred & smeared.",
+    "Over-smoothed skin--no pores.",
+    "[ears] {hair} are odd",
+    "can't won't shouldn't I'm we're they've you'll he'd",
+    "A caption with\ttabs and   spaces",
+    "Ends with an abbreviation etc.",
+    "U.S. style retouch.",
+    "The iris (left) has 2 colours: green/brown.",
+    "'quoted' words 'here'",
+    "R\u00e9sum\u00e9-like na\u00efve fa\u00e7ade",
+    "1,000 pixels and 3.14 ratio",
+    "#1 issue is the $5 cost",
+    "What?! Really...",
+    "The mouth\u2026 looks fake",
+    "the chin's shadow and the brows' arch",
+    "No. 5 is the worst, vs. the rest",
+    "a.m. lighting at 10 p.m.",
+    "It is 'fake'.",
+    "The left eye.The right eye.",
+]
+
+
+def gen(n, seed, d):
+    r = random.Random(seed)
+    refs, preds = {}, {}
+    for i, e in enumerate(EDGE):
+        refs[f"edge{i:03d}"] = [e, caption(r)]
+        preds[f"edge{i:03d}"] = EDGE[(i + 1) % len(EDGE)]
+    for i in range(n):
+        key = f"img{i:05d}"
+        rs = [caption(r) for _ in range(r.randint(1, 3))]
+        refs[key] = rs
+        preds[key] = perturb(r, r.choice(rs))
+    os.makedirs(d, exist_ok=True)
+    json.dump(refs, open(os.path.join(d, "refs.json"), "w"), indent=1)
+    json.dump(preds, open(os.path.join(d, "preds.json"), "w"), indent=1)
+
+
+def score(refs_path, preds_path):
+    import contextlib
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.cider.cider import Cider
+    refs = json.load(open(refs_path))
+    preds = json.load(open(preds_path))
+    gts = {k: [{"caption": c} for c in v] for k, v in refs.items()}
+    res = {k: [{"caption": v if isinstance(v, str) else v[0]}] for k, v in preds.items()}
+    with contextlib.redirect_stdout(sys.stderr):
+        tok = PTBTokenizer()
+        g = tok.tokenize(gts)
+        s = tok.tokenize(res)
+        b, _ = Bleu(4).compute_score(g, s, verbose=0)
+        rl, _ = Rouge().compute_score(g, s)
+        c, _ = Cider().compute_score(g, s)
+    out = {"BLEU-1": b[0], "BLEU-2": b[1], "BLEU-3": b[2], "BLEU-4": b[3], "ROUGE-L": float(rl), "CIDEr": float(c),
+           "tokenized": {"refs": g, "preds": {k: v[0] for k, v in s.items()}}}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "gen":
+        gen(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    else:
+        score(sys.argv[2], sys.argv[3])

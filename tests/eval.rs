@@ -1,0 +1,203 @@
+//! `mmtt eval`: parity with the real pycocoevalcap 1.2 (Java PTBTokenizer, Bleu(4), Rouge, Cider)
+//! over thousands of generated forgery explanations with edge cases, mask and label metrics
+//! against independent computations, and clear errors on bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn python() -> std::path::PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(venv.exists(), "run scripts/setup.sh first: it creates .venv with pycocoevalcap");
+    venv
+}
+
+fn script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/captions_reference.py")
+}
+
+fn mmtt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mmtt")).args(args).output().expect("run mmtt")
+}
+
+fn reference(refs: &Path, preds: &Path) -> serde_json::Value {
+    let out = Command::new(python()).arg(script()).arg("score").arg(refs).arg(preds).output().expect("python");
+    assert!(out.status.success(), "pycocoevalcap: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("reference JSON")
+}
+
+fn ours(refs: &Path, preds: &Path) -> serde_json::Value {
+    let out = mmtt(&["eval", "captions", "--refs", refs.to_str().unwrap(), "--preds", preds.to_str().unwrap()]);
+    assert!(out.status.success(), "mmtt eval captions: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("our JSON")
+}
+
+fn compare(want: &serde_json::Value, got: &serde_json::Value) {
+    for k in ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"] {
+        let (w, g) = (want[k].as_f64().unwrap(), got[k].as_f64().unwrap());
+        assert!((w - g).abs() < 1e-6, "{k}: pycocoevalcap {w}, mmtt {g}");
+    }
+}
+
+#[test]
+fn captions_equal_pycocoevalcap_on_thousands_of_generated_explanations() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(python()).arg(script()).args(["gen", "3000", "11"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (refs, preds) = (dir.path().join("refs.json"), dir.path().join("preds.json"));
+    let want = reference(&refs, &preds);
+    // the tokenizer first, caption by caption: the first differences are the useful message
+    let tok = &want["tokenized"];
+    let mut bad = Vec::new();
+    let r: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&refs).unwrap()).unwrap();
+    let p: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&preds).unwrap()).unwrap();
+    let mut n = 0;
+    for (id, list) in &r {
+        for (i, c) in list.as_array().unwrap().iter().enumerate() {
+            n += 1;
+            let mine = mmtt_model::eval::tokenize::tokenize(c.as_str().unwrap());
+            let theirs = tok["refs"][id][i].as_str().unwrap();
+            if mine != theirs {
+                bad.push(format!("{c}\n  java: {theirs}\n  mmtt: {mine}"));
+            }
+        }
+        n += 1;
+        let mine = mmtt_model::eval::tokenize::tokenize(p[id].as_str().unwrap());
+        let theirs = tok["preds"][id].as_str().unwrap();
+        if mine != theirs {
+            bad.push(format!("{}\n  java: {theirs}\n  mmtt: {mine}", p[id]));
+        }
+    }
+    assert!(bad.is_empty(), "{} of {n} captions tokenize differently, e.g.\n{}", bad.len(), bad.iter().take(8).cloned().collect::<Vec<_>>().join("\n"));
+    compare(&want, &ours(&refs, &preds));
+}
+
+/// The shared sample of reference values (CI: `MMTT_FACES_DIR=../shared/faces`, so
+/// `../shared/metrics-samples` beside it).
+#[test]
+fn the_shared_reference_sample_matches() {
+    let Ok(faces) = std::env::var("MMTT_FACES_DIR") else {
+        eprintln!("MMTT_FACES_DIR unset: the shared metrics sample is checked in CI");
+        return;
+    };
+    let dir = Path::new(&faces).parent().unwrap().join("metrics-samples/captions_small");
+    assert!(dir.is_dir(), "{} is missing", dir.display());
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let got = ours(&dir.join("refs.json"), &dir.join("preds.json"));
+    compare(&want, &got);
+    assert!(got["METEOR"].is_null(), "METEOR is reported unavailable, never guessed");
+    let tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected_tokenized.json")).unwrap()).unwrap();
+    let refs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("refs.json")).unwrap()).unwrap();
+    for (id, list) in refs.as_object().unwrap() {
+        for (i, c) in list.as_array().unwrap().iter().enumerate() {
+            assert_eq!(mmtt_model::eval::tokenize::tokenize(c.as_str().unwrap()), tok["refs"][id][i].as_str().unwrap(), "{c}");
+        }
+    }
+}
+
+#[test]
+fn caption_input_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, p) = (dir.path().join("r.json"), dir.path().join("p.json"));
+    std::fs::write(&r, r#"{"a": ["the eye"], "b": ["the nose"]}"#).unwrap();
+    std::fs::write(&p, r#"{"a": "the eye", "c": "the mouth"}"#).unwrap();
+    let out = mmtt(&["eval", "captions", "--refs", r.to_str().unwrap(), "--preds", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only in the references [b]") && err.contains("only in the predictions [c]"), "{err}");
+}
+
+/// Writes a PNG mask.
+fn png(path: &Path, img: image::DynamicImage) {
+    img.save_with_format(path, image::ImageFormat::Png).unwrap();
+}
+
+#[test]
+fn mask_metrics_follow_the_reference_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gt, pred) = (dir.path().join("gt"), dir.path().join("pred"));
+    std::fs::create_dir_all(&gt).unwrap();
+    std::fs::create_dir_all(&pred).unwrap();
+    let mut s = 7u64;
+    let mut rnd = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (s >> 33) as u32
+    };
+    for i in 0..24 {
+        let (w, h) = (40 + rnd() % 30, 30 + rnd() % 30);
+        let (cx, cy, r) = (rnd() % w, rnd() % h, 5 + rnd() % 15);
+        let g = image::GrayImage::from_fn(w, h, |x, y| image::Luma([if (x as i64 - cx as i64).pow(2) + (y as i64 - cy as i64).pow(2) < (r * r) as i64 { 255 } else { 0 }]));
+        png(&gt.join(format!("m{i:02}.png")), image::DynamicImage::ImageLuma8(g));
+        // predictions: other sizes (nearest resize), RGB with colours around the threshold, empty ones
+        let (pw, ph) = if i % 3 == 0 { (w * 2 + 1, h + 3) } else { (w, h) };
+        let (qx, qy) = (cx * pw / w + rnd() % 5, cy * ph / h);
+        let p = image::RgbImage::from_fn(pw, ph, |x, y| {
+            let inside = (x as i64 - qx as i64).pow(2) + (y as i64 - qy as i64).pow(2) < ((r * pw / w) * (r * pw / w)) as i64;
+            if i % 8 == 5 || !inside { image::Rgb([0, 0, 0]) } else if i % 2 == 0 { image::Rgb([200, 160, 50]) } else { image::Rgb([120, 130, 140]) }
+        });
+        png(&pred.join(format!("m{i:02}.png")), image::DynamicImage::ImageRgb8(p));
+    }
+    // the reference rules, in Pillow (spec section 10)
+    let code = r#"
+import os, sys, json
+import numpy as np
+from PIL import Image
+gt, pr = sys.argv[1], sys.argv[2]
+ious, ps, rs, I, U = [], [], [], 0, 0
+for n in sorted(os.listdir(gt)):
+    g = np.array(Image.open(os.path.join(gt, n)).convert('L')) > 127
+    pi = Image.open(os.path.join(pr, n)).convert('L').resize((g.shape[1], g.shape[0]), Image.NEAREST)
+    p = np.array(pi) > 127
+    i, u = (g & p).sum(), (g | p).sum()
+    I += i; U += u
+    ious.append(1.0 if u == 0 else i / u)
+    ps.append((1.0 if g.sum() == 0 else 0.0) if p.sum() == 0 else i / p.sum())
+    rs.append((1.0 if p.sum() == 0 else 0.0) if g.sum() == 0 else i / g.sum())
+print(json.dumps({"mIoU": float(np.mean(ious)), "cIoU": float(I / U), "precision": float(np.mean(ps)), "recall": float(np.mean(rs)), "n": len(ious)}))
+"#;
+    let out = Command::new(python()).arg("-c").arg(code).arg(&gt).arg(&pred).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = mmtt(&["eval", "masks", "--gt", gt.to_str().unwrap(), "--pred", pred.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["mIoU", "cIoU", "precision", "recall"] {
+        assert!((want[k].as_f64().unwrap() - got[k].as_f64().unwrap()).abs() < 1e-12, "{k}: Pillow {} mmtt {}", want[k], got[k]);
+    }
+    assert_eq!(got["n"], 24);
+    // a 0/1-encoded mask is refused with the file and the fix; missing counterparts are listed
+    png(&pred.join("m03.png"), image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(10, 10, |x, _| image::Luma([(x % 2) as u8]))));
+    let out = mmtt(&["eval", "masks", "--gt", gt.to_str().unwrap(), "--pred", pred.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("m03.png") && err.contains("--threshold 0"), "{err}");
+    std::fs::remove_file(pred.join("m07.png")).unwrap();
+    std::fs::write(pred.join("extra.png"), b"").unwrap();
+    let out = mmtt(&["eval", "masks", "--gt", gt.to_str().unwrap(), "--pred", pred.to_str().unwrap(), "--threshold", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("m07.png") && err.contains("extra.png"), "{err}");
+}
+
+#[test]
+fn label_metrics_and_the_region_extractor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, p) = (dir.path().join("g.json"), dir.path().join("p.json"));
+    std::fs::write(&g, r#"{"a": ["eye", "nose"], "b": ["lip"], "c": []}"#).unwrap();
+    let mut v = vec![0u8; 21];
+    v[0] = 1; // eye
+    v[2] = 1; // lip
+    std::fs::write(&p, serde_json::json!({"a": ["eye"], "b": v, "c": []}).to_string()).unwrap();
+    let out = mmtt(&["eval", "labels", "--gt", g.to_str().unwrap(), "--pred", p.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // a: 1/2, b: 1/2 (eye is extra), c: empty = 1 -> PLM 2/3
+    assert!((s["PLM"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12, "{s}");
+    // micro: tp 2 (eye in a, lip in b), fp 1 (eye in b), fn 1 (nose in a)
+    assert!((s["micro_avg"]["precision"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    assert!((s["micro_avg"]["recall"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    assert!((s["per_label"]["eye"]["precision"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    assert_eq!(s["per_label"]["nose"]["recall"], 0.0);
+    // the extractor: whole words, case-insensitive, "brow" not inside "eyebrow"
+    let out = mmtt(&["regions", "The EYEBROW and the nostrils; facial hair near the brow."]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"["nose","forehead","eyebrow","beard","hair"]"#);
+}
