@@ -334,6 +334,22 @@ enum EvalAction {
         #[arg(long, default_value_t = 127)]
         threshold: u8,
     },
+    /// The paper's Table 2 row from release-format ground truth and a JSONL prediction file.
+    Report {
+        #[arg(long)]
+        gt: PathBuf,
+        #[arg(long)]
+        pred: PathBuf,
+        #[arg(long)]
+        gt_mask_base: PathBuf,
+        #[arg(long)]
+        pred_mask_base: PathBuf,
+        #[arg(long, default_value_t = 127)]
+        threshold: u8,
+        /// The method name in the printed row.
+        #[arg(long, default_value = "mmtt")]
+        name: String,
+    },
     /// PLM and per-label / macro / micro precision, recall, F1 of 21-label sets per id.
     Labels {
         #[arg(long)]
@@ -955,6 +971,12 @@ async fn run(cli: Cli) -> Result<()> {
                     serde_json::to_value(set.score())?
                 }
                 EvalAction::Masks { gt, pred, threshold } => serde_json::to_value(mmtt_model::eval::masks::evaluate(gt, pred, *threshold)?)?,
+                EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name } => {
+                    let r = mmtt_model::eval::report::evaluate(&read_text(gt)?, &read_text(pred)?, gt_mask_base, pred_mask_base, *threshold)?;
+                    eprintln!("{}", mmtt_model::eval::report::table_line(name, &r));
+                    println!("{}", serde_json::to_string(&r)?);
+                    return Ok(());
+                }
                 EvalAction::Labels { gt, pred } => {
                     let labels: Vec<&str> = mmtt::annotation::REGION_LABELS.iter().map(|(l, _)| *l).collect();
                     serde_json::to_value(mmtt_model::eval::labels::evaluate(&read_text(gt)?, &read_text(pred)?, &labels)?)?

@@ -201,3 +201,68 @@ fn label_metrics_and_the_region_extractor() {
     let out = mmtt(&["regions", "The EYEBROW and the nostrils; facial hair near the brow."]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"["nose","forehead","eyebrow","beard","hair"]"#);
 }
+
+#[test]
+fn report_prints_a_table2_row_for_a_prediction_set_made_here() {
+    let env = common::Env::new();
+    env.ok(&["seed-synthetic", "--samples", "30", "--seed", "12", "--state", "accepted"]);
+    let rel = env.data.path().join("release");
+    env.ok(&["export", "--format", "mmtt", "--out", rel.to_str().unwrap()]);
+    // the ground truth: every split's records in one file, as the authors' evaluator takes it
+    let mut gt: Vec<serde_json::Value> = Vec::new();
+    for f in ["train.json", "val.json", "test.json"] {
+        if let Ok(t) = std::fs::read_to_string(rel.join(f)) {
+            gt.extend(serde_json::from_str::<Vec<serde_json::Value>>(&t).unwrap());
+        }
+    }
+    assert_eq!(gt.len(), 30);
+    let gt_path = env.data.path().join("MMTT.json");
+    std::fs::write(&gt_path, serde_json::to_string(&gt).unwrap()).unwrap();
+    // predictions: captions with a word changed, masks shifted by a few pixels
+    let pred_dir = env.data.path().join("pred");
+    std::fs::create_dir_all(pred_dir.join("masks")).unwrap();
+    let (mut lines, mut refs, mut preds) = (String::new(), serde_json::Map::new(), serde_json::Map::new());
+    let (cmp_gt, cmp_pred) = (env.data.path().join("cmp-gt"), env.data.path().join("cmp-pred"));
+    std::fs::create_dir_all(&cmp_gt).unwrap();
+    std::fs::create_dir_all(&cmp_pred).unwrap();
+    for (i, r) in gt.iter().enumerate() {
+        let id = r["image_id"].as_str().unwrap();
+        let caption = r["caption"].as_str().unwrap().replacen("the", if i % 2 == 0 { "a" } else { "the" }, 1);
+        let m = image::open(rel.join(r["mask_path"].as_str().unwrap())).unwrap().to_luma8();
+        let shifted = image::GrayImage::from_fn(m.width(), m.height(), |x, y| *m.get_pixel(x.saturating_sub(3 + i as u32 % 5), y));
+        let name = format!("masks/{id}.png");
+        shifted.save(pred_dir.join(&name)).unwrap();
+        std::fs::copy(rel.join(r["mask_path"].as_str().unwrap()), cmp_gt.join(format!("{id}.png"))).unwrap();
+        shifted.save(cmp_pred.join(format!("{id}.png"))).unwrap();
+        lines += &serde_json::json!({"image_id": id, "caption": caption, "mask_path": name}).to_string();
+        lines.push('\n');
+        refs.insert(id.to_string(), serde_json::json!([r["caption"]]));
+        preds.insert(id.to_string(), serde_json::json!(caption));
+    }
+    let pred_path = env.data.path().join("PRED.jsonl");
+    std::fs::write(&pred_path, lines).unwrap();
+    let out = mmtt(&[
+        "eval", "report", "--gt", gt_path.to_str().unwrap(), "--pred", pred_path.to_str().unwrap(),
+        "--gt-mask-base", rel.to_str().unwrap(), "--pred-mask-base", pred_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(table.contains("| method | CIDEr | B-1 | B-2 | B-3 | B-4 | ROUGE-L | IoU | Prec. | Rec. |"), "{table}");
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // the same numbers as the separate evaluators on the same inputs
+    let (rf, pf) = (env.data.path().join("refs.json"), env.data.path().join("preds.json"));
+    std::fs::write(&rf, serde_json::Value::Object(refs).to_string()).unwrap();
+    std::fs::write(&pf, serde_json::Value::Object(preds).to_string()).unwrap();
+    let caps = ours(&rf, &pf);
+    let masks: serde_json::Value = serde_json::from_slice(&mmtt(&["eval", "masks", "--gt", cmp_gt.to_str().unwrap(), "--pred", cmp_pred.to_str().unwrap()]).stdout).unwrap();
+    let row = &rep["table2_row"];
+    assert!((row["CIDEr"].as_f64().unwrap() - 100.0 * caps["CIDEr"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((row["B-4"].as_f64().unwrap() - 100.0 * caps["BLEU-4"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((row["IoU"].as_f64().unwrap() - 100.0 * masks["mIoU"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((row["Rec."].as_f64().unwrap() - 100.0 * masks["recall"].as_f64().unwrap()).abs() < 1e-9);
+    let iou = row["IoU"].as_f64().unwrap();
+    assert!(iou > 50.0 && iou < 100.0, "shifted masks overlap partly: {iou}");
+    let b1 = row["B-1"].as_f64().unwrap();
+    assert!(b1 > 80.0 && b1 < 100.0, "one word changed in half the captions: {b1}");
+    eprintln!("{table}");
+}

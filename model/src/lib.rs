@@ -8,5 +8,6 @@
 //! - [`eval::captions`]: the `mmtt eval captions` entry point (ids checked, tokenization, scores).
 //! - [`eval::masks`]: mIoU, cIoU, precision, recall with the reference's image rules.
 //! - [`eval::labels`]: PLM and per-label / macro / micro precision, recall, F1.
+//! - [`eval::report`]: the whole Table 2 row from the release-format ground truth and a prediction file.
 
 pub mod eval;

@@ -7,7 +7,8 @@
 use super::{bleu, cider, rouge, tokenize::tokenize, EvalError};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CaptionScores {
@@ -83,7 +84,7 @@ impl CaptionSet {
             .map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect()))
             .collect();
         // words to ids, once: n-grams become integer keys
-        let mut vocab: HashMap<&str, u32> = HashMap::new();
+        let mut vocab: HashMap<&str, u32> = HashMap::default();
         let mut items: Vec<(Vec<u32>, Vec<Vec<u32>>)> = Vec::with_capacity(tokenized.len());
         fn conv<'a>(t: &'a str, vocab: &mut HashMap<&'a str, u32>) -> Vec<u32> {
             t.split_whitespace()
@@ -98,8 +99,11 @@ impl CaptionSet {
             let rv: Vec<Vec<u32>> = rs.iter().map(|r| conv(r, &mut vocab)).collect();
             items.push((hv, rv));
         }
-        let counts: Vec<(bleu::Sorted, Vec<bleu::Sorted>)> =
-            items.par_iter().map(|(h, rs)| (bleu::sorted_counts(h), rs.iter().map(|r| bleu::sorted_counts(r)).collect())).collect();
+        let narrow = (vocab.len() as u32) < bleu::NARROW_IDS;
+        let counts: Vec<(bleu::Sorted, Vec<bleu::Sorted>)> = items
+            .par_iter()
+            .map(|(h, rs)| (bleu::sorted_counts_with(h, narrow), rs.iter().map(|r| bleu::sorted_counts_with(r, narrow)).collect()))
+            .collect();
         let comps: Vec<bleu::Comps> = items
             .par_iter()
             .zip(&counts)

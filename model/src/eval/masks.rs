@@ -127,6 +127,22 @@ fn pngs(dir: &Path) -> Result<Vec<String>, EvalError> {
     Ok(v)
 }
 
+/// Scores (ground truth, prediction) path pairs.
+pub fn evaluate_pairs(pairs: &[(PathBuf, PathBuf)], threshold: u8) -> Result<MaskScores, EvalError> {
+    if pairs.is_empty() {
+        return Err(EvalError::Input("no mask pairs to evaluate".into()));
+    }
+    let acc = pairs.par_iter().map(|(g, p)| pair(g, p, threshold)).try_reduce(Acc::default, |a, b| Ok(a.add(b)))?;
+    let n = acc.n as f64;
+    Ok(MaskScores {
+        miou: acc.iou / n,
+        ciou: if acc.union == 0 { 1.0 } else { acc.inter as f64 / acc.union as f64 },
+        precision: acc.precision / n,
+        recall: acc.recall / n,
+        n: acc.n,
+    })
+}
+
 /// Scores every same-named PNG pair; files without a counterpart are listed in the error.
 pub fn evaluate(gt: &Path, pred: &Path, threshold: u8) -> Result<MaskScores, EvalError> {
     let (g, p) = (pngs(gt)?, pngs(pred)?);
@@ -147,23 +163,8 @@ pub fn evaluate(gt: &Path, pred: &Path, threshold: u8) -> Result<MaskScores, Eva
     if g.is_empty() {
         return Err(EvalError::Input(format!("{} holds no PNG masks", gt.display())));
     }
-    let acc = g
-        .par_iter()
-        .map(|name| pair(&gt.join(name), &pred.join(name), threshold))
-        .try_reduce(Acc::default, |a, b| Ok(a.add(b)))?;
-    let n = acc.n as f64;
-    Ok(MaskScores {
-        miou: acc.iou / n,
-        ciou: if acc.union == 0 { 1.0 } else { acc.inter as f64 / acc.union as f64 },
-        precision: acc.precision / n,
-        recall: acc.recall / n,
-        n: acc.n,
-    })
-}
-
-/// Paths of a directory pair, for callers that list files themselves.
-pub fn pair_paths(gt: &Path, pred: &Path, name: &str) -> (PathBuf, PathBuf) {
-    (gt.join(name), pred.join(name))
+    let pairs: Vec<(PathBuf, PathBuf)> = g.iter().map(|name| (gt.join(name), pred.join(name))).collect();
+    evaluate_pairs(&pairs, threshold)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod captions;
 pub mod cider;
 pub mod labels;
 pub mod masks;
+pub mod report;
 pub mod rouge;
 pub mod tokenize;
 

@@ -190,12 +190,35 @@ pub fn ptb_tokens(text: &str) -> Vec<String> {
 /// What pycocoevalcap scores: the PTB tokens without punctuation, joined by single spaces.
 pub fn tokenize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for t in ptb_tokens(text) {
-        if !PUNCTUATIONS.contains(&t.as_str()) {
+    let mut buf: Vec<String> = Vec::new();
+    for chunk in text.split(|c: char| c.is_whitespace()).filter(|c| !c.is_empty()) {
+        // the common cases, a plain word, without allocating
+        if chunk.bytes().all(|b| b.is_ascii_alphanumeric()) {
             if !out.is_empty() {
                 out.push(' ');
             }
-            out.push_str(&t);
+            out.extend(chunk.bytes().map(|b| b.to_ascii_lowercase() as char));
+            continue;
+        }
+        // a plain word with a final comma or period (not an abbreviation): word, then the dropped mark
+        if let Some(word) = chunk.strip_suffix([',', '.']) {
+            if word.len() > 1 && word.bytes().all(|b| b.is_ascii_alphabetic()) && !is_abbreviation(chunk) {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.extend(word.bytes().map(|b| b.to_ascii_lowercase() as char));
+                continue;
+            }
+        }
+        buf.clear();
+        split_chunk(chunk, &mut buf);
+        for t in &buf {
+            if !PUNCTUATIONS.contains(&t.as_str()) {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(t);
+            }
         }
     }
     out
