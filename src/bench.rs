@@ -167,3 +167,36 @@ fn tempfile_dir() -> Result<PathBuf> {
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
+
+/// `mmtt bench masks`: `n` pairs of 512x512 masks (ground truth and a shifted prediction) written
+/// to a temporary folder, then `mmtt eval masks` over them: seconds, pairs/s and the peak memory of
+/// the process (bounded by the threads, not by `n`).
+pub fn masks(n: usize) -> Result<()> {
+    use rayon::prelude::*;
+    let dir = std::env::temp_dir().join(format!("mmtt-bench-masks-{}", std::process::id()));
+    let (gt, pred) = (dir.join("gt"), dir.join("pred"));
+    std::fs::create_dir_all(&gt)?;
+    std::fs::create_dir_all(&pred)?;
+    let t = Instant::now();
+    (0..n).into_par_iter().try_for_each(|i| -> Result<()> {
+        let (cx, cy, r) = (150 + (i * 37 % 200) as i64, 150 + (i * 91 % 200) as i64, 40 + (i % 60) as i64);
+        let circle = |dx: i64| GrayImage::from_fn(512, 512, |x, y| image::Luma([if (x as i64 - cx - dx).pow(2) + (y as i64 - cy).pow(2) < r * r { 255 } else { 0 }]));
+        circle(0).save(gt.join(format!("{i:06}.png")))?;
+        circle(5 + (i % 7) as i64).save(pred.join(format!("{i:06}.png")))?;
+        Ok(())
+    })?;
+    let written = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let s = mmtt_model::eval::masks::evaluate(&gt, &pred, 127)?;
+    let secs = t.elapsed().as_secs_f64();
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| st.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .unwrap_or_default();
+    println!("mask pairs            {} (512x512, written in {written:.1} s)", s.n);
+    println!("mmtt eval masks       {secs:.2} s, {:.0} pairs/s on {} threads", s.n as f64 / secs, rayon::current_num_threads());
+    println!("scores                mIoU {:.4} cIoU {:.4} precision {:.4} recall {:.4}", s.miou, s.ciou, s.precision, s.recall);
+    println!("peak memory           {peak} kB (VmHWM of the whole process)");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -214,6 +214,10 @@ enum Command {
         /// webdataset: bytes per shard.
         #[arg(long, default_value_t = 1_000_000_000)]
         shard_size: u64,
+        /// Run in a background process (log under DATA_DIR/logs); follow it with `mmtt jobs`
+        /// or the admin dashboard.
+        #[arg(long)]
+        background: bool,
         #[arg(long)]
         json: bool,
     },
@@ -411,6 +415,11 @@ enum BenchAction {
         /// An empty or new folder for the exports.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// `mmtt eval masks` over N generated 512x512 mask pairs: time, pairs/s, peak memory.
+    Masks {
+        #[arg(long, default_value_t = 20_000)]
+        n: usize,
     },
     /// `mmtt eval captions` against pycocoevalcap (fresh processes, same files): generated
     /// captions unless --refs/--preds are given.
@@ -854,6 +863,14 @@ async fn run(cli: Cli) -> Result<()> {
                         println!("  failed {} ({}): {}", f["item"].as_str().unwrap_or_default(), f["method"].as_str().unwrap_or_default(), f["reason"].as_str().unwrap_or_default());
                     }
                 }
+                let exports: Vec<(uuid::Uuid, String, String, String, i32, i32, Option<String>)> = sqlx::query_as(
+                    "SELECT id, format, out_dir, status, done, total, error FROM exports ORDER BY started_at",
+                )
+                .fetch_all(&app.pool)
+                .await?;
+                for (id, format, out, status, done, total, error) in exports {
+                    println!("export {id} {format} -> {out}: {status}, {done}/{total} samples{}", error.map(|e| format!(" ({e})")).unwrap_or_default());
+                }
             }
             Ok(())
         }),
@@ -878,6 +895,7 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),
+        Command::Bench { action: BenchAction::Masks { n } } => mmtt::bench::masks(*n),
         Command::Bench { action: BenchAction::Captions { n, refs, preds } } => mmtt::bench::captions(*n, refs.clone(), preds.clone()),
         Command::Bench { action: BenchAction::Export { out } } => with_app!(cli, |app| {
             let r = mmtt::export::bench(app, out).await?;
@@ -913,7 +931,23 @@ async fn run(cli: Cli) -> Result<()> {
                 mmtt::web::serve(state, bind).await
             })
         }
-        Command::Export { format, out, include_unreviewed, methods, datasets, resplit, seed, ratios, link, no_originals, shard_size, json } => {
+        Command::Export { background: true, .. } => {
+            let logs = cli.data_dir.join("logs");
+            std::fs::create_dir_all(&logs).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", logs.display()))?;
+            let log = logs.join(format!("export-{}.log", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
+            let file = std::fs::File::create(&log)?;
+            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).filter(|a| a != "--background").collect();
+            let child = std::process::Command::new(std::env::current_exe()?)
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stdout(file.try_clone()?)
+                .stderr(file)
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start the background export: {e}"))?;
+            println!("export running in the background (pid {}); log {}; progress: `mmtt jobs` or the admin dashboard", child.id(), log.display());
+            Ok(())
+        }
+        Command::Export { format, out, include_unreviewed, methods, datasets, resplit, seed, ratios, link, no_originals, shard_size, json, .. } => {
             let mut o = mmtt::export::ExportOptions::new(*format, out.clone());
             o.include_unreviewed = *include_unreviewed;
             o.methods = methods.clone();

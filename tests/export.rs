@@ -207,6 +207,18 @@ fn splits_are_leak_free_deterministic_stable_and_exports_resume() {
     });
     assert_eq!(n.len(), 3, "{n:?}");
     assert!(n.values().all(|v| *v > 10), "1:1:1 over 80 samples: {n:?}");
+    // --background runs it in another process; `mmtt jobs` shows it
+    let bg = root.join("bg");
+    let out = env.ok(&["export", "--format", "mmtt", "--out", &bg.display().to_string(), "--background"]);
+    assert!(out.contains("export running in the background"), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !bg.join("MANIFEST.sha256").exists() {
+        assert!(std::time::Instant::now() < deadline, "the background export did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    manifest_ok(&bg);
+    let jobs = env.ok(&["jobs"]);
+    assert!(jobs.contains(&format!("mmtt -> {}: ", bg.display())), "{jobs}");
     // --link hard-links the images
     let l = root.join("l");
     env.ok(&["export", "--format", "hf", "--out", &l.display().to_string(), "--link"]);
