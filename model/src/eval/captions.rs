@@ -34,21 +34,21 @@ pub struct CaptionSet {
     pub items: BTreeMap<String, (String, Vec<String>)>,
 }
 
-fn as_text(id: &str, v: &serde_json::Value, what: &str) -> Result<String, EvalError> {
-    match v {
-        serde_json::Value::String(s) => Ok(s.clone()),
-        serde_json::Value::Array(a) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_string()),
-        _ => Err(EvalError::Input(format!("{what} of id `{id}` must be a string (or a list with one string), found {v}"))),
-    }
-}
 
 impl CaptionSet {
     /// Parses the two JSON texts; lists ids that are in one file but not the other.
     pub fn parse(refs: &str, preds: &str) -> Result<Self, EvalError> {
-        let r: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(refs).map_err(|e| EvalError::Input(format!("references: not a JSON object of id -> [captions]: {e}")))?;
-        let p: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(preds).map_err(|e| EvalError::Input(format!("predictions: not a JSON object of id -> caption: {e}")))?;
+        // typed parsing: no intermediate JSON tree (a prediction may be a string or a list)
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Pred {
+            One(String),
+            List(Vec<String>),
+        }
+        let r: BTreeMap<String, Vec<String>> = serde_json::from_str(refs)
+            .map_err(|e| EvalError::Input(format!("references: expected a JSON object of id -> list of caption strings: {e}")))?;
+        let mut p: BTreeMap<String, Pred> = serde_json::from_str(preds)
+            .map_err(|e| EvalError::Input(format!("predictions: expected a JSON object of id -> caption string: {e}")))?;
         let only_r: Vec<&String> = r.keys().filter(|k| !p.contains_key(*k)).collect();
         let only_p: Vec<&String> = p.keys().filter(|k| !r.contains_key(*k)).collect();
         if !only_r.is_empty() || !only_p.is_empty() {
@@ -65,13 +65,16 @@ impl CaptionSet {
             return Err(EvalError::Input("no ids to evaluate".into()));
         }
         let mut items = BTreeMap::new();
-        for (id, refs) in &r {
-            let list = refs.as_array().ok_or_else(|| EvalError::Input(format!("references of id `{id}` must be a list of strings")))?;
-            if list.is_empty() {
+        for (id, refs) in r {
+            if refs.is_empty() {
                 return Err(EvalError::Input(format!("id `{id}` has no reference caption")));
             }
-            let refs: Vec<String> = list.iter().map(|v| as_text(id, v, "a reference")).collect::<Result<_, _>>()?;
-            items.insert(id.clone(), (as_text(id, &p[id], "the prediction")?, refs));
+            let hyp = match p.remove(&id) {
+                Some(Pred::One(s)) => s,
+                Some(Pred::List(mut l)) if l.len() == 1 => l.remove(0),
+                _ => return Err(EvalError::Input(format!("the prediction of id `{id}` must be one string (or a list with one string)"))),
+            };
+            items.insert(id, (hyp, refs));
         }
         Ok(CaptionSet { items })
     }
