@@ -1,8 +1,9 @@
 """Parity harness for `mmtt eval captions`: varied forgery-explanation captions, and the real
-pycocoevalcap 1.2 scores of them (Java PTBTokenizer, Bleu(4), Rouge, Cider).
+pycocoevalcap 1.2 scores of them (Java PTBTokenizer, Bleu(4), Rouge, Cider, Meteor 1.5).
 
-    captions_reference.py gen N SEED DIR      writes DIR/refs.json and DIR/preds.json
-    captions_reference.py score REFS PREDS    prints the reference scores and tokenizations as JSON
+    captions_reference.py gen N SEED DIR                 writes DIR/refs.json and DIR/preds.json
+    captions_reference.py score REFS PREDS [METRICS]     prints the reference scores and tokenizations
+                                                         as JSON; METRICS: all (default), ngram, meteor
 """
 import json
 import os
@@ -33,8 +34,28 @@ def caption(r, k=None):
     return " ".join(sentence(r) for _ in range(k or r.randint(1, 4)))
 
 
+# synonyms, inflections and paraphrases, so that Meteor's stem, synonym and paraphrase modules match
+SWAPS = {"blurred": ["blurry", "blurring", "fuzzy"], "looks": ["seems", "appears", "looked", "look"], "unnatural": ["artificial", "fake", "odd"],
+         "smudged": ["smeared", "smudge"], "distorted": ["warped", "distorting", "deformed"], "colour": ["color", "colours", "hue"],
+         "darker": ["dark", "darkened"], "strange": ["odd", "weird", "unusual"], "visible": ["noticeable", "obvious", "apparent"],
+         "edges": ["edge", "borders", "boundaries"], "shows": ["showing", "displays", "exhibits"], "image": ["picture", "photo", "images"],
+         "typical": ["common", "usual"], "sign": ["indication", "signs", "evidence"], "editing": ["edited", "manipulation", "tampering"],
+         "surrounding": ["nearby", "adjacent", "surroundings"], "lighting": ["light", "illumination", "lights"], "eyes": ["eye"],
+         "cheeks": ["cheek"], "lips": ["lip"], "is": ["was", "are", "seems to be"], "the": ["a", "this"], "has": ["have", "had", "contains"],
+         "compared with": ["in comparison to", "relative to"], "does not": ["doesn't", "fails to"], "a strong": ["a clear", "strong"]}
+
+
+def swap(r, text):
+    keys = [k for k in SWAPS if (" " + k + " ") in (" " + text + " ")]
+    for k in r.sample(keys, min(len(keys), r.randint(1, 4))):
+        text = (" " + text + " ").replace(" " + k + " ", " " + r.choice(SWAPS[k]) + " ", 1).strip()
+    return text
+
+
 def perturb(r, text):
-    kind = r.randrange(12)
+    kind = r.randrange(15)
+    if kind >= 12:
+        return swap(r, text)
     w = text.split()
     if kind == 0:
         return text
@@ -107,7 +128,7 @@ def gen(n, seed, d):
     json.dump(preds, open(os.path.join(d, "preds.json"), "w"), indent=1)
 
 
-def score(refs_path, preds_path):
+def score(refs_path, preds_path, metrics="all"):
     import contextlib
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     from pycocoevalcap.bleu.bleu import Bleu
@@ -117,15 +138,22 @@ def score(refs_path, preds_path):
     preds = json.load(open(preds_path))
     gts = {k: [{"caption": c} for c in v] for k, v in refs.items()}
     res = {k: [{"caption": v if isinstance(v, str) else v[0]}] for k, v in preds.items()}
+    out = {}
     with contextlib.redirect_stdout(sys.stderr):
         tok = PTBTokenizer()
         g = tok.tokenize(gts)
         s = tok.tokenize(res)
-        b, _ = Bleu(4).compute_score(g, s, verbose=0)
-        rl, _ = Rouge().compute_score(g, s)
-        c, _ = Cider().compute_score(g, s)
-    out = {"BLEU-1": b[0], "BLEU-2": b[1], "BLEU-3": b[2], "BLEU-4": b[3], "ROUGE-L": float(rl), "CIDEr": float(c),
-           "tokenized": {"refs": g, "preds": {k: v[0] for k, v in s.items()}}}
+        if metrics in ("all", "ngram"):
+            b, _ = Bleu(4).compute_score(g, s, verbose=0)
+            rl, _ = Rouge().compute_score(g, s)
+            c, _ = Cider().compute_score(g, s)
+            out.update({"BLEU-1": b[0], "BLEU-2": b[1], "BLEU-3": b[2], "BLEU-4": b[3], "ROUGE-L": float(rl), "CIDEr": float(c)})
+        if metrics in ("all", "meteor"):
+            from pycocoevalcap.meteor.meteor import Meteor
+            m, per = Meteor().compute_score(g, s)
+            out["METEOR"] = float(m)
+            out["meteor_per_image"] = dict(zip(g.keys(), per))
+    out["tokenized"] = {"refs": g, "preds": {k: v[0] for k, v in s.items()}}
     print(json.dumps(out))
 
 
@@ -133,4 +161,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "gen":
         gen(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:
-        score(sys.argv[2], sys.argv[3])
+        score(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "all")

@@ -319,6 +319,25 @@ enum ForgeriesAction {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MetricSet {
+    All,
+    Ngram,
+    Meteor,
+}
+
+/// Meteor's data from `--meteor-data`, else found on the machine; a note on stderr when absent.
+fn meteor_data_or_warn(explicit: Option<&std::path::Path>) -> Result<Option<mmtt_model::eval::meteor::MeteorData>> {
+    let d = match explicit {
+        Some(p) => Some(mmtt_model::eval::meteor::MeteorData::at(p)?),
+        None => mmtt_model::eval::meteor::MeteorData::locate()?,
+    };
+    if d.is_none() {
+        eprintln!("METEOR unavailable (reported as null): pycocoevalcap's meteor data was not found; install pycocoevalcap==1.2 (scripts/setup.sh does) or pass --meteor-data DIR");
+    }
+    Ok(d)
+}
+
 #[derive(Subcommand)]
 enum EvalAction {
     /// BLEU-1..4, METEOR, ROUGE-L, CIDEr: refs `{"id": ["ref", ...]}`, preds `{"id": "hyp"}`.
@@ -327,6 +346,13 @@ enum EvalAction {
         refs: PathBuf,
         #[arg(long)]
         preds: PathBuf,
+        /// pycocoevalcap's meteor/ folder (meteor-1.5.jar, data/paraphrase-en.gz); found in
+        /// MMTT_METEOR_DATA or the Python site-packages when not given.
+        #[arg(long)]
+        meteor_data: Option<PathBuf>,
+        /// all: every metric; ngram: BLEU, ROUGE-L, CIDEr (METEOR null); meteor: METEOR only.
+        #[arg(long, value_enum, default_value = "all")]
+        metrics: MetricSet,
     },
     /// mIoU, cIoU, precision, recall over same-named PNG masks.
     Masks {
@@ -353,6 +379,9 @@ enum EvalAction {
         /// The method name in the printed row.
         #[arg(long, default_value = "mmtt")]
         name: String,
+        /// pycocoevalcap's meteor/ folder (see `eval captions`).
+        #[arg(long)]
+        meteor_data: Option<PathBuf>,
     },
     /// PLM and per-label / macro / micro precision, recall, F1 of 21-label sets per id.
     Labels {
@@ -430,6 +459,9 @@ enum BenchAction {
         refs: Option<PathBuf>,
         #[arg(long)]
         preds: Option<PathBuf>,
+        /// Runs of the (slow) Java METEOR and ours; the best of each is compared.
+        #[arg(long, default_value_t = 2)]
+        meteor_runs: usize,
     },
     /// "Next task" + annotation page latency at many concurrent clients (fill the database first
     /// with `mmtt seed-synthetic`).
@@ -896,7 +928,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),
         Command::Bench { action: BenchAction::Masks { n } } => mmtt::bench::masks(*n),
-        Command::Bench { action: BenchAction::Captions { n, refs, preds } } => mmtt::bench::captions(*n, refs.clone(), preds.clone()),
+        Command::Bench { action: BenchAction::Captions { n, refs, preds, meteor_runs } } => mmtt::bench::captions(*n, refs.clone(), preds.clone(), *meteor_runs),
         Command::Bench { action: BenchAction::Export { out } } => with_app!(cli, |app| {
             let r = mmtt::export::bench(app, out).await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -1000,13 +1032,20 @@ async fn run(cli: Cli) -> Result<()> {
         }),
         Command::Eval { action } => {
             let v = match action {
-                EvalAction::Captions { refs, preds } => {
+                EvalAction::Captions { refs, preds, meteor_data, metrics } => {
                     let set = mmtt_model::eval::captions::CaptionSet::parse(&read_text(refs)?, &read_text(preds)?)?;
-                    serde_json::to_value(set.score())?
+                    let data = if *metrics == MetricSet::Ngram { None } else { meteor_data_or_warn(meteor_data.as_deref())? };
+                    if *metrics == MetricSet::Meteor {
+                        let Some(d) = data else { anyhow::bail!("METEOR needs Meteor's data: install pycocoevalcap==1.2 (scripts/setup.sh does) or pass --meteor-data DIR") };
+                        serde_json::json!({ "METEOR": set.meteor(&d)? })
+                    } else {
+                        serde_json::to_value(set.score(data.as_ref())?)?
+                    }
                 }
                 EvalAction::Masks { gt, pred, threshold } => serde_json::to_value(mmtt_model::eval::masks::evaluate(gt, pred, *threshold)?)?,
-                EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name } => {
-                    let r = mmtt_model::eval::report::evaluate(&read_text(gt)?, &read_text(pred)?, gt_mask_base, pred_mask_base, *threshold)?;
+                EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name, meteor_data } => {
+                    let data = meteor_data_or_warn(meteor_data.as_deref())?;
+                    let r = mmtt_model::eval::report::evaluate(&read_text(gt)?, &read_text(pred)?, gt_mask_base, pred_mask_base, *threshold, data.as_ref())?;
                     eprintln!("{}", mmtt_model::eval::report::table_line(name, &r));
                     println!("{}", serde_json::to_string(&r)?);
                     return Ok(());

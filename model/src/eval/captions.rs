@@ -1,10 +1,10 @@
 //! `mmtt eval captions --refs R.json --preds P.json`: R is `{"id": ["ref", ...]}`, P is
 //! `{"id": "hyp"}` (a one-element list is accepted too). Both must name the same ids. Tokenized
 //! as pycocoevalcap does ([`super::tokenize`]), then BLEU-1..4, ROUGE-L and CIDEr on
-//! pycocoevalcap's raw scales. METEOR is not computed by this build: it is reported as `null`
-//! (unavailable), never guessed.
+//! pycocoevalcap's raw scales; METEOR ([`super::meteor`]) when Meteor's data is found, otherwise
+//! `null` (unavailable), never guessed.
 
-use super::{bleu, cider, rouge, tokenize::tokenize, EvalError};
+use super::{bleu, cider, meteor, rouge, tokenize::tokenize, EvalError};
 use rayon::prelude::*;
 use serde::Serialize;
 use rustc_hash::FxHashMap as HashMap;
@@ -79,8 +79,14 @@ impl CaptionSet {
         Ok(CaptionSet { items })
     }
 
-    /// Scores on pycocoevalcap's raw scales.
-    pub fn score(&self) -> CaptionScores {
+    /// Corpus METEOR alone (pycocoevalcap's PTB tokenization, then Meteor 1.5).
+    pub fn meteor(&self, data: &meteor::MeteorData) -> Result<f64, EvalError> {
+        let tokenized: Vec<(String, Vec<String>)> = self.items.par_iter().map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect())).collect();
+        Ok(meteor::score(data, &tokenized)?.0)
+    }
+
+    /// Scores on pycocoevalcap's raw scales; METEOR only with `meteor` data.
+    pub fn score(&self, meteor_data: Option<&meteor::MeteorData>) -> Result<CaptionScores, EvalError> {
         let tokenized: Vec<(String, Vec<String>)> = self
             .items
             .par_iter()
@@ -115,6 +121,10 @@ impl CaptionSet {
         let (b, _) = bleu::score(&comps);
         let rouges: Vec<f64> = items.par_iter().map(|(h, rs)| rouge::score(h, rs)).collect();
         let (c, _) = cider::score(&counts);
-        CaptionScores { bleu1: b[0], bleu2: b[1], bleu3: b[2], bleu4: b[3], meteor: None, rouge_l: rouges.iter().sum::<f64>() / rouges.len() as f64, cider: c }
+        let meteor = match meteor_data {
+            Some(d) => Some(meteor::score(d, &tokenized)?.0),
+            None => None,
+        };
+        Ok(CaptionScores { bleu1: b[0], bleu2: b[1], bleu3: b[2], bleu4: b[3], meteor, rouge_l: rouges.iter().sum::<f64>() / rouges.len() as f64, cider: c })
     }
 }

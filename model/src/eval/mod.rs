@@ -5,6 +5,7 @@ pub mod captions;
 pub mod cider;
 pub mod labels;
 pub mod masks;
+pub mod meteor;
 pub mod report;
 pub mod rouge;
 pub mod tokenize;

@@ -25,7 +25,7 @@ fn field<'a>(v: &'a serde_json::Value, names: &[&str]) -> Option<&'a str> {
     names.iter().find_map(|n| v.get(*n).and_then(|x| x.as_str()))
 }
 
-pub fn evaluate(gt_json: &str, pred_jsonl: &str, gt_base: &Path, pred_base: &Path, threshold: u8) -> Result<Report, EvalError> {
+pub fn evaluate(gt_json: &str, pred_jsonl: &str, gt_base: &Path, pred_base: &Path, threshold: u8, meteor: Option<&super::meteor::MeteorData>) -> Result<Report, EvalError> {
     let gt: Vec<serde_json::Value> = serde_json::from_str(gt_json).map_err(|e| EvalError::Input(format!("ground truth: not a JSON list of release records: {e}")))?;
     let mut refs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut gt_masks: BTreeMap<String, String> = BTreeMap::new();
@@ -49,7 +49,7 @@ pub fn evaluate(gt_json: &str, pred_jsonl: &str, gt_base: &Path, pred_base: &Pat
     let refs_json = serde_json::to_string(&refs).map_err(|e| EvalError::Input(e.to_string()))?;
     let preds_json = serde_json::to_string(&preds.iter().map(|(k, (c, _))| (k, c)).collect::<BTreeMap<_, _>>()).map_err(|e| EvalError::Input(e.to_string()))?;
     // the same id check (and message) as `eval captions`
-    let captions = CaptionSet::parse(&refs_json, &preds_json)?.score();
+    let captions = CaptionSet::parse(&refs_json, &preds_json)?.score(meteor)?;
     let pairs: Vec<(PathBuf, PathBuf)> = gt_masks.iter().map(|(id, m)| (gt_base.join(m), pred_base.join(&preds[id].1))).collect();
     let masks = evaluate_pairs(&pairs, threshold)?;
     let row = BTreeMap::from([
