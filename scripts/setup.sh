@@ -33,9 +33,10 @@ fi
 # Pillow (the Python reference pipeline), in the project's own virtual environment.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 # datasets and pycocotools: the real clients the export tests read the exports with;
-# pycocoevalcap (with Java): the reference the caption metrics are tested against.
-PY_PACKAGES=(onnxruntime==1.31.1 onnx numpy pillow datasets==5.2.0 pycocotools==2.0.11 pycocoevalcap==1.2)
-if ! "$ROOT/.venv/bin/python" -c "import onnxruntime, onnx, numpy, PIL, datasets, pycocotools, pycocoevalcap.bleu.bleu; assert onnxruntime.__version__ == '1.31.1' and datasets.__version__ == '5.2.0'" 2>/dev/null; then
+# pycocoevalcap (with Java): the reference the caption metrics are tested against; regex: the
+# \p{L} classes of the reference CLIP tokenizer (scripts/onnx_reference.py sdxl).
+PY_PACKAGES=(onnxruntime==1.31.1 onnx numpy pillow datasets==5.2.0 pycocotools==2.0.11 pycocoevalcap==1.2 regex==2025.11.3)
+if ! "$ROOT/.venv/bin/python" -c "import onnxruntime, onnx, numpy, PIL, datasets, pycocotools, regex, pycocoevalcap.bleu.bleu; assert onnxruntime.__version__ == '1.31.1' and datasets.__version__ == '5.2.0'" 2>/dev/null; then
   echo "setup: installing ${PY_PACKAGES[*]} into .venv" >&2
   [ -x "$ROOT/.venv/bin/python" ] || python3 -m venv "$ROOT/.venv"
   "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" >&2

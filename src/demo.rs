@@ -67,6 +67,7 @@ pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
             mix_paper: false,
             device: mmtt_generators::forge::onnx::Device::Cpu,
             max_attempts: 2,
+            params: serde_json::json!({}),
         };
         let e = crate::forge::enqueue(app, &req).await?;
         for u in &e.unavailable {

@@ -39,8 +39,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Methods mmtt knows, with their family (the paper's three kinds of forgery).
-pub const METHODS: [(&str, &str); 4] =
-    [("classic-swap", "swap"), ("patch-inpaint", "inpaint"), ("mat", "transformer"), ("lama", "inpaint")];
+pub const METHODS: [(&str, &str); 6] = [
+    ("classic-swap", "swap"),
+    ("e4s", "swap"),
+    ("patch-inpaint", "inpaint"),
+    ("mat", "transformer"),
+    ("lama", "inpaint"),
+    ("sdxl", "diffusion"),
+];
 
 /// The paper's counts: face swap (E4S) 44,343; transformer inpainting (MAT) 37,440; diffusion
 /// inpainting (SDXL) 46,520.
@@ -51,7 +57,7 @@ pub fn family_of(method: &str) -> Result<&'static str> {
         .iter()
         .find(|(m, _)| *m == method)
         .map(|(_, f)| *f)
-        .ok_or_else(|| anyhow!("unknown method `{method}`: known methods are classic-swap, patch-inpaint, mat, lama"))
+        .ok_or_else(|| anyhow!("unknown method `{method}`: known methods are classic-swap, e4s, patch-inpaint, mat, lama, sdxl"))
 }
 
 /// Splits `n` by the paper's proportions (largest remainder).
@@ -85,6 +91,9 @@ pub struct ForgeRequest {
     pub mix_paper: bool,
     pub device: Device,
     pub max_attempts: i32,
+    /// Generator settings for the whole job (SDXL: prompt, negative_prompt, steps, guidance,
+    /// strength), stored in `forge_jobs.params` and handed to every item.
+    pub params: serde_json::Value,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,7 +146,10 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
     masks::plan_all(app, req.plan_seed, None, false).await?;
     let job_id = uuid::Uuid::new_v4();
     let names: Vec<&str> = families.iter().map(|(m, ..)| m.as_str()).collect();
-    sqlx::query("INSERT INTO forge_jobs (id, requested, seed, plan_seed, mix, methods, device) VALUES ($1,$2,$3,$4,$5,$6,$7)")
+    if !req.params.is_object() {
+        bail!("job parameters must be a JSON object, e.g. {{\"prompt\": \"...\"}}");
+    }
+    sqlx::query("INSERT INTO forge_jobs (id, requested, seed, plan_seed, mix, methods, device, params) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)")
         .bind(job_id)
         .bind(req.count as i32)
         .bind(req.seed as i64)
@@ -145,6 +157,7 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
         .bind(req.mix_paper.then_some("paper"))
         .bind(&names)
         .bind(match req.device { Device::Cpu => "cpu", Device::Cuda => "cuda" })
+        .bind(&req.params)
         .execute(&app.pool)
         .await?;
     let rows = sqlx::query("SELECT id, split_key, split, dataset FROM sources ORDER BY id").fetch_all(&app.pool).await?;
@@ -264,16 +277,20 @@ struct Claimed {
     mask: image::GrayImage,
     target_lm: Option<Landmarks68>,
     donor: Option<(RgbImage, Option<Landmarks68>)>,
+    params: serde_json::Value,
     claimed_at: Instant,
     load_ms: f64,
 }
 
 struct Generated {
     claimed: Claimed,
-    result: std::result::Result<(RgbImage, serde_json::Value, f64), String>,
+    /// The generated image, the generator's own mask (E4S), provenance, milliseconds.
+    result: std::result::Result<(RgbImage, Option<image::GrayImage>, serde_json::Value, f64), String>,
 }
 
-async fn claim(app: &App, o: &WorkerOptions) -> Result<Option<(uuid::Uuid, String, i64, uuid::Uuid, Option<uuid::Uuid>, uuid::Uuid)>> {
+type ClaimRow = (uuid::Uuid, String, i64, uuid::Uuid, Option<uuid::Uuid>, uuid::Uuid, serde_json::Value);
+
+async fn claim(app: &App, o: &WorkerOptions) -> Result<Option<ClaimRow>> {
     // items whose lease ran out after their last attempt have failed for good
     sqlx::query(
         "UPDATE forge_items SET status = 'failed', updated_at = now(), \
@@ -288,14 +305,14 @@ async fn claim(app: &App, o: &WorkerOptions) -> Result<Option<(uuid::Uuid, Strin
          WHERE id = (SELECT id FROM forge_items WHERE ($3::uuid IS NULL OR job_id = $3) \
            AND (status = 'queued' OR (status = 'running' AND lease_until < now())) AND attempts < max_attempts \
            ORDER BY created_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
-         RETURNING id, method, seed, target_id, donor_id, plan_id",
+         RETURNING id, method, seed, target_id, donor_id, plan_id, (SELECT params FROM forge_jobs j WHERE j.id = forge_items.job_id)",
     )
     .bind(&o.name)
     .bind(o.lease.as_secs_f64())
     .bind(o.job)
     .fetch_optional(&app.pool)
     .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
+    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))))
 }
 
 async fn load_source(app: &App, id: uuid::Uuid) -> Result<(BlobKey, RgbImage, Option<Landmarks68>, String)> {
@@ -307,9 +324,9 @@ async fn load_source(app: &App, id: uuid::Uuid) -> Result<(BlobKey, RgbImage, Op
     Ok((key, img, lm, r.get(2)))
 }
 
-async fn load_item(app: &App, c: (uuid::Uuid, String, i64, uuid::Uuid, Option<uuid::Uuid>, uuid::Uuid)) -> Result<Claimed> {
+async fn load_item(app: &App, c: ClaimRow) -> Result<Claimed> {
     let t0 = Instant::now();
-    let (item_id, method, seed, target_id, donor_id, plan_id) = c;
+    let (item_id, method, seed, target_id, donor_id, plan_id, params) = c;
     let (original_key, target, target_lm, split) = load_source(app, target_id).await?;
     let mask_key: BlobKey = sqlx::query_scalar::<_, String>("SELECT mask_hash FROM mask_plans WHERE id = $1")
         .bind(plan_id)
@@ -325,7 +342,7 @@ async fn load_item(app: &App, c: (uuid::Uuid, String, i64, uuid::Uuid, Option<uu
         None => None,
     };
     Ok(Claimed {
-        item_id, method, seed: seed as u64, target_id, donor_id, plan_id, split, original_key, mask_key, target, mask, target_lm, donor,
+        item_id, method, seed: seed as u64, target_id, donor_id, plan_id, split, original_key, mask_key, target, mask, target_lm, donor, params,
         claimed_at: t0, load_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
 }
@@ -335,6 +352,8 @@ fn make_generator(method: &str, o: &WorkerOptions) -> std::result::Result<Box<dy
         "patch-inpaint" => Box::new(PatchInpaint::default()),
         "classic-swap" => Box::new(ClassicSwap::default()),
         "mat" | "lama" => Box::new(OnnxGenerator::load_builtin(method, &o.models_dir, o.device, o.threads).map_err(|e| e.to_string())?),
+        "sdxl" => Box::new(mmtt_generators::forge::sdxl::Sdxl::load(&o.models_dir, o.device, o.threads).map_err(|e| e.to_string())?),
+        "e4s" => Box::new(mmtt_generators::forge::e4s::E4s::load(&o.models_dir, o.device, o.threads).map_err(|e| e.to_string())?),
         other => return Err(format!("unknown method {other}")),
     })
 }
@@ -383,8 +402,9 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                         source: src_img,
                         source_landmarks: src_lm,
                         seed: c.seed,
+                        options: Some(&c.params),
                     };
-                    g.generate(&input).map(|img| (img, g.provenance(), t.elapsed().as_secs_f64() * 1e3)).map_err(|e| e.to_string())
+                    g.generate_with_mask(&input).map(|(img, mask)| (img, mask, g.provenance(), t.elapsed().as_secs_f64() * 1e3)).map_err(|e| e.to_string())
                 }
             };
             if gen_tx.blocking_send(Generated { claimed: c, result }).is_err() {
@@ -437,11 +457,20 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                     tracing::warn!(item = %c.item_id, %reason, "forgery failed");
                     fail_item(app, c.item_id, &o.name, &reason).await?;
                 }
-                Ok((generated, provenance, gen_ms)) => {
+                Ok((generated, own_mask, provenance, gen_ms)) => {
                     let t = Instant::now();
-                    let (orig, mask) = (c.target, c.mask);
+                    // a generator that decides its region (E4S) replaces the planned mask
+                    let own_png = match &own_mask {
+                        Some(m) => Some(mmtt_generators::mask::encode_mask_png(m)?),
+                        None => None,
+                    };
+                    let (orig, mask) = (c.target, own_mask.unwrap_or(c.mask));
                     let png = tokio::task::spawn_blocking(move || encode_rgb_png(&composite(&orig, &generated, &mask))).await??;
                     let key = app.store.put(&png)?;
+                    let mask_key = match &own_png {
+                        Some(p) => app.store.put(p)?,
+                        None => c.mask_key.clone(),
+                    };
                     let timings = serde_json::json!({
                         "load_ms": c.load_ms, "generate_ms": gen_ms, "encode_store_ms": t.elapsed().as_secs_f64() * 1e3,
                         "total_ms": c.claimed_at.elapsed().as_secs_f64() * 1e3,
@@ -462,6 +491,9 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                         continue;
                     }
                     crate::db::record_blob(&mut tx, &key, png.as_slice()).await?;
+                    if let Some(p) = &own_png {
+                        crate::db::record_blob(&mut tx, &mask_key, p.as_slice()).await?;
+                    }
                     sqlx::query(
                         "INSERT INTO forgeries (id, item_id, method, target_id, donor_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings) \
                          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (item_id) DO NOTHING",
@@ -474,7 +506,7 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                     .bind(c.plan_id)
                     .bind(&c.split)
                     .bind(key.as_str())
-                    .bind(c.mask_key.as_str())
+                    .bind(mask_key.as_str())
                     .bind(c.original_key.as_str())
                     .bind(c.seed as i64)
                     .bind(&provenance)

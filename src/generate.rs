@@ -22,6 +22,10 @@ pub struct GenerateArgs {
     pub models: PathBuf,
     pub device: Device,
     pub threads: usize,
+    /// Generator settings (SDXL: prompt, negative_prompt, steps, guidance, strength).
+    pub options: Option<serde_json::Value>,
+    /// E4S: where to write the swapped region's mask (it replaces `--mask` in the composite).
+    pub mask_out: Option<PathBuf>,
 }
 
 pub fn run(a: &GenerateArgs) -> Result<()> {
@@ -35,8 +39,8 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         let p = mask_rgb.get_pixel(x, y).0;
         image::Luma([if p.iter().any(|&v| v > 0) { 255 } else { 0 }])
     });
-    let (source, tl, sl) = if a.method == "classic-swap" {
-        let src_path = a.source.as_ref().ok_or_else(|| anyhow!("classic-swap needs --source FACE"))?;
+    let (source, tl, sl) = if a.method == "classic-swap" || a.method == "e4s" {
+        let src_path = a.source.as_ref().ok_or_else(|| anyhow!("{} needs --source FACE", a.method))?;
         let src = read_image(src_path, limits).map_err(|r| anyhow!("{}: {r}", src_path.display()))?.rgb;
         let finder = FaceFinder::load()?;
         let first = |img: &image::RgbImage, p: &PathBuf| {
@@ -55,8 +59,26 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         source: source.as_ref(),
         source_landmarks: sl.as_ref(),
         seed: a.seed,
+        options: a.options.as_ref(),
     };
+    let mut own_mask: Option<GrayImage> = None;
     let (generated, raw) = match a.method.as_str() {
+        "sdxl" => {
+            let mut g = mmtt_generators::forge::sdxl::Sdxl::load(&a.models, a.device, a.threads)?;
+            let opts = g.options.with(a.options.as_ref())?;
+            let out = g.run(&input, &opts)?;
+            (mmtt_generators::forge::onnx::to_rgb(out.width, out.height, &out.hwc), out.hwc)
+        }
+        "e4s" => {
+            let mut g = mmtt_generators::forge::e4s::E4s::load(&a.models, a.device, a.threads)?;
+            let (img, own) = g.swap(&input)?;
+            if let Some(p) = &a.mask_out {
+                own.save_with_format(p, image::ImageFormat::Png).with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            own_mask = Some(own);
+            let raw = img.as_raw().iter().map(|&v| v as f32).collect();
+            (img, raw)
+        }
         "mat" | "lama" => {
             let mut g = OnnxGenerator::load_builtin(&a.method, &a.models, a.device, a.threads)?;
             let (w, h, hwc) = g.run_raw(&input)?;
@@ -69,9 +91,9 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             let raw = img.as_raw().iter().map(|&v| v as f32).collect();
             (img, raw)
         }
-        other => bail!("unknown method `{other}`: known methods are classic-swap, patch-inpaint, mat, lama"),
+        other => bail!("unknown method `{other}`: known methods are classic-swap, e4s, patch-inpaint, mat, lama, sdxl"),
     };
-    let forged = composite(&target, &generated, &mask);
+    let forged = composite(&target, &generated, own_mask.as_ref().unwrap_or(&mask));
     forged.save_with_format(&a.out, image::ImageFormat::Png).with_context(|| format!("cannot write {}", a.out.display()))?;
     if let Some(p) = &a.raw {
         let bytes: Vec<u8> = raw.iter().flat_map(|v| v.to_le_bytes()).collect();

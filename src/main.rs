@@ -89,7 +89,7 @@ enum Command {
     },
     /// Enqueue a forgery job (and with --wait, work on it until it is done).
     Forge {
-        /// The method (classic-swap, patch-inpaint, mat, lama); with --mix paper, three of them
+        /// The method (classic-swap, e4s, patch-inpaint, mat, lama, sdxl); with --mix paper, three of them
         /// for swap, transformer and diffusion, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         method: Vec<String>,
@@ -111,6 +111,21 @@ enum Command {
         /// Run a worker in this process until the job is done.
         #[arg(long)]
         wait: bool,
+        /// SDXL: the prompt (default: generators/manifests/sdxl.json's face-retouching prompt).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// SDXL: the negative prompt (default: the manifest's).
+        #[arg(long)]
+        negative_prompt: Option<String>,
+        /// SDXL: denoising steps (default 30).
+        #[arg(long)]
+        steps: Option<u32>,
+        /// SDXL: classifier-free guidance scale (default 7.5).
+        #[arg(long)]
+        guidance: Option<f32>,
+        /// SDXL: strength in (0, 1] (default 0.99).
+        #[arg(long)]
+        strength: Option<f32>,
         #[command(flatten)]
         worker: WorkerArgs,
         #[arg(long)]
@@ -145,7 +160,7 @@ enum Command {
         /// White (non-zero) = regenerate.
         #[arg(long)]
         mask: PathBuf,
-        /// The donor face, for classic-swap.
+        /// The donor face, for classic-swap and e4s.
         #[arg(long)]
         source: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
@@ -161,6 +176,12 @@ enum Command {
         device: DeviceArg,
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Generator settings as JSON (SDXL: {"prompt", "negative_prompt", "steps", "guidance", "strength"}).
+        #[arg(long)]
+        options: Option<String>,
+        /// E4S: write the swapped face region's mask here (it replaces --mask in the composite).
+        #[arg(long)]
+        mask_out: Option<PathBuf>,
     },
     /// Print throughput figures.
     Bench {
@@ -841,7 +862,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&written)?);
             Ok(())
         }
-        Command::Forge { method, count, seed, plan_seed, mix, device, max_attempts, wait, worker, json } => {
+        Command::Forge { method, count, seed, plan_seed, mix, device, max_attempts, wait, worker, json, prompt, negative_prompt, steps, guidance, strength } => {
             let mix_paper = match mix.as_deref() {
                 None => false,
                 Some("paper") => true,
@@ -855,6 +876,25 @@ async fn run(cli: Cli) -> Result<()> {
                 mix_paper,
                 device: (*device).into(),
                 max_attempts: (*max_attempts).max(1),
+                params: {
+                    let mut p = serde_json::Map::new();
+                    if let Some(v) = prompt {
+                        p.insert("prompt".into(), v.clone().into());
+                    }
+                    if let Some(v) = negative_prompt {
+                        p.insert("negative_prompt".into(), v.clone().into());
+                    }
+                    if let Some(v) = steps {
+                        p.insert("steps".into(), (*v).into());
+                    }
+                    if let Some(v) = guidance {
+                        p.insert("guidance".into(), (*v as f64).into());
+                    }
+                    if let Some(v) = strength {
+                        p.insert("strength".into(), (*v as f64).into());
+                    }
+                    serde_json::Value::Object(p)
+                },
             };
             with_app!(cli, |app| {
                 let e = mmtt::forge::enqueue(app, &req).await?;
@@ -919,11 +959,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }),
-        Command::Generate { method, image, mask, source, seed, out, raw, models, device, threads } => {
+        Command::Generate { method, image, mask, source, seed, out, raw, models, device, threads, options, mask_out } => {
             let models = models.clone().unwrap_or_else(|| mmtt::forge::default_models_dir(&cli.data_dir));
+            let options = match options {
+                Some(t) => Some(serde_json::from_str::<serde_json::Value>(t).map_err(|e| anyhow::anyhow!("--options must be a JSON object: {e}"))?),
+                None => None,
+            };
             mmtt::generate::run(&mmtt::generate::GenerateArgs {
                 method: method.clone(), image: image.clone(), mask: mask.clone(), source: source.clone(), seed: *seed,
-                out: out.clone(), raw: raw.clone(), models, device: (*device).into(), threads: *threads,
+                out: out.clone(), raw: raw.clone(), models, device: (*device).into(), threads: *threads, options, mask_out: mask_out.clone(),
             })
         }
         Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),

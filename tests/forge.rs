@@ -291,3 +291,46 @@ fn onnx_forge_job_records_provenance() {
         assert_eq!(p["manifest"]["mask_convention"], "keep");
     }
 }
+
+/// `mmtt forge --method sdxl|e4s` end to end on the tiny models: queued, generated, composited
+/// and stored; SDXL takes the job's prompt and steps, E4S stores its own face-region mask.
+#[test]
+fn sdxl_and_e4s_forge_end_to_end_on_tiny_models() {
+    let env = imported_env();
+    let models = env.data.path().join("models");
+    tiny_models(&models);
+    let m = models.display().to_string();
+    let n = env.db.scalar_i64("SELECT count(*) FROM sources").min(2);
+    env.ok(&[
+        "forge", "--method", "sdxl", "--count", &n.to_string(), "--seed", "3", "--steps", "3", "--prompt", "a retouched face",
+        "--guidance", "5", "--models", &m, "--wait",
+    ]);
+    env.ok(&["forge", "--method", "e4s", "--count", &n.to_string(), "--seed", "3", "--models", &m, "--wait"]);
+    let rows: Vec<(String, String, String, String, serde_json::Value)> = env.db.query(async |p| {
+        sqlx::query_as(
+            "SELECT f.method, f.image_hash, f.mask_hash, mp.mask_hash, f.provenance FROM forgeries f JOIN mask_plans mp ON mp.id = f.plan_id ORDER BY f.method",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap()
+    });
+    assert_eq!(rows.iter().filter(|r| r.0 == "sdxl").count() as i64, n, "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r.0 == "e4s").count() as i64, n);
+    for (method, image_hash, mask_hash, plan_mask, prov) in &rows {
+        let img = image::open(env.blob_path(image_hash)).unwrap().into_rgb8();
+        let mask = image::open(env.blob_path(mask_hash)).unwrap().into_luma8();
+        assert_eq!(img.dimensions(), mask.dimensions());
+        assert!(mask.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255), "binary mask");
+        if method == "sdxl" {
+            assert_eq!(mask_hash, plan_mask, "inpainting uses the planned mask");
+            assert_eq!(prov["options"]["steps"], 3);
+            assert_eq!(prov["options"]["prompt"], "a retouched face");
+            assert_eq!(prov["graphs"]["unet"]["sha256"].as_str().map(str::len), Some(64));
+        } else {
+            assert_ne!(mask_hash, plan_mask, "e4s stores the swapped region as the forgery's mask");
+            assert!(prov["mask"].as_str().unwrap().contains("face region"));
+        }
+    }
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forge_items WHERE status <> 'done'"), 0);
+    env.assert_store_consistent();
+}

@@ -9,10 +9,17 @@
 //! - [`classic_swap`]: landmark face swap (Delaunay, piecewise-affine warp, colour transfer,
 //!   Poisson blending) (classical, no weights).
 //! - [`onnx`]: ONNX Runtime generators described by manifests (`mat`, `lama`).
+//! - [`sdxl`]: SDXL inpainting over ONNX Runtime (tokenizers, text encoders, UNet, VAE, Euler).
+//! - [`e4s`]: E4S face swap over ONNX Runtime (parser and swap generator graphs, alignment,
+//!   paste-back, its own face-region mask).
+//! - [`graph`]: one checked ONNX graph of a multi-graph pipeline.
 
 pub mod classic_swap;
+pub mod e4s;
+pub mod graph;
 pub mod onnx;
 pub mod patch_inpaint;
+pub mod sdxl;
 
 use crate::landmarks::Landmarks68;
 use image::{GrayImage, RgbImage};
@@ -26,6 +33,8 @@ pub struct ForgeInput<'a> {
     pub source: Option<&'a RgbImage>,
     pub source_landmarks: Option<&'a Landmarks68>,
     pub seed: u64,
+    /// The job's parameters (`forge_jobs.params`), for generators that take any (SDXL prompts).
+    pub options: Option<&'a serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,11 @@ pub trait Generator: Send {
     }
     /// Generated pixels for the whole image; only the masked ones are used.
     fn generate(&mut self, input: &ForgeInput<'_>) -> Result<RgbImage, ForgeError>;
+    /// Generated pixels and, for generators that decide the forged region themselves (E4S: the
+    /// swapped face region), that region's mask (0/255), which then replaces the planned one.
+    fn generate_with_mask(&mut self, input: &ForgeInput<'_>) -> Result<(RgbImage, Option<GrayImage>), ForgeError> {
+        Ok((self.generate(input)?, None))
+    }
     /// What produced the pixels: generator kind, manifest, model hash, execution provider.
     fn provenance(&self) -> serde_json::Value;
 }
