@@ -8,11 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-fn python() -> std::path::PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(venv.exists(), "run scripts/setup.sh first: it creates .venv with pycocoevalcap");
-    venv
-}
+use common::python;
 
 fn script() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/captions_reference.py")

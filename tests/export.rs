@@ -8,11 +8,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-fn python() -> std::path::PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(venv.exists(), "run scripts/setup.sh first: it creates .venv with datasets and pycocotools");
-    venv
-}
+use common::python;
 
 /// What the real client saw (scripts/read_exports.py).
 fn read(kind: &str, dir: &Path) -> serde_json::Value {

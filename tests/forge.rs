@@ -8,15 +8,7 @@ use mmtt_generators::forge::classic_swap::shape_distance;
 use mmtt_generators::landmarks::Landmarks68;
 use std::path::{Path, PathBuf};
 
-fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(venv.is_file(), "run scripts/setup.sh: the tests need .venv with onnxruntime and onnx");
-    venv
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
-}
+use common::{python, script};
 
 fn imported_env() -> common::Env {
     let env = common::Env::new();

@@ -11,15 +11,7 @@ use mmtt_generators::forge::{e4s::E4s, ForgeInput};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(venv.is_file(), "run scripts/setup.sh: the tests need .venv with onnxruntime and onnx");
-    venv
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
-}
+use common::{python, script};
 
 fn tiny_models(dir: &Path, extra: &[&str]) {
     let out = Command::new(python()).arg(script("make_tiny_models.py")).arg(dir).args(extra).output().unwrap();

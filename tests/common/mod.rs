@@ -7,6 +7,18 @@ pub mod web;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The project's `.venv` Python (scripts/setup.sh makes it: onnxruntime, onnx, pycocoevalcap, ...).
+pub fn python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(venv.is_file(), "run scripts/setup.sh first: the tests need .venv (onnxruntime, onnx, pycocoevalcap, datasets)");
+    venv
+}
+
+/// A file of `scripts/`.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
 /// The server tests create their databases on (`MMTT_TEST_DATABASE_URL`, default the local one).
 pub fn server_url() -> String {
     std::env::var("MMTT_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())

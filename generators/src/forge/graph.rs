@@ -88,7 +88,8 @@ fn port_matches(p: &Port, (n, t, s): &(String, String, Vec<i64>)) -> bool {
         && s.iter().zip(&p.shape).all(|(a, w)| *a == -1 || *w == -1 || a == w)
 }
 
-/// Makes a session for `path` on `device` (CUDA or a clear error, never a silent CPU fallback).
+/// Makes a session for `path` on `device` (CUDA or a clear error, never a silent CPU fallback);
+/// every ONNX generator's sessions are made here.
 pub fn session(path: &Path, device: Device, threads: usize) -> Result<Session, ForgeError> {
     let env = environment()?;
     let m = |e: ort::Error| ForgeError::Model(e.to_string());
@@ -105,9 +106,9 @@ pub fn session(path: &Path, device: Device, threads: usize) -> Result<Session, F
                     .into(),
             ));
         }
+        // TF32 off: forgeries must not depend on the card (with TF32 an H200 moved the tiny SDXL
+        // pipeline's output by up to 0.12 on the 0..1 scale against the CPU)
         builder = builder
-            // TF32 off: forgeries must not depend on the card (with TF32 an H200 moved the tiny SDXL
-            // pipeline's output by up to 0.12 on the 0..1 scale against the CPU)
             .with_execution_providers([ort::ep::CUDA::default().with_tf32(false).build().error_on_failure()])
             .map_err(|e| ForgeError::Model(format!("the CUDA provider failed to start: {e}")))?;
     }

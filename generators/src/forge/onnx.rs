@@ -202,29 +202,7 @@ impl OnnxGenerator {
                 manifest.name
             )));
         }
-        let env = environment()?;
-        let m = |e: ort::Error| ForgeError::Model(e.to_string());
-        let mut builder = Session::builder(env).map_err(m)?;
-        if threads > 0 {
-            builder = builder.with_intra_threads(threads).map_err(|e| ForgeError::Model(e.to_string()))?;
-        }
-        if device == Device::Cuda {
-            use ort::ep::ExecutionProvider;
-            let available = ort::ep::CUDA::is_available().unwrap_or(false);
-            if !available {
-                return Err(ForgeError::Model(
-                    "--device cuda was asked for, but this ONNX Runtime has no usable CUDA provider: install \
-                     onnxruntime-gpu==1.31.1 (needs CUDA 13 and cuDNN 9) or use --device cpu"
-                        .into(),
-                ));
-            }
-            builder = builder
-                // TF32 off: forgeries must not depend on the card (with TF32 an H200 moved the tiny SDXL
-            // pipeline's output by up to 0.12 on the 0..1 scale against the CPU)
-            .with_execution_providers([ort::ep::CUDA::default().with_tf32(false).build().error_on_failure()])
-                .map_err(|e| ForgeError::Model(format!("the CUDA provider failed to start: {e}")))?;
-        }
-        let session = builder.commit_from_file(&model_path).map_err(|e| ForgeError::Model(format!("{}: {e}", model_path.display())))?;
+        let session = super::graph::session(&model_path, device, threads)?;
         let actual = |outlets: &[ort::value::Outlet]| -> Vec<(String, String, Vec<i64>)> {
             outlets
                 .iter()
