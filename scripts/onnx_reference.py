@@ -12,7 +12,7 @@ and benchmarks.
       SDXL inpainting as diffusers' StableDiffusionXLInpaintPipeline does it for a 9-channel UNet,
       written here from the published algorithm with numpy + onnxruntime: OpenAI's CLIP BPE
       tokenizer, the penultimate hidden states of both encoders, Euler discrete sigmas and steps,
-      classifier-free guidance, VAE scaling 0.13025 (see generators/src/forge/sdxl.rs for the
+      classifier-free guidance, VAE scaling 0.13025, --scheduler euler|dpm++2m (DPM-Solver++ 2M) (see generators/src/forge/sdxl.rs for the
       documented choices: bilinear upscaling to 1024, latent means, SplitMix64 noise)
   onnx_reference.py e4s --models DIR --target T.f32 --source S.f32 --out OUT.f32 --out-labels L.u8
       the E4S graphs on two aligned faces (CHW float32 in 0..1 at 1024)
@@ -223,20 +223,46 @@ def sdxl(a):
     ts, sigmas, init_sigma = euler_schedule(cfg, a.steps)
     t_start = a.steps - min(int(a.steps * np.float32(a.strength)), a.steps)
     noise = SplitMix64(a.seed).normals(image_lat.size).reshape(image_lat.shape)
-    if a.strength >= 1.0:
+    dpm = a.scheduler == "dpm++2m"
+    vp = lambda sg: (np.float32(1) / np.sqrt(sg * sg + np.float32(1)), sg / np.sqrt(sg * sg + np.float32(1)))
+    if dpm:
+        if a.strength >= 1.0:
+            latents = noise.copy()
+        else:
+            al, sv = vp(sigmas[t_start])
+            latents = al * image_lat + sv * noise
+    elif a.strength >= 1.0:
         latents = noise * init_sigma
     else:
         latents = image_lat + noise * sigmas[t_start]
     latents = latents.astype(np.float32)
     g = np.float32(a.guidance)
+    prev_x0 = None
     for i in range(t_start, a.steps):
         sigma, t = sigmas[i], ts[i]
-        scaled = latents / np.float32((sigma * sigma + 1) ** 0.5)
+        scaled = latents if dpm else latents / np.float32((sigma * sigma + 1) ** 0.5)
         x = np.concatenate([scaled, mask_lat, masked_lat], axis=1)
         sample = np.concatenate([x, x], axis=0)
         out = run("unet", ["out_sample"], {"sample": sample, "timestep": np.array([t, t], dtype=np.float32), "encoder_hidden_states": hidden,
                                             "text_embeds": pooled, "time_ids": time_ids})[0]
         eps = out[0:1] + g * (out[1:2] - out[0:1])
+        if dpm:
+            # DPM-Solver++ (2M): data prediction, first order at the first and the last step
+            a_s, s_s = vp(sigma)
+            a_t, s_t = vp(sigmas[i + 1])
+            lam = lambda al, sg: np.log(al) - np.log(sg)
+            with np.errstate(divide="ignore"):
+                h = lam(a_t, s_t) - lam(a_s, s_s)
+            x0 = a_s * latents - s_s * eps if cfg["prediction_type"] == "v_prediction" else (latents - s_s * eps) / a_s
+            em1 = np.exp(-h) - np.float32(1)
+            new = (s_t / s_s) * latents - a_t * em1 * x0
+            if prev_x0 is not None and i + 1 < a.steps:
+                a_p, s_p = vp(sigmas[i - 1])
+                r0 = (lam(a_s, s_s) - lam(a_p, s_p)) / h
+                new = new - np.float32(0.5) * a_t * em1 * ((np.float32(1) / r0) * (x0 - prev_x0))
+            latents = new.astype(np.float32)
+            prev_x0 = x0
+            continue
         if cfg["prediction_type"] == "v_prediction":
             pred = eps * (-sigma / (sigma * sigma + 1) ** 0.5) + latents / (sigma * sigma + 1)
         else:
@@ -280,6 +306,7 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--strength", type=float, default=0.99)
     ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--scheduler", default="euler", choices=["euler", "dpm++2m"])
     ap.add_argument("--prompt", default="")
     ap.add_argument("--negative-prompt", default="")
     ap.add_argument("--out-latents")

@@ -126,6 +126,9 @@ enum Command {
         /// SDXL: strength in (0, 1] (default 0.99).
         #[arg(long)]
         strength: Option<f32>,
+        /// SDXL: euler (default) or dpm++2m.
+        #[arg(long)]
+        scheduler: Option<String>,
         #[command(flatten)]
         worker: WorkerArgs,
         #[arg(long)]
@@ -862,7 +865,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&written)?);
             Ok(())
         }
-        Command::Forge { method, count, seed, plan_seed, mix, device, max_attempts, wait, worker, json, prompt, negative_prompt, steps, guidance, strength } => {
+        Command::Forge { method, count, seed, plan_seed, mix, device, max_attempts, wait, worker, json, prompt, negative_prompt, steps, guidance, strength, scheduler } => {
             let mix_paper = match mix.as_deref() {
                 None => false,
                 Some("paper") => true,
@@ -892,6 +895,9 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     if let Some(v) = strength {
                         p.insert("strength".into(), (*v as f64).into());
+                    }
+                    if let Some(v) = scheduler {
+                        p.insert("scheduler".into(), v.clone().into());
                     }
                     serde_json::Value::Object(p)
                 },

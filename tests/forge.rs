@@ -295,7 +295,7 @@ fn sdxl_and_e4s_forge_end_to_end_on_tiny_models() {
     let n = env.db.scalar_i64("SELECT count(*) FROM sources").min(2);
     env.ok(&[
         "forge", "--method", "sdxl", "--count", &n.to_string(), "--seed", "3", "--steps", "3", "--prompt", "a retouched face",
-        "--guidance", "5", "--models", &m, "--wait",
+        "--guidance", "5", "--scheduler", "dpm++2m", "--models", &m, "--wait",
     ]);
     env.ok(&["forge", "--method", "e4s", "--count", &n.to_string(), "--seed", "3", "--models", &m, "--wait"]);
     let rows: Vec<(String, String, String, String, serde_json::Value)> = env.db.query(async |p| {
@@ -317,6 +317,7 @@ fn sdxl_and_e4s_forge_end_to_end_on_tiny_models() {
             assert_eq!(mask_hash, plan_mask, "inpainting uses the planned mask");
             assert_eq!(prov["options"]["steps"], 3);
             assert_eq!(prov["options"]["prompt"], "a retouched face");
+            assert_eq!(prov["options"]["scheduler"], "dpm++2m");
             assert_eq!(prov["graphs"]["unet"]["sha256"].as_str().map(str::len), Some(64));
         } else {
             assert_ne!(mask_hash, plan_mask, "e4s stores the swapped region as the forgery's mask");

@@ -47,17 +47,23 @@ fn sdxl_pipeline_equals_the_python_reference_over_full_denoising_loops() {
     tiny_models(&models, &[]);
     let (img, mask, img_p, mask_p) = face_and_mask(tmp.path());
     let mut sdxl = Sdxl::load(&models, Device::Cpu, 1).unwrap();
-    let cases = [(4usize, 0.99f32, 7.5f32, 3u64, "a photo of a natural face", "blurry, cartoon"), (6, 0.6, 5.0, 11, "smooth skin, studio lighting", ""), (3, 1.0, 1.0, 0, "", "low quality")];
+    let cases = [
+        (4usize, 0.99f32, 7.5f32, 3u64, "a photo of a natural face", "blurry, cartoon", "euler"),
+        (6, 0.6, 5.0, 11, "smooth skin, studio lighting", "", "euler"),
+        (3, 1.0, 1.0, 0, "", "low quality", "euler"),
+        (5, 0.99, 7.5, 3, "a photo of a natural face", "blurry, cartoon", "dpm++2m"),
+        (8, 0.7, 4.0, 9, "retouched skin", "", "dpm++2m"),
+    ];
     let mut outputs = Vec::new();
-    for (steps, strength, guidance, seed, prompt, negative) in cases {
-        let opts = SdxlOptions { prompt: prompt.into(), negative_prompt: negative.into(), steps, guidance, strength, scheduler: "euler".into() };
+    for (steps, strength, guidance, seed, prompt, negative, scheduler) in cases {
+        let opts = SdxlOptions { prompt: prompt.into(), negative_prompt: negative.into(), steps, guidance, strength, scheduler: scheduler.into() };
         let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, seed, options: None };
         let ours = sdxl.run(&input, &opts).unwrap();
         let (out, lat) = (tmp.path().join("py.f32"), tmp.path().join("py-lat.f32"));
         let st = Command::new(python())
             .arg(script("onnx_reference.py"))
             .args(["sdxl", "--threads", "1", "--steps", &steps.to_string(), "--strength", &strength.to_string(), "--guidance", &guidance.to_string()])
-            .args(["--seed", &seed.to_string(), "--prompt", prompt, "--negative-prompt", negative])
+            .args(["--seed", &seed.to_string(), "--prompt", prompt, "--negative-prompt", negative, "--scheduler", scheduler])
             .arg("--models").arg(&models).arg("--image").arg(&img_p).arg("--mask").arg(&mask_p).arg("--out").arg(&out).arg("--out-latents").arg(&lat)
             .output()
             .unwrap();
@@ -66,14 +72,15 @@ fn sdxl_pipeline_equals_the_python_reference_over_full_denoising_loops() {
         assert_eq!(ours.hwc.len(), 512 * 512 * 3);
         let d_img = max_diff(&ours.hwc, &py, 255.0);
         let d_lat = max_diff(&ours.latents, &py_lat, 1.0);
-        println!("sdxl steps {steps} strength {strength} guidance {guidance} seed {seed}: image {d_img:e}, latents {d_lat:e}");
+        println!("sdxl {scheduler} steps {steps} strength {strength} guidance {guidance} seed {seed}: image {d_img:e}, latents {d_lat:e}");
         assert!(d_img <= 1e-4 && d_lat <= 1e-4, "image {d_img}, latents {d_lat}");
         let spread = ours.hwc.iter().fold(f32::INFINITY, |m, v| m.min(*v)) < ours.hwc.iter().fold(0.0f32, |m, v| m.max(*v)) - 10.0;
         assert!(spread, "the output depends on its inputs");
         outputs.push(ours.hwc);
     }
-    // prompts, seeds and strengths matter
+    // prompts, seeds, strengths and schedulers matter
     assert!(max_diff(&outputs[0], &outputs[1], 255.0) > 1e-3);
+    assert!(max_diff(&outputs[0], &outputs[3], 255.0) > 1e-3);
     // the tokenizer through the tokenizers crate agrees with the reference BPE on the prompts
     let tk = ClipTokenizer::load(&models.join("sdxl/tokenizer")).unwrap();
     let ids = tk.encode("A photo of a natural, Realistic face!").unwrap();

@@ -16,8 +16,8 @@
 //!    channels of `latent_parameters`) times the scaling factor 0.13025 (diffusers samples here;
 //!    the mean keeps a seed's result reproducible). The mask goes to latent size by nearest.
 //! 4. Euler discrete scheduling from `scheduler_config.json` (scaled-linear betas, `leading`,
-//!    `trailing` or `linspace` spacing, epsilon or v prediction), `strength` choosing the first
-//!    step; the starting noise is SplitMix64(seed) + Box-Muller ([`super::SplitMix64::normals`]),
+//!    `trailing` or `linspace` spacing, epsilon or v prediction), or DPM-Solver++ 2M on the same
+//!    sigmas (`scheduler: "dpm++2m"`), `strength` choosing the first step; the starting noise is SplitMix64(seed) + Box-Muller ([`super::SplitMix64::normals`]),
 //!    so a Python reference reproduces it exactly. Classifier-free guidance with the unconditional
 //!    and conditional halves in one UNet batch.
 //! 5. The VAE decodes `latents / 0.13025`; the image goes back to `[0, 1]` and down to the face's
@@ -81,8 +81,8 @@ impl SdxlOptions {
         if !(o.strength > 0.0 && o.strength <= 1.0) {
             return Err(ForgeError::Input(format!("sdxl: strength must be in (0, 1], got {}", o.strength)));
         }
-        if o.scheduler != "euler" {
-            return Err(ForgeError::Input(format!("sdxl: unknown scheduler `{}` (supported: euler)", o.scheduler)));
+        if o.scheduler != "euler" && o.scheduler != "dpm++2m" {
+            return Err(ForgeError::Input(format!("sdxl: unknown scheduler `{}` (supported: euler, dpm++2m)", o.scheduler)));
         }
         Ok(o)
     }
@@ -481,16 +481,32 @@ impl Sdxl {
         let n_lat = 4 * ls * ls;
         let noise = SplitMix64(input.seed).normals(n_lat);
         let img_lat = image_lat.as_slice().ok_or_else(|| ForgeError::Model("latents not contiguous".into()))?;
-        let mut latents: Vec<f32> = if opts.strength >= 1.0 {
+        // Euler works on x = x0 + sigma * noise (the UNet sees x / sqrt(sigma^2 + 1)); DPM-Solver++
+        // works on x = alpha * x0 + sigma_vp * noise with alpha = 1 / sqrt(sigma^2 + 1) and
+        // sigma_vp = sigma * alpha (the UNet sees x as it is)
+        let dpm = opts.scheduler == "dpm++2m";
+        let vp = |sigma: f32| -> (f32, f32) {
+            let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+            (alpha, sigma * alpha)
+        };
+        let mut latents: Vec<f32> = if dpm {
+            if opts.strength >= 1.0 {
+                noise.clone()
+            } else {
+                let (a, sv) = vp(sch.sigmas[t_start]);
+                img_lat.iter().zip(&noise).map(|(x, n)| a * x + sv * n).collect()
+            }
+        } else if opts.strength >= 1.0 {
             noise.iter().map(|n| n * sch.init_noise_sigma).collect()
         } else {
             let sigma = sch.sigmas[t_start];
             img_lat.iter().zip(&noise).map(|(x, n)| x + n * sigma).collect()
         };
         let masked_slice = masked_lat.as_slice().ok_or_else(|| ForgeError::Model("latents not contiguous".into()))?.to_vec();
+        let mut prev_x0: Option<Vec<f32>> = None;
         for i in t_start..opts.steps {
             let (sigma, t) = (sch.sigmas[i], sch.timesteps[i]);
-            let scale = (sigma * sigma + 1.0).sqrt();
+            let scale = if dpm { 1.0 } else { (sigma * sigma + 1.0).sqrt() };
             let mut sample = Vec::with_capacity(2 * 9 * ls * ls);
             for _ in 0..2 {
                 sample.extend(latents.iter().map(|v| v / scale));
@@ -514,11 +530,45 @@ impl Sdxl {
                 .remove(0);
             let o = out.as_slice().ok_or_else(|| ForgeError::Model("unet output not contiguous".into()))?;
             let (uncond, cond) = o.split_at(n_lat);
+            let v_pred = self.scheduler.prediction_type == "v_prediction";
+            if dpm {
+                // DPMSolverMultistepScheduler, algorithm dpmsolver++, order 2, midpoint; the first
+                // step and the last (final sigma 0) are first order
+                let (a_s, s_s) = vp(sigma);
+                let (a_t, s_t) = vp(sch.sigmas[i + 1]);
+                let lambda = |a: f32, s: f32| a.ln() - s.ln();
+                let h = lambda(a_t, s_t) - lambda(a_s, s_s);
+                let x0: Vec<f32> = (0..n_lat)
+                    .map(|j| {
+                        let eps = uncond[j] + opts.guidance * (cond[j] - uncond[j]);
+                        if v_pred { a_s * latents[j] - s_s * eps } else { (latents[j] - s_s * eps) / a_s }
+                    })
+                    .collect();
+                let em1 = (-h).exp() - 1.0;
+                let second = match &prev_x0 {
+                    Some(p) if i + 1 < opts.steps => {
+                        let (a_p, s_p) = vp(sch.sigmas[i - 1]);
+                        let r0 = (lambda(a_s, s_s) - lambda(a_p, s_p)) / h;
+                        Some((p, r0))
+                    }
+                    _ => None,
+                };
+                for j in 0..n_lat {
+                    let mut x = (s_t / s_s) * latents[j] - a_t * em1 * x0[j];
+                    if let Some((p, r0)) = second {
+                        let d1 = (1.0 / r0) * (x0[j] - p[j]);
+                        x -= 0.5 * a_t * em1 * d1;
+                    }
+                    latents[j] = x;
+                }
+                prev_x0 = Some(x0);
+                continue;
+            }
             let dt = sch.sigmas[i + 1] - sigma;
             for j in 0..n_lat {
                 let eps = uncond[j] + opts.guidance * (cond[j] - uncond[j]);
                 let x = latents[j];
-                let pred = if self.scheduler.prediction_type == "v_prediction" {
+                let pred = if v_pred {
                     eps * (-sigma / (sigma * sigma + 1.0).sqrt()) + x / (sigma * sigma + 1.0)
                 } else {
                     x - sigma * eps
