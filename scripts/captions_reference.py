@@ -4,6 +4,13 @@ pycocoevalcap 1.2 scores of them (Java PTBTokenizer, Bleu(4), Rouge, Cider, Mete
     captions_reference.py gen N SEED DIR                 writes DIR/refs.json and DIR/preds.json
     captions_reference.py score REFS PREDS [METRICS]     prints the reference scores and tokenizations
                                                          as JSON; METRICS: all (default), ngram, meteor
+    captions_reference.py tokenize LINES.json            prints pycocoevalcap's tokenization of each
+                                                         caption of a JSON list, as a JSON list
+
+The generator writes what machine-translated explanations contain, at realistic rates: typographic
+quotes, apostrophes, dashes and ellipses (an LLM writes them), the words the PTB lexer splits
+(cannot, gonna, ...), `|||` and other bars, words of other scripts, emoji, decomposed accents
+(combining marks) and unusual spaces.
 """
 import json
 import os
@@ -112,6 +119,63 @@ EDGE = [
 ]
 
 
+# what an LLM translation writes: (probability per caption, rewrite)
+NONLATIN = ["лицо", "Глаза", "脸部", "眼睛", "얼굴", "وجه", "चेहरा", "πρόσωπο", "ΣΚΙΑ", "עין", "ตา", "Ærø", "straße", "İris"]
+EMOJI = ["\U0001F600", "\U0001F44D\U0001F3FD", "\u2764\ufe0f", "\U0001F642", "\u2705", "\u2728", "\U0001F440"]
+SPLIT = ["cannot", "Cannot", "CANNOT", "gonna", "gotta", "wanna", "gimme", "lemme", "Gonna", "'tis", "'twas", "'Tis"]
+COMBINING = ["\u0301", "\u0300", "\u0308", "\u0327", "\u0303"]
+
+
+def typographic(r, text):
+    """Rewrites ASCII punctuation the way an LLM writes it (each class drawn independently)."""
+    if r.random() < 0.5:
+        text = text.replace("'", "\u2019")
+    if r.random() < 0.4:
+        parts = text.split('"')
+        text = "".join(p + (("\u201c" if i % 2 == 0 else "\u201d") if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+    if r.random() < 0.5:
+        text = text.replace(" -- ", r.choice([" \u2014 ", "\u2014", " \u2013 ", "\u2013", " --- "]))
+    if r.random() < 0.5:
+        text = text.replace("...", r.choice(["\u2026", " \u2026", "...", ". . ."]))
+    return text
+
+
+def decorate(r, text, pred=False):
+    """Adds the Unicode and lexer classes the ASCII generator never met, at realistic rates."""
+    w = text.split(" ")
+    def put(tok):
+        w.insert(r.randrange(len(w) + 1), tok)
+    if r.random() < 0.3:
+        text = typographic(r, text)
+        w = text.split(" ")
+    if r.random() < 0.08:
+        put(r.choice(["\u201c" + r.choice(PARTS) + "\u201d", "\u2018" + r.choice(PARTS) + "\u2019", "\u00ab" + r.choice(PARTS) + "\u00bb",
+                      "\u201e" + r.choice(PARTS) + "\u201c", "\u201c\u2018nested\u2019\u201d", "(\u201cquoted\u201d)", "it\u2019s", "don\u2019t",
+                      "eyes\u2019", "\u201990s", "o\u2019clock", "\u2018tis"]))
+    if r.random() < 0.08:
+        i = r.randrange(len(w))
+        w[i] = w[i] + r.choice(["\u2014", "\u2013", "\u2026", "...", "....", "--", "-----", "\u2014\u2014"]) + (r.choice(PARTS).split()[0] if r.random() < 0.5 else "")
+    if r.random() < 0.05:
+        put(r.choice(SPLIT) + r.choice(["", "", ",", ".", "\u2026", "!"]))
+    if r.random() < (0.03 if pred else 0.01):
+        put(r.choice(["|||", "|", "||", "a|||b", "|||."]))
+    if r.random() < 0.03:
+        put(r.choice(NONLATIN))
+    if r.random() < 0.02:
+        i = r.randrange(len(w))
+        w[i] = w[i] + r.choice(EMOJI) if r.random() < 0.5 else r.choice(EMOJI)
+    if r.random() < 0.02:
+        # decomposed accents: a mark after a letter
+        i = r.randrange(len(w))
+        js = [j for j in range(1, len(w[i]) + 1) if w[i][j - 1].isalpha()]
+        if js:
+            j = r.choice(js)
+            w[i] = w[i][:j] + r.choice(COMBINING) + w[i][j:]
+    if r.random() < 0.02:
+        put(r.choice(["\u00a0", "\u2009", "\u200b", "\u3000", "\u00ad", "\u2022", "\u00b7", "\u00b0", "\u20ac5", "\u00bd", "\u2212", "\u00bfqu\u00e9?"]))
+    return " ".join(w)
+
+
 def gen(n, seed, d):
     r = random.Random(seed)
     refs, preds = {}, {}
@@ -121,8 +185,9 @@ def gen(n, seed, d):
     for i in range(n):
         key = f"img{i:05d}"
         rs = [caption(r) for _ in range(r.randint(1, 3))]
-        refs[key] = rs
-        preds[key] = perturb(r, r.choice(rs))
+        pred = perturb(r, r.choice(rs))
+        refs[key] = [decorate(r, c) for c in rs]
+        preds[key] = decorate(r, pred, pred=True)
     os.makedirs(d, exist_ok=True)
     json.dump(refs, open(os.path.join(d, "refs.json"), "w"), indent=1)
     json.dump(preds, open(os.path.join(d, "preds.json"), "w"), indent=1)
@@ -157,8 +222,19 @@ def score(refs_path, preds_path, metrics="all"):
     print(json.dumps(out))
 
 
+def tokenize(lines_path):
+    import contextlib
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    lines = json.load(open(lines_path))
+    with contextlib.redirect_stdout(sys.stderr):
+        t = PTBTokenizer().tokenize({str(i): [{"caption": c}] for i, c in enumerate(lines)})
+    print(json.dumps([t[str(i)][0] for i in range(len(lines))], ensure_ascii=False))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "gen":
+    if sys.argv[1] == "tokenize":
+        tokenize(sys.argv[2])
+    elif sys.argv[1] == "gen":
         gen(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:
         score(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "all")
