@@ -1,13 +1,13 @@
 //! `mmtt eval captions --refs R.json --preds P.json`: R is `{"id": ["ref", ...]}`, P is
 //! `{"id": "hyp"}` (a one-element list is accepted too). Both must name the same ids. Tokenized
 //! as pycocoevalcap does ([`super::tokenize`]), then BLEU-1..4, ROUGE-L and CIDEr on
-//! pycocoevalcap's raw scales; METEOR ([`super::meteor`]) when Meteor's data is found, otherwise
-//! `null` (unavailable), never guessed.
+//! pycocoevalcap's raw scales; METEOR ([`super::meteor`]) with Meteor's data (the CLI refuses to
+//! run all metrics without it; `--metrics ngram` reports METEOR `null`).
 
 use super::{bleu, cider, meteor, rouge, tokenize::tokenize, EvalError};
 use rayon::prelude::*;
-use serde::Serialize;
 use rustc_hash::FxHashMap as HashMap;
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -34,7 +34,6 @@ pub struct CaptionSet {
     pub items: BTreeMap<String, (String, Vec<String>)>,
 }
 
-
 impl CaptionSet {
     /// Parses the two JSON texts; lists ids that are in one file but not the other.
     pub fn parse(refs: &str, preds: &str) -> Result<Self, EvalError> {
@@ -45,10 +44,8 @@ impl CaptionSet {
             One(String),
             List(Vec<String>),
         }
-        let r: BTreeMap<String, Vec<String>> = serde_json::from_str(refs)
-            .map_err(|e| EvalError::Input(format!("references: expected a JSON object of id -> list of caption strings: {e}")))?;
-        let mut p: BTreeMap<String, Pred> = serde_json::from_str(preds)
-            .map_err(|e| EvalError::Input(format!("predictions: expected a JSON object of id -> caption string: {e}")))?;
+        let r: BTreeMap<String, Vec<String>> = serde_json::from_str(refs).map_err(|e| EvalError::Input(format!("references: expected a JSON object of id -> list of caption strings: {e}")))?;
+        let mut p: BTreeMap<String, Pred> = serde_json::from_str(preds).map_err(|e| EvalError::Input(format!("predictions: expected a JSON object of id -> caption string: {e}")))?;
         let only_r: Vec<&String> = r.keys().filter(|k| !p.contains_key(*k)).collect();
         let only_p: Vec<&String> = p.keys().filter(|k| !r.contains_key(*k)).collect();
         if !only_r.is_empty() || !only_p.is_empty() {
@@ -87,11 +84,15 @@ impl CaptionSet {
 
     /// Scores on pycocoevalcap's raw scales; METEOR only with `meteor` data.
     pub fn score(&self, meteor_data: Option<&meteor::MeteorData>) -> Result<CaptionScores, EvalError> {
-        let tokenized: Vec<(String, Vec<String>)> = self
-            .items
-            .par_iter()
-            .map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect()))
-            .collect();
+        self.score_timed(meteor_data, &mut Vec::new())
+    }
+
+    /// [`Self::score`], adding where the time went to `phases` (`mmtt bench captions` prints it).
+    pub fn score_timed(&self, meteor_data: Option<&meteor::MeteorData>, phases: &mut meteor::Phases) -> Result<CaptionScores, EvalError> {
+        let t = std::time::Instant::now();
+        let tokenized: Vec<(String, Vec<String>)> = self.items.par_iter().map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect())).collect();
+        phases.push(("tokenize (PTBTokenizer and its filter)".into(), t.elapsed().as_secs_f64()));
+        let t = std::time::Instant::now();
         // words to ids, once: n-grams become integer keys
         let mut vocab: HashMap<&str, u32> = HashMap::default();
         let mut items: Vec<(Vec<u32>, Vec<Vec<u32>>)> = Vec::with_capacity(tokenized.len());
@@ -109,20 +110,19 @@ impl CaptionSet {
             items.push((hv, rv));
         }
         let narrow = (vocab.len() as u32) < bleu::NARROW_IDS;
-        let counts: Vec<(bleu::Sorted, Vec<bleu::Sorted>)> = items
-            .par_iter()
-            .map(|(h, rs)| (bleu::sorted_counts_with(h, narrow), rs.iter().map(|r| bleu::sorted_counts_with(r, narrow)).collect()))
-            .collect();
-        let comps: Vec<bleu::Comps> = items
-            .par_iter()
-            .zip(&counts)
-            .map(|((h, rs), (hc, rcs))| bleu::comps(h.len(), hc, &rs.iter().map(Vec::len).collect::<Vec<_>>(), rcs))
-            .collect();
+        let counts: Vec<(bleu::Sorted, Vec<bleu::Sorted>)> =
+            items.par_iter().map(|(h, rs)| (bleu::sorted_counts_with(h, narrow), rs.iter().map(|r| bleu::sorted_counts_with(r, narrow)).collect())).collect();
+        let comps: Vec<bleu::Comps> = items.par_iter().zip(&counts).map(|((h, rs), (hc, rcs))| bleu::comps(h.len(), hc, &rs.iter().map(Vec::len).collect::<Vec<_>>(), rcs)).collect();
         let (b, _) = bleu::score(&comps);
+        phases.push(("BLEU-1..4 (words to ids, n-gram counts, BLEU)".into(), t.elapsed().as_secs_f64()));
+        let t = std::time::Instant::now();
         let rouges: Vec<f64> = items.par_iter().map(|(h, rs)| rouge::score(h, rs)).collect();
+        phases.push(("ROUGE-L".into(), t.elapsed().as_secs_f64()));
+        let t = std::time::Instant::now();
         let (c, _) = cider::score(&counts);
+        phases.push(("CIDEr".into(), t.elapsed().as_secs_f64()));
         let meteor = match meteor_data {
-            Some(d) => Some(meteor::score(d, &tokenized)?.0),
+            Some(d) => Some(meteor::score_timed(d, &tokenized, phases)?.0),
             None => None,
         };
         Ok(CaptionScores { bleu1: b[0], bleu2: b[1], bleu3: b[2], bleu4: b[3], meteor, rouge_l: rouges.iter().sum::<f64>() / rouges.len() as f64, cider: c })

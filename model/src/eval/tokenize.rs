@@ -369,7 +369,7 @@ fn split_apostrophe(s: &str) -> Option<usize> {
         return None;
     }
     let last = before[before.len() - 1];
-    if before.iter().all(|c| letter(c)) && "aeiouyAEIOUY".contains(last) && ("aeiou".contains(after[0]) || after[0].is_ascii_uppercase()) {
+    if before.iter().all(letter) && "aeiouyAEIOUY".contains(last) && ("aeiou".contains(after[0]) || after[0].is_ascii_uppercase()) {
         return None;
     }
     Some(i)
@@ -425,8 +425,7 @@ fn split_chunk(chunk: &str, out: &mut Vec<String>) {
     let mut s: String = chunk.to_string();
     let mut tail: Vec<String> = Vec::new();
     // leading punctuation
-    loop {
-        let Some(c) = s.chars().next() else { break };
+    while let Some(c) = s.chars().next() {
         let tok = match c {
             '"' | '\u{201C}' | '\u{201D}' => Some("``".to_string()),
             '\u{2018}' | '\u{201B}' | '\u{0091}' | '`' => Some("`".to_string()),
@@ -703,14 +702,17 @@ pub fn tokenize(text: &str) -> String {
             continue;
         }
         // a plain word with a final comma or period (not an abbreviation): word, then the dropped mark
-        if let Some(word) = chunk.strip_suffix([',', '.']) {
-            if word.len() > 1 && word.bytes().all(|b| b.is_ascii_alphabetic()) && !is_abbreviation(chunk) && !matches!(word.len(), 5 | 6) {
-                if !out.is_empty() {
-                    out.push(' ');
-                }
-                out.extend(word.bytes().map(|b| b.to_ascii_lowercase() as char));
-                continue;
+        if let Some(word) = chunk.strip_suffix([',', '.'])
+            && word.len() > 1
+            && word.bytes().all(|b| b.is_ascii_alphabetic())
+            && !is_abbreviation(chunk)
+            && !matches!(word.len(), 5 | 6)
+        {
+            if !out.is_empty() {
+                out.push(' ');
             }
+            out.extend(word.bytes().map(|b| b.to_ascii_lowercase() as char));
+            continue;
         }
         buf.clear();
         split_chunk(chunk, &mut buf);

@@ -6,7 +6,7 @@
 //! The language data is read at run time from the files the `pycocoevalcap` package ships
 //! (`meteor-1.5.jar`: function words, nonbreaking prefixes, WordNet synonyms and morphological
 //! exceptions; `data/paraphrase-en.gz`); nothing is copied into this repository. Without them
-//! [`MeteorData::locate`] finds nothing and METEOR is reported unavailable.
+//! [`MeteorData::require`] fails with the places it searched and how to install them.
 //!
 //! Speed: the paraphrase table (5.3 million entries, 272 MB unpacked) is streamed once and only
 //! the entries whose words all occur in the evaluated captions are kept; words are resolved once
@@ -14,6 +14,7 @@
 
 pub mod align;
 pub mod normalize;
+pub mod paracache;
 
 use super::EvalError;
 use normalize::{java_tokens, java_trim, Normalizer};
@@ -62,17 +63,11 @@ impl MeteorData {
         Ok(d)
     }
 
-    /// Finds pycocoevalcap's `meteor/` folder: `MMTT_METEOR_DATA`, then the site-packages of
-    /// `$VIRTUAL_ENV`, of a `.venv` in the working directory or above the executable, of the
-    /// user and of the system. `Ok(None)` when there is none (METEOR is then unavailable).
-    /// An empty `MMTT_METEOR_DATA` turns METEOR off.
-    pub fn locate() -> Result<Option<Self>, EvalError> {
-        if let Some(d) = std::env::var_os("MMTT_METEOR_DATA") {
-            if d.is_empty() {
-                return Ok(None);
-            }
-            return Self::at(Path::new(&d)).map(Some);
-        }
+    /// The folders [`MeteorData::locate`] looks in, in order: the site-packages
+    /// (`lib/python*/{site,dist}-packages/pycocoevalcap/meteor`) of `$VIRTUAL_ENV`, of a `.venv`
+    /// in the working directory or above it, of a `.venv` above the executable, of the user
+    /// (`~/.local`) and of the system (`/usr/local`, `/usr`). Library roots, newest Python first.
+    pub fn search_roots() -> Vec<PathBuf> {
         let mut roots: Vec<PathBuf> = Vec::new();
         if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
             roots.push(PathBuf::from(v).join("lib"));
@@ -87,8 +82,24 @@ impl MeteorData {
             roots.push(PathBuf::from(h).join(".local/lib"));
         }
         roots.extend(["/usr/local/lib", "/usr/lib"].map(PathBuf::from));
-        for root in roots {
-            let Ok(rd) = std::fs::read_dir(&root) else { continue };
+        let mut seen = HashSet::default();
+        roots.retain(|r| seen.insert(r.clone()));
+        roots
+    }
+
+    /// Finds pycocoevalcap's `meteor/` folder: `MMTT_METEOR_DATA`, then [`Self::search_roots`].
+    /// `Ok(None)` when there is none. An empty `MMTT_METEOR_DATA` means: look nowhere.
+    pub fn locate() -> Result<Option<Self>, EvalError> {
+        if let Some(d) = std::env::var_os("MMTT_METEOR_DATA") {
+            if d.is_empty() {
+                return Ok(None);
+            }
+            return Self::at(Path::new(&d)).map(Some);
+        }
+        for root in Self::search_roots() {
+            let Ok(rd) = std::fs::read_dir(&root) else {
+                continue;
+            };
             let mut pythons: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python"))).collect();
             pythons.sort();
             for py in pythons.iter().rev() {
@@ -101,6 +112,26 @@ impl MeteorData {
             }
         }
         Ok(None)
+    }
+
+    /// [`Self::locate`] for a caller that needs METEOR: no data is an error that lists where
+    /// mmtt looked and how to install it (or to skip METEOR).
+    pub fn require() -> Result<Self, EvalError> {
+        if let Some(d) = Self::locate()? {
+            return Ok(d);
+        }
+        let looked = if std::env::var_os("MMTT_METEOR_DATA").is_some_and(|d| d.is_empty()) {
+            "MMTT_METEOR_DATA is set and empty, so mmtt looked nowhere".to_string()
+        } else {
+            let roots: Vec<String> = Self::search_roots().iter().map(|r| format!("  {}/python*/{{site,dist}}-packages/pycocoevalcap/meteor", r.display())).collect();
+            format!("MMTT_METEOR_DATA is unset; mmtt looked in\n{}", roots.join("\n"))
+        };
+        Err(EvalError::Input(format!(
+            "METEOR needs Meteor 1.5's data (meteor-1.5.jar and data/paraphrase-en.gz, shipped by pycocoevalcap 1.2) and none was found: {looked}\n\
+             Install it with scripts/setup.sh (or: python3 -m venv .venv && .venv/bin/pip install pycocoevalcap==1.2), \
+             or point --meteor-data DIR (or MMTT_METEOR_DATA) at pycocoevalcap's meteor/ folder, \
+             or skip METEOR with --metrics ngram."
+        )))
     }
 }
 
@@ -444,15 +475,23 @@ impl align::Paraphrases for ParaTable {
 /// Corpus METEOR of (hypothesis, references) pairs, given as pycocoevalcap hands them to the
 /// Java scorer (PTB-tokenized). Returns the corpus score and each segment's score.
 pub fn score(data: &MeteorData, items: &[(String, Vec<String>)]) -> Result<(f64, Vec<f64>), EvalError> {
+    score_timed(data, items, &mut Vec::new())
+}
+
+/// Where a run's time went: (phase, seconds), in order.
+pub type Phases = Vec<(String, f64)>;
+
+/// [`score`], adding its phases to `phases`: normalizing, the jar's lexicon and the paraphrase
+/// table (read side by side: both, and the wall time of the two), aligning.
+pub fn score_timed(data: &MeteorData, items: &[(String, Vec<String>)], phases: &mut Phases) -> Result<(f64, Vec<f64>), EvalError> {
     let timing = std::env::var_os("MMTT_METEOR_TIMING").is_some();
     let t0 = std::time::Instant::now();
     let (normalizer, segs) = rayon::join(|| load_normalizer(&data.jar()), || items.par_iter().map(|(h, rs)| stdio_split(h, rs)).collect::<Vec<_>>());
     let normalizer = normalizer?;
     let norm = |s: &str| -> Vec<String> { java_tokens(&normalizer.normalize(s).to_lowercase()).map(str::to_string).collect() };
     let segs: Vec<(Vec<String>, Vec<Vec<String>>)> = segs.par_iter().map(|(h, rs)| (norm(h), rs.iter().map(|r| norm(r)).collect())).collect();
-    if timing {
-        eprintln!("meteor: normalized in {:?}", t0.elapsed());
-    }
+    phases.push(("METEOR: normalize (its -norm rules)".into(), t0.elapsed().as_secs_f64()));
+    let t_load = std::time::Instant::now();
     let mut vocab: HashMap<String, u32> = HashMap::default();
     for (h, rs) in &segs {
         for w in h.iter().chain(rs.iter().flatten()) {
@@ -463,21 +502,14 @@ pub fn score(data: &MeteorData, items: &[(String, Vec<String>)]) -> Result<(f64,
     let (para, words) = rayon::join(
         || {
             let t = std::time::Instant::now();
-            let p = ParaTable::load(&data.paraphrases(), &vocab);
-            if timing {
-                eprintln!("meteor: paraphrase table read in {:?}", t.elapsed());
-            }
-            p
+            paracache::load(&data.paraphrases(), &vocab).map(|(p, src)| (p, src, t.elapsed().as_secs_f64()))
         },
         || -> Result<_, EvalError> {
             let t = std::time::Instant::now();
             let jar = JarData::load(&data.jar())?;
-            if timing {
-                eprintln!("meteor: jar lexicon read in {:?}", t.elapsed());
-            }
             let mut list: Vec<(&String, u32)> = vocab.iter().map(|(w, &i)| (w, i)).collect();
             list.sort_by_key(|&(_, i)| i);
-            Ok(list
+            let resolved = list
                 .par_iter()
                 .map(|&(w, id)| {
                     let mut syn = jar.syn(w).to_vec();
@@ -486,12 +518,20 @@ pub fn score(data: &MeteorData, items: &[(String, Vec<String>)]) -> Result<(f64,
                     syn.dedup();
                     (Word { id, hash: java_hash(w), stem_hash: java_hash(&stem(w)), synonyms: Vec::new(), function: jar.function_words.contains(w.as_str()) }, syn)
                 })
-                .collect::<Vec<(Word, Vec<i32>)>>())
+                .collect::<Vec<(Word, Vec<i32>)>>();
+            Ok((resolved, t.elapsed().as_secs_f64()))
         },
     );
-    // the lexicon and the paraphrase table load side by side (the table is the slow one)
-    let para = para?;
-    let words = words?;
+    // the lexicon and the paraphrase table load side by side
+    let (para, source, t_para) = para?;
+    let (words, t_jar) = words?;
+    let source = match source {
+        paracache::Source::Cache => "from the cache",
+        paracache::Source::Built => "cache built now",
+        paracache::Source::Streamed => "streamed, no cache folder",
+    };
+    phases.push(("METEOR: jar lexicon (function words, WordNet), and words resolved".into(), t_jar));
+    phases.push((format!("METEOR: paraphrase table ({source}, {} entries kept)", para.len()), t_para));
     // synonym partners through an inverted index synset -> vocabulary words
     let mut by_synset: HashMap<i32, Vec<u32>> = HashMap::default();
     for (w, syn) in &words {
@@ -508,6 +548,7 @@ pub fn score(data: &MeteorData, items: &[(String, Vec<String>)]) -> Result<(f64,
             w
         })
         .collect();
+    phases.push(("METEOR: load data (the two above side by side, wall)".into(), t_load.elapsed().as_secs_f64()));
     let t_align = std::time::Instant::now();
     let seg_stats: Vec<Stats> = segs
         .par_iter()
@@ -525,8 +566,9 @@ pub fn score(data: &MeteorData, items: &[(String, Vec<String>)]) -> Result<(f64,
             best.map(|(_, s)| s).unwrap_or_default()
         })
         .collect();
+    phases.push(("METEOR: align and score".into(), t_align.elapsed().as_secs_f64()));
     if timing {
-        eprintln!("meteor: {} paraphrases kept, {} words, align {:?}", para.len(), words.len(), t_align.elapsed());
+        eprintln!("meteor: {} paraphrases kept, {} words: {phases:?}", para.len(), words.len());
     }
     let mut total = Stats::default();
     let per: Vec<f64> = seg_stats
