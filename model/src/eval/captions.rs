@@ -89,42 +89,55 @@ impl CaptionSet {
 
     /// [`Self::score`], adding where the time went to `phases` (`mmtt bench captions` prints it).
     pub fn score_timed(&self, meteor_data: Option<&meteor::MeteorData>, phases: &mut meteor::Phases) -> Result<CaptionScores, EvalError> {
-        let t = std::time::Instant::now();
-        let tokenized: Vec<(String, Vec<String>)> = self.items.par_iter().map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect())).collect();
-        phases.push(("tokenize (PTBTokenizer and its filter)".into(), t.elapsed().as_secs_f64()));
-        let t = std::time::Instant::now();
-        // words to ids, once: n-grams become integer keys
-        let mut vocab: HashMap<&str, u32> = HashMap::default();
-        let mut items: Vec<(Vec<u32>, Vec<Vec<u32>>)> = Vec::with_capacity(tokenized.len());
-        fn conv<'a>(t: &'a str, vocab: &mut HashMap<&'a str, u32>) -> Vec<u32> {
-            t.split_whitespace()
-                .map(|w| {
-                    let next = vocab.len() as u32;
-                    *vocab.entry(w).or_insert(next)
-                })
-                .collect()
-        }
-        for (h, rs) in &tokenized {
-            let hv = conv(h, &mut vocab);
-            let rv: Vec<Vec<u32>> = rs.iter().map(|r| conv(r, &mut vocab)).collect();
-            items.push((hv, rv));
-        }
-        let narrow = (vocab.len() as u32) < bleu::NARROW_IDS;
-        let counts: Vec<(bleu::Sorted, Vec<bleu::Sorted>)> =
-            items.par_iter().map(|(h, rs)| (bleu::sorted_counts_with(h, narrow), rs.iter().map(|r| bleu::sorted_counts_with(r, narrow)).collect())).collect();
-        let comps: Vec<bleu::Comps> = items.par_iter().zip(&counts).map(|((h, rs), (hc, rcs))| bleu::comps(h.len(), hc, &rs.iter().map(Vec::len).collect::<Vec<_>>(), rcs)).collect();
-        let (b, _) = bleu::score(&comps);
-        phases.push(("BLEU-1..4 (words to ids, n-gram counts, BLEU)".into(), t.elapsed().as_secs_f64()));
-        let t = std::time::Instant::now();
-        let rouges: Vec<f64> = items.par_iter().map(|(h, rs)| rouge::score(h, rs)).collect();
-        phases.push(("ROUGE-L".into(), t.elapsed().as_secs_f64()));
-        let t = std::time::Instant::now();
-        let (c, _) = cider::score(&counts);
-        phases.push(("CIDEr".into(), t.elapsed().as_secs_f64()));
-        let meteor = match meteor_data {
-            Some(d) => Some(meteor::score_timed(d, &tokenized, phases)?.0),
-            None => None,
-        };
-        Ok(CaptionScores { bleu1: b[0], bleu2: b[1], bleu3: b[2], bleu4: b[3], meteor, rouge_l: rouges.iter().sum::<f64>() / rouges.len() as f64, cider: c })
+        // Meteor's lexicon does not depend on the captions: it is read on a thread of its own
+        // while the captions are tokenized and the n-gram metrics computed
+        std::thread::scope(|scope| {
+            let lexicon = meteor_data.map(|d| scope.spawn(move || meteor::Lexicon::load(d)));
+            let t = std::time::Instant::now();
+            let tokenized: Vec<(String, Vec<String>)> = self.items.par_iter().map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect())).collect();
+            phases.push(("tokenize (PTBTokenizer and its filter)".into(), t.elapsed().as_secs_f64()));
+            let mut scores = ngram_scores(&tokenized, phases);
+            if let (Some(d), Some(l)) = (meteor_data, lexicon) {
+                let t = std::time::Instant::now();
+                let l = l.join().map_err(|_| EvalError::Input("reading Meteor's lexicon failed (its thread panicked)".into()))??;
+                phases.push(("METEOR: waiting for the jar lexicon after the above".into(), t.elapsed().as_secs_f64()));
+                scores.meteor = Some(meteor::score_timed(d, Some(l), &tokenized, phases)?.0);
+            }
+            Ok(scores)
+        })
     }
+}
+
+/// BLEU-1..4, ROUGE-L and CIDEr of tokenized captions (METEOR `None`).
+fn ngram_scores(tokenized: &[(String, Vec<String>)], phases: &mut meteor::Phases) -> CaptionScores {
+    let t = std::time::Instant::now();
+    // words to ids, once: n-grams become integer keys
+    let mut vocab: HashMap<&str, u32> = HashMap::default();
+    let mut items: Vec<(Vec<u32>, Vec<Vec<u32>>)> = Vec::with_capacity(tokenized.len());
+    fn conv<'a>(t: &'a str, vocab: &mut HashMap<&'a str, u32>) -> Vec<u32> {
+        t.split_whitespace()
+            .map(|w| {
+                let next = vocab.len() as u32;
+                *vocab.entry(w).or_insert(next)
+            })
+            .collect()
+    }
+    for (h, rs) in tokenized {
+        let hv = conv(h, &mut vocab);
+        let rv: Vec<Vec<u32>> = rs.iter().map(|r| conv(r, &mut vocab)).collect();
+        items.push((hv, rv));
+    }
+    let narrow = (vocab.len() as u32) < bleu::NARROW_IDS;
+    let counts: Vec<(bleu::Sorted, Vec<bleu::Sorted>)> =
+        items.par_iter().map(|(h, rs)| (bleu::sorted_counts_with(h, narrow), rs.iter().map(|r| bleu::sorted_counts_with(r, narrow)).collect())).collect();
+    let comps: Vec<bleu::Comps> = items.par_iter().zip(&counts).map(|((h, rs), (hc, rcs))| bleu::comps(h.len(), hc, &rs.iter().map(Vec::len).collect::<Vec<_>>(), rcs)).collect();
+    let (b, _) = bleu::score(&comps);
+    phases.push(("BLEU-1..4 (words to ids, n-gram counts, BLEU)".into(), t.elapsed().as_secs_f64()));
+    let t = std::time::Instant::now();
+    let rouges: Vec<f64> = items.par_iter().map(|(h, rs)| rouge::score(h, rs)).collect();
+    phases.push(("ROUGE-L".into(), t.elapsed().as_secs_f64()));
+    let t = std::time::Instant::now();
+    let (c, _) = cider::score(&counts);
+    phases.push(("CIDEr".into(), t.elapsed().as_secs_f64()));
+    CaptionScores { bleu1: b[0], bleu2: b[1], bleu3: b[2], bleu4: b[3], meteor: None, rouge_l: rouges.iter().sum::<f64>() / rouges.len() as f64, cider: c }
 }

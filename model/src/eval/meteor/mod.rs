@@ -130,7 +130,7 @@ impl MeteorData {
             "METEOR needs Meteor 1.5's data (meteor-1.5.jar and data/paraphrase-en.gz, shipped by pycocoevalcap 1.2) and none was found: {looked}\n\
              Install it with scripts/setup.sh (or: python3 -m venv .venv && .venv/bin/pip install pycocoevalcap==1.2), \
              or point --meteor-data DIR (or MMTT_METEOR_DATA) at pycocoevalcap's meteor/ folder, \
-             or skip METEOR with --metrics ngram."
+             or, for `mmtt eval captions`, skip METEOR with --metrics ngram."
         )))
     }
 }
@@ -475,19 +475,43 @@ impl align::Paraphrases for ParaTable {
 /// Corpus METEOR of (hypothesis, references) pairs, given as pycocoevalcap hands them to the
 /// Java scorer (PTB-tokenized). Returns the corpus score and each segment's score.
 pub fn score(data: &MeteorData, items: &[(String, Vec<String>)]) -> Result<(f64, Vec<f64>), EvalError> {
-    score_timed(data, items, &mut Vec::new())
+    score_timed(data, None, items, &mut Vec::new())
+}
+
+/// The jar's part of Meteor's data (normalizer prefixes, function words, WordNet): it does not
+/// depend on the captions, so a caller may read it while it tokenizes ([`Lexicon::load`]).
+pub struct Lexicon {
+    normalizer: Normalizer,
+    jar: JarData,
+    seconds: f64,
+}
+
+impl Lexicon {
+    pub fn load(data: &MeteorData) -> Result<Self, EvalError> {
+        let t = std::time::Instant::now();
+        let (normalizer, jar) = rayon::join(|| load_normalizer(&data.jar()), || JarData::load(&data.jar()));
+        Ok(Lexicon { normalizer: normalizer?, jar: jar?, seconds: t.elapsed().as_secs_f64() })
+    }
 }
 
 /// Where a run's time went: (phase, seconds), in order.
 pub type Phases = Vec<(String, f64)>;
 
-/// [`score`], adding its phases to `phases`: normalizing, the jar's lexicon and the paraphrase
-/// table (read side by side: both, and the wall time of the two), aligning.
-pub fn score_timed(data: &MeteorData, items: &[(String, Vec<String>)], phases: &mut Phases) -> Result<(f64, Vec<f64>), EvalError> {
+/// [`score`], with the [`Lexicon`] when the caller read it already, adding its phases to
+/// `phases`: the lexicon (when read here), normalizing, the paraphrase table and resolving the
+/// words (side by side: both, and the wall time of the two), aligning.
+pub fn score_timed(data: &MeteorData, lexicon: Option<Lexicon>, items: &[(String, Vec<String>)], phases: &mut Phases) -> Result<(f64, Vec<f64>), EvalError> {
     let timing = std::env::var_os("MMTT_METEOR_TIMING").is_some();
+    let (lexicon, segs) = match lexicon {
+        Some(l) => (l, items.par_iter().map(|(h, rs)| stdio_split(h, rs)).collect::<Vec<_>>()),
+        None => {
+            let (l, segs) = rayon::join(|| Lexicon::load(data), || items.par_iter().map(|(h, rs)| stdio_split(h, rs)).collect::<Vec<_>>());
+            (l?, segs)
+        }
+    };
+    phases.push(("METEOR: jar lexicon (normalizer prefixes, function words, WordNet)".into(), lexicon.seconds));
     let t0 = std::time::Instant::now();
-    let (normalizer, segs) = rayon::join(|| load_normalizer(&data.jar()), || items.par_iter().map(|(h, rs)| stdio_split(h, rs)).collect::<Vec<_>>());
-    let normalizer = normalizer?;
+    let Lexicon { normalizer, jar, .. } = lexicon;
     let norm = |s: &str| -> Vec<String> { java_tokens(&normalizer.normalize(s).to_lowercase()).map(str::to_string).collect() };
     let segs: Vec<(Vec<String>, Vec<Vec<String>>)> = segs.par_iter().map(|(h, rs)| (norm(h), rs.iter().map(|r| norm(r)).collect())).collect();
     phases.push(("METEOR: normalize (its -norm rules)".into(), t0.elapsed().as_secs_f64()));
@@ -506,7 +530,6 @@ pub fn score_timed(data: &MeteorData, items: &[(String, Vec<String>)], phases: &
         },
         || -> Result<_, EvalError> {
             let t = std::time::Instant::now();
-            let jar = JarData::load(&data.jar())?;
             let mut list: Vec<(&String, u32)> = vocab.iter().map(|(w, &i)| (w, i)).collect();
             list.sort_by_key(|&(_, i)| i);
             let resolved = list
@@ -530,7 +553,7 @@ pub fn score_timed(data: &MeteorData, items: &[(String, Vec<String>)], phases: &
         paracache::Source::Built => "cache built now",
         paracache::Source::Streamed => "streamed, no cache folder",
     };
-    phases.push(("METEOR: jar lexicon (function words, WordNet), and words resolved".into(), t_jar));
+    phases.push(("METEOR: words resolved (hashes, stems, synonym sets)".into(), t_jar));
     phases.push((format!("METEOR: paraphrase table ({source}, {} entries kept)", para.len()), t_para));
     // synonym partners through an inverted index synset -> vocabulary words
     let mut by_synset: HashMap<i32, Vec<u32>> = HashMap::default();
