@@ -220,17 +220,18 @@ impl Stats {
         let rw_len = DELTA * (self.ref_len - self.ref_function) + (1.0 - DELTA) * self.ref_function;
         let mut tw = 0.0;
         let mut rw = 0.0;
-        for i in 0..4 {
-            tw += self.content1[i] * WEIGHTS[i] * DELTA;
+        // the Java order of the sums (floating point)
+        for (c, w) in self.content1.iter().zip(WEIGHTS) {
+            tw += c * w * DELTA;
         }
-        for i in 0..4 {
-            rw += self.content2[i] * WEIGHTS[i] * DELTA;
+        for (c, w) in self.content2.iter().zip(WEIGHTS) {
+            rw += c * w * DELTA;
         }
-        for i in 0..4 {
-            tw += self.function1[i] * WEIGHTS[i] * (1.0 - DELTA);
+        for (f, w) in self.function1.iter().zip(WEIGHTS) {
+            tw += f * w * (1.0 - DELTA);
         }
-        for i in 0..4 {
-            rw += self.function2[i] * WEIGHTS[i] * (1.0 - DELTA);
+        for (f, w) in self.function2.iter().zip(WEIGHTS) {
+            rw += f * w * (1.0 - DELTA);
         }
         let p = tw / tw_len;
         let r = rw / rw_len;
