@@ -350,16 +350,13 @@ enum MetricSet {
     Meteor,
 }
 
-/// Meteor's data from `--meteor-data`, else found on the machine; a note on stderr when absent.
-fn meteor_data_or_warn(explicit: Option<&std::path::Path>) -> Result<Option<mmtt_model::eval::meteor::MeteorData>> {
-    let d = match explicit {
-        Some(p) => Some(mmtt_model::eval::meteor::MeteorData::at(p)?),
-        None => mmtt_model::eval::meteor::MeteorData::locate()?,
-    };
-    if d.is_none() {
-        eprintln!("METEOR unavailable (reported as null): pycocoevalcap's meteor data was not found; install pycocoevalcap==1.2 (scripts/setup.sh does) or pass --meteor-data DIR");
-    }
-    Ok(d)
+/// Meteor's data from `--meteor-data`, else found on the machine; an error saying where mmtt
+/// looked and how to install it when there is none (`--metrics ngram` skips METEOR).
+fn meteor_data(explicit: Option<&std::path::Path>) -> Result<mmtt_model::eval::meteor::MeteorData> {
+    Ok(match explicit {
+        Some(p) => mmtt_model::eval::meteor::MeteorData::at(p)?,
+        None => mmtt_model::eval::meteor::MeteorData::require()?,
+    })
 }
 
 #[derive(Subcommand)]
@@ -374,7 +371,8 @@ enum EvalAction {
         /// MMTT_METEOR_DATA or the Python site-packages when not given.
         #[arg(long)]
         meteor_data: Option<PathBuf>,
-        /// all: every metric; ngram: BLEU, ROUGE-L, CIDEr (METEOR null); meteor: METEOR only.
+        /// all: every metric (an error without Meteor's data); ngram: BLEU, ROUGE-L, CIDEr
+        /// (METEOR null, its data not needed); meteor: METEOR only.
         #[arg(long, value_enum, default_value = "all")]
         metrics: MetricSet,
     },
@@ -483,7 +481,8 @@ enum BenchAction {
         refs: Option<PathBuf>,
         #[arg(long)]
         preds: Option<PathBuf>,
-        /// Runs of the (slow) Java METEOR and ours; the best of each is compared.
+        /// Runs of the (slow) all-metrics reference, with Java METEOR, and of ours; the best of
+        /// each is compared.
         #[arg(long, default_value_t = 2)]
         meteor_runs: usize,
     },
@@ -1082,20 +1081,25 @@ async fn run(cli: Cli) -> Result<()> {
         }),
         Command::Eval { action } => {
             let v = match action {
-                EvalAction::Captions { refs, preds, meteor_data, metrics } => {
+                EvalAction::Captions { refs, preds, meteor_data: meteor_data_dir, metrics } => {
+                    let t = std::time::Instant::now();
                     let set = mmtt_model::eval::captions::CaptionSet::parse(&read_text(refs)?, &read_text(preds)?)?;
-                    let data = if *metrics == MetricSet::Ngram { None } else { meteor_data_or_warn(meteor_data.as_deref())? };
-                    if *metrics == MetricSet::Meteor {
-                        let Some(d) = data else { anyhow::bail!("METEOR needs Meteor's data: install pycocoevalcap==1.2 (scripts/setup.sh does) or pass --meteor-data DIR") };
-                        serde_json::json!({ "METEOR": set.meteor(&d)? })
-                    } else {
-                        serde_json::to_value(set.score(data.as_ref())?)?
+                    let mut phases = vec![("read and parse the JSON files".to_string(), t.elapsed().as_secs_f64())];
+                    let v = match metrics {
+                        MetricSet::Ngram => serde_json::to_value(set.score_timed(None, &mut phases)?)?,
+                        MetricSet::Meteor => serde_json::json!({ "METEOR": set.meteor(&meteor_data(meteor_data_dir.as_deref())?)? }),
+                        MetricSet::All => serde_json::to_value(set.score_timed(Some(&meteor_data(meteor_data_dir.as_deref())?), &mut phases)?)?,
+                    };
+                    // `mmtt bench captions` asks where the time went
+                    if std::env::var_os("MMTT_TIMING").is_some() {
+                        eprintln!("MMTT_TIMING {}", serde_json::json!({ "phases": phases, "total": t.elapsed().as_secs_f64() }));
                     }
+                    v
                 }
                 EvalAction::Masks { gt, pred, threshold } => serde_json::to_value(mmtt_model::eval::masks::evaluate(gt, pred, *threshold)?)?,
-                EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name, meteor_data } => {
-                    let data = meteor_data_or_warn(meteor_data.as_deref())?;
-                    let r = mmtt_model::eval::report::evaluate(&read_text(gt)?, &read_text(pred)?, gt_mask_base, pred_mask_base, *threshold, data.as_ref())?;
+                EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name, meteor_data: meteor_data_dir } => {
+                    let data = meteor_data(meteor_data_dir.as_deref())?;
+                    let r = mmtt_model::eval::report::evaluate(&read_text(gt)?, &read_text(pred)?, gt_mask_base, pred_mask_base, *threshold, Some(&data))?;
                     eprintln!("{}", mmtt_model::eval::report::table_line(name, &r));
                     println!("{}", serde_json::to_string(&r)?);
                     return Ok(());

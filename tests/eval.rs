@@ -96,7 +96,8 @@ fn captions_equal_pycocoevalcap_on_thousands_of_generated_explanations() {
 }
 
 /// Meteor's `-norm` normalizer against `edu.cmu.meteor.util.Normalizer` itself, on raw captions
-/// (more punctuation than pycocoevalcap ever hands it), and the stem module's stemmer against the
+/// (more punctuation than pycocoevalcap ever hands it) and on their tokenization (what it gets),
+/// Unicode included, and the stem module's stemmer against the
 /// jar's Snowball stemmer on every word of Meteor's WordNet vocabulary.
 #[test]
 fn meteor_normalizer_and_stemmer_equal_the_jar() {
@@ -106,6 +107,11 @@ fn meteor_normalizer_and_stemmer_equal_the_jar() {
     let r: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_str(&std::fs::read_to_string(dir.path().join("refs.json")).unwrap()).unwrap();
     let mut lines: Vec<String> = r.values().flatten().cloned().collect();
     lines.extend(["U.S. style, e.g. the No. 5 and No. x -- Mr. Smith's 3.5mm 'chin'... ok?!", "a\u{a0}b \u{201c}c\u{201d} d\u{2013}e f--g 1,000 a,b 1,b a,1", "it's 90's ''quoted'' `tick' Dr. x. Y."].map(String::from));
+    // Unicode as captions have it (the generator's typographic punctuation, other scripts, emoji,
+    // combining marks, bars), raw and as the tokenizer hands it to Meteor
+    lines.extend(["“Quoted” ‘single’ — dash – en … ellipsis don’t ’90s «guillemets» „low“", "Ærø straße İstanbul ΣΣ лицо 脸部 얼굴 وجه चेहरा e\u{301} 😀 👍🏽 ❤\u{fe0f} a\u{a0}b ||| | ¿qué? € ½ ™"].map(String::from));
+    let tokenized: Vec<String> = lines.iter().map(|l| mmtt_model::eval::tokenize::tokenize(l)).collect();
+    lines.extend(tokenized);
     let lines: Vec<String> = lines.into_iter().map(|l| l.replace(['\n', '\r'], " ")).collect();
     let jar = meteor_dir().join("meteor-1.5.jar");
     let run = |class_or_file: &str, input: String| -> Vec<String> {
@@ -148,7 +154,7 @@ fn meteor_normalizer_and_stemmer_equal_the_jar() {
 }
 
 #[test]
-fn meteor_without_its_data_is_unavailable_or_refused() {
+fn meteor_without_its_data_is_an_error_unless_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let (r, p) = (dir.path().join("r.json"), dir.path().join("p.json"));
     std::fs::write(&r, r#"{"a": ["the left eye is blurred"]}"#).unwrap();
@@ -158,12 +164,39 @@ fn meteor_without_its_data_is_unavailable_or_refused() {
     let v: serde_json::Value = serde_json::from_slice(&mmtt(&args).stdout).unwrap();
     let m = v["METEOR"].as_f64().expect("METEOR computed with pycocoevalcap installed");
     assert!(m > 0.3 && m < 1.0, "{m}");
-    // switched off: null, with a note saying how to get it
+    // not found (an empty MMTT_METEOR_DATA: look nowhere) while all metrics are asked for: an
+    // error saying how to install it or skip METEOR, never a silent null
     let out = Command::new(env!("CARGO_BIN_EXE_mmtt")).args(args).env("MMTT_METEOR_DATA", "").output().unwrap();
-    assert!(out.status.success());
+    assert!(!out.status.success() && out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in ["MMTT_METEOR_DATA is set and empty", "pycocoevalcap==1.2", "scripts/setup.sh", "--meteor-data", "--metrics ngram"] {
+        assert!(err.contains(want), "{want} not in: {err}");
+    }
+    // ... and the same for the Table 2 report
+    let out = Command::new(env!("CARGO_BIN_EXE_mmtt"))
+        .args(["eval", "report", "--gt", "x", "--pred", "y", "--gt-mask-base", "x", "--pred-mask-base", "y"])
+        .env("MMTT_METEOR_DATA", "")
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--metrics ngram"));
+    // a search that finds nothing lists the places it looked
+    let empty = tempfile::tempdir().unwrap();
+    let exe = empty.path().join("mmtt");
+    std::fs::copy(env!("CARGO_BIN_EXE_mmtt"), &exe).unwrap();
+    let out = Command::new(&exe).args(args).env_remove("MMTT_METEOR_DATA").env_remove("VIRTUAL_ENV").env("HOME", empty.path()).current_dir(empty.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let system_wide = ["/usr/lib", "/usr/local/lib"].iter().any(|r| {
+        std::fs::read_dir(r).into_iter().flatten().flatten().any(|py| ["site-packages", "dist-packages"].iter().any(|sp| py.path().join(sp).join("pycocoevalcap/meteor").is_dir()))
+    });
+    if !system_wide {
+        assert!(!out.status.success(), "found Meteor's data outside the test's folders: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(err.contains(&format!("{}/.venv/lib/python*", empty.path().display())) && err.contains("/usr/lib/python*"), "{err}");
+    }
+    // --metrics ngram skips METEOR (null) and needs no data
+    let out = Command::new(env!("CARGO_BIN_EXE_mmtt")).args(args).args(["--metrics", "ngram"]).env("MMTT_METEOR_DATA", "").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["METEOR"].is_null() && v["BLEU-1"].as_f64().is_some());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pycocoevalcap==1.2"));
     // a folder without the data: refused, naming the missing file and the fix
     let out = Command::new(env!("CARGO_BIN_EXE_mmtt")).args(args).args(["--meteor-data", dir.path().to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
