@@ -118,6 +118,14 @@ struct Candidate {
     key: String,
     split: String,
     dataset: String,
+    /// The source has its 68 landmarks (CelebAMask-HQ sources where dlib found no face do not).
+    landmarks: bool,
+}
+
+/// Methods that need the 68 landmarks of both the target and the donor: a source without them is
+/// neither a target nor a donor of theirs.
+fn needs_landmarks(method: &str) -> bool {
+    matches!(method, "classic-swap" | "e4s")
 }
 
 /// Enqueues a forgery job. Masks are planned first for sources that have none for `plan_seed`.
@@ -160,8 +168,10 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
         .bind(&req.params)
         .execute(&app.pool)
         .await?;
-    let rows = sqlx::query("SELECT id, split_key, split, dataset FROM sources ORDER BY id").fetch_all(&app.pool).await?;
-    let all: Vec<Candidate> = rows.iter().map(|r| Candidate { id: r.get(0), key: r.get(1), split: r.get(2), dataset: r.get(3) }).collect();
+    let rows = sqlx::query("SELECT id, split_key, split, dataset, landmarks IS NOT NULL FROM sources ORDER BY id").fetch_all(&app.pool).await?;
+    let all: Vec<Candidate> =
+        rows.iter().map(|r| Candidate { id: r.get(0), key: r.get(1), split: r.get(2), dataset: r.get(3), landmarks: r.get(4) }).collect();
+    let without_landmarks = all.iter().filter(|c| !c.landmarks).count();
     let mut out = Enqueued { job_id, queued: 0, by_method: HashMap::new(), unavailable: vec![] };
     let mut used_targets: std::collections::HashSet<uuid::Uuid> = Default::default();
     for (method, family, want) in families {
@@ -173,7 +183,7 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
             if queued >= want {
                 break;
             }
-            if used_targets.contains(&c.id) {
+            if used_targets.contains(&c.id) || (needs_landmarks(&method) && !c.landmarks) {
                 continue;
             }
             let plan: Option<uuid::Uuid> = sqlx::query_scalar(
@@ -186,10 +196,11 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
             .await?;
             let Some(plan) = plan else { continue };
             let donor = if family == "swap" {
-                match pick_donor(&all, c, req.seed) {
+                match pick_donor(&all, c, req.seed, needs_landmarks(&method)) {
                     Some(d) => Some(d),
                     None => {
-                        out.unavailable.push(format!("source {}: no donor face in its {} split", c.id, c.split));
+                        let with = if needs_landmarks(&method) { " with landmarks" } else { "" };
+                        out.unavailable.push(format!("source {}: no donor face{with} in its {} split", c.id, c.split));
                         continue;
                     }
                 }
@@ -220,6 +231,11 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
         }
         if queued < want {
             out.unavailable.push(format!("{method}: {queued} of {want} queued (no more sources without a {method} forgery for plan seed {})", req.plan_seed));
+            if needs_landmarks(&method) && without_landmarks > 0 {
+                out.unavailable.push(format!(
+                    "{method}: {without_landmarks} sources have no landmarks and cannot be swapped; `mmtt landmarks backfill` searches those never searched"
+                ));
+            }
         }
         out.by_method.insert(method.clone(), queued);
         out.queued += queued;
@@ -231,12 +247,12 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
-/// The donor of a swap: always from the target's split. CelebAMask-HQ targets draw from the whole
-/// split (the paper's random pairs); FFHQ and photo targets draw from a separate donor pool (the
-/// sources whose rank puts them in the first tenth), falling back to the whole split when the
-/// pool is empty there.
-fn pick_donor(all: &[Candidate], target: &Candidate, seed: u64) -> Option<uuid::Uuid> {
-    let same_split = |c: &&Candidate| c.split == target.split && c.id != target.id;
+/// The donor of a swap: always from the target's split, and with landmarks when the method needs
+/// them. CelebAMask-HQ targets draw from the whole split (the paper's random pairs); FFHQ and photo
+/// targets draw from a separate donor pool (the sources whose rank puts them in the first tenth),
+/// falling back to the whole split when the pool is empty there.
+fn pick_donor(all: &[Candidate], target: &Candidate, seed: u64, with_landmarks: bool) -> Option<uuid::Uuid> {
+    let same_split = |c: &&Candidate| c.split == target.split && c.id != target.id && (c.landmarks || !with_landmarks);
     let pick = |pool: Vec<&Candidate>| -> Option<uuid::Uuid> {
         pool.into_iter().min_by_key(|c| rank(seed, &format!("{}|{}", target.key, c.key))).map(|c| c.id)
     };

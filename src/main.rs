@@ -52,8 +52,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Find faces and their 68 landmarks in images.
+    /// Find faces and their 68 landmarks in images (`landmarks backfill`: store them for sources
+    /// that have none).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Landmarks {
+        #[command(subcommand)]
+        action: Option<LandmarksAction>,
         #[arg(required = true)]
         images: Vec<PathBuf>,
         #[arg(long)]
@@ -575,6 +579,29 @@ enum SimDataset {
 }
 
 #[derive(Subcommand)]
+enum LandmarksAction {
+    /// Detect and store the 68 landmarks of stored sources that have none (CelebAMask-HQ imported
+    /// before landmarks were detected at import). Resumable; running again does nothing.
+    Backfill {
+        /// Only this dataset's sources (default: all).
+        #[arg(long, value_enum)]
+        dataset: Option<Dataset>,
+        /// Search at most this many sources in this run.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Sources per batch.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Also search again the sources where no face was found before.
+        #[arg(long)]
+        retry_no_face: bool,
+        /// Print the summary as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum SourcesAction {
     List {
         #[arg(long, value_enum)]
@@ -728,7 +755,24 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             )
         }
-        Command::Landmarks { images, json } => {
+        Command::Landmarks { action: Some(LandmarksAction::Backfill { dataset, limit, batch, retry_no_face, json }), .. } => {
+            let opts = import::landmarks::BackfillOptions {
+                datasets: dataset.iter().copied().collect(),
+                limit: *limit,
+                batch: *batch,
+                retry_no_face: *retry_no_face,
+                progress: true,
+            };
+            with_app!(cli, |app| {
+                let s = import::landmarks::backfill(app, &opts, None).await?;
+                s.print_human();
+                if *json {
+                    println!("{}", serde_json::to_string(&s)?);
+                }
+                Ok(())
+            })
+        }
+        Command::Landmarks { action: None, images, json } => {
             let finder = FaceFinder::load()?;
             let mut all = Vec::new();
             for p in images {

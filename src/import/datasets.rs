@@ -1,6 +1,11 @@
 //! What each importable dataset looks like on disk and how one of its items becomes stored faces.
 //!
 //! Processing is pure CPU work on one input (no database), run in parallel by [`super::run`].
+//! Every dataset needs dlib: FFHQ and photos derive their part regions from the 68 landmarks;
+//! CelebAMask-HQ keeps its annotated part masks and gets landmarks only for face swaps
+//! ([`LandmarkSearch`]; a face dlib cannot find is still imported, without landmarks).
+//! [`aligned_face`] is the one way landmarks are found on an aligned 512 face, at import and in
+//! `mmtt landmarks backfill` ([`super::landmarks`]), so both give the same points.
 
 use super::decode::{read_image, DecodeLimits};
 use mmtt_generators::align::AlignTransform;
@@ -18,7 +23,8 @@ use walkdir::WalkDir;
 /// The datasets `mmtt import` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dataset {
-    /// CelebA-HQ-img/{k}.jpg with CelebAMask-HQ-mask-anno/{k/2000}/{k:05}_{part}.png
+    /// CelebA-HQ-img/{k}.jpg with CelebAMask-HQ-mask-anno/{k/2000}/{k:05}_{part}.png (part masks
+    /// from the annotations; landmarks, for face swaps, detected on the aligned face)
     #[value(name = "celebamask-hq")]
     CelebAMaskHq,
     /// FFHQ aligned faces (any folder of images, searched recursively)
@@ -41,9 +47,8 @@ impl Dataset {
             _ => PartSource::Landmarks,
         }
     }
-    pub fn needs_dlib(self) -> bool {
-        !matches!(self, Dataset::CelebAMaskHq)
-    }
+    /// The datasets of `mmtt import` that store aligned faces (all of them).
+    pub const ALL: [Dataset; 3] = [Dataset::CelebAMaskHq, Dataset::Ffhq, Dataset::Photos];
 }
 
 /// One input item.
@@ -172,6 +177,69 @@ fn plausible_aligned(lm: &Landmarks68) -> bool {
     (90.0..=150.0).contains(&d) && mid.dist(Pt::new(256.0, 243.0)) < 40.0 && lm.left_eye().x > lm.right_eye().x
 }
 
+/// A face found on an aligned 512x512 image, with the detector that found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlignedFace {
+    pub landmarks: Landmarks68,
+    pub face_box: FaceBox,
+    /// `aligned-box` (the fast path below) or the detector's name (`dlib-hog`, `dlib-mmod`).
+    pub detector: &'static str,
+}
+
+/// The face of an already-aligned 512x512 image (FFHQ, CelebA-HQ, stored sources).
+///
+/// Aligned faces sit where the alignment put them (CelebA-HQ and FFHQ use the same crop recipe):
+/// the HOG detector runs on a 256 px copy (a quarter of the work, no upsampling), a box that
+/// overlaps [`ALIGNED_FACE_BOX`] is taken, and the landmarks predicted from it at 512 px are kept
+/// when the eyes are where the alignment puts them. Anything else goes through full detection
+/// (with the 2x pass for small faces); of several faces, the one nearest the aligned position.
+pub fn aligned_face(finder: &FaceFinder, img: &RgbImage) -> Result<AlignedFace, String> {
+    let small = imageops::resize(img, FACE_SIZE / 2, FACE_SIZE / 2, imageops::FilterType::Triangle);
+    let aligned = finder
+        .detect_no_upsample(&small)
+        .iter()
+        .map(|b| FaceBox { left: b.left * 2, top: b.top * 2, right: b.right * 2, bottom: b.bottom * 2 })
+        .find(|b| b.iou(&ALIGNED_FACE_BOX) > 0.4);
+    if let Some(b) = aligned {
+        let lm = finder.landmarks(img, b);
+        if plausible_aligned(&lm) {
+            return Ok(AlignedFace { landmarks: lm, face_box: b, detector: "aligned-box" });
+        }
+    }
+    let boxes = finder.detect(img);
+    // `detect` orders top-to-bottom: the first of equally central boxes wins
+    let best = boxes
+        .iter()
+        .enumerate()
+        .max_by(|(i, a), (j, b)| a.iou(&ALIGNED_FACE_BOX).total_cmp(&b.iou(&ALIGNED_FACE_BOX)).then(j.cmp(i)))
+        .map(|(_, b)| *b)
+        .ok_or_else(|| format!("no face found ({})", finder.detector_kind().name()))?;
+    Ok(AlignedFace { landmarks: finder.landmarks(img, best), face_box: best, detector: finder.detector_kind().name() })
+}
+
+/// One landmark search on an aligned face whose part masks do not depend on it (CelebAMask-HQ):
+/// its outcome is stored either way, so a face searched without success is not searched again.
+///
+/// Stored as `sources.landmarks` / `face_box` / `detector`: found, all three are set (`detector`
+/// as in [`AlignedFace`]); not found, `landmarks` and `face_box` are NULL and `detector` names the
+/// detector that searched (`dlib-hog`, `dlib-mmod`). Never searched: all three NULL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LandmarkSearch {
+    pub found: Option<AlignedFace>,
+    /// The finder's detector (what searched, whatever the path that found the face).
+    pub searched_by: &'static str,
+}
+
+impl LandmarkSearch {
+    pub fn run(finder: &FaceFinder, img: &RgbImage) -> Self {
+        LandmarkSearch { found: aligned_face(finder, img).ok(), searched_by: finder.detector_kind().name() }
+    }
+    /// The value of `sources.detector`.
+    pub fn detector(&self) -> &'static str {
+        self.found.as_ref().map(|f| f.detector).unwrap_or(self.searched_by)
+    }
+}
+
 pub fn process(dataset: Dataset, cand: Candidate, finder: Option<&FaceFinder>, limits: DecodeLimits) -> Outcome {
     let path = cand.path.clone();
     match process_inner(dataset, cand, finder, limits) {
@@ -214,52 +282,32 @@ fn process_inner(dataset: Dataset, mut cand: Candidate, finder: Option<&FaceFind
                 }
                 parts.push((part, encode_mask_png(&g).map_err(|e| e.to_string())?, n, "annotated".to_string()));
             }
+            // the landmarks (for face swaps) are found on the aligned 512 face, exactly as
+            // `mmtt landmarks backfill` finds them on the stored image; the part masks stay the
+            // annotated ones. No face found: stored without landmarks, `detector` naming the
+            // detector that searched (see [`LandmarkSearch`])
+            let finder = finder.ok_or("dlib is required")?;
+            let search = LandmarkSearch::run(finder, &img);
             vec![FaceRecord {
                 face_index: 0,
                 image_png: encode_rgb_png(&img).map_err(|e| e.to_string())?,
-                landmarks: None,
-                face_box: None,
-                detector: None,
+                landmarks: search.found.as_ref().map(|f| f.landmarks.clone()),
+                face_box: search.found.as_ref().map(|f| f.face_box),
+                detector: Some(search.detector()),
                 parts,
             }]
         }
         Dataset::Ffhq => {
             let finder = finder.ok_or("dlib is required")?;
             let img = resize_512(&decoded.rgb);
-            // FFHQ faces sit where the alignment put them: find the face with the HOG detector on
-            // a 256 px copy (a quarter of the work, no upsampling), accept it where it overlaps
-            // the aligned position, and predict the landmarks from that box at 512 px; anything
-            // else goes through full detection
-            let small = imageops::resize(&img, FACE_SIZE / 2, FACE_SIZE / 2, imageops::FilterType::Triangle);
-            let aligned = finder
-                .detect_no_upsample(&small)
-                .iter()
-                .map(|b| FaceBox { left: b.left * 2, top: b.top * 2, right: b.right * 2, bottom: b.bottom * 2 })
-                .find(|b| b.iou(&ALIGNED_FACE_BOX) > 0.4);
-            let mut found = None;
-            if let Some(b) = aligned {
-                let lm = finder.landmarks(&img, b);
-                if plausible_aligned(&lm) {
-                    found = Some((lm, b, "aligned-box"));
-                }
-            }
-            let (lm, face_box, detector) = match found {
-                Some(f) => f,
-                None => {
-                    let b = *finder
-                        .detect(&img)
-                        .first()
-                        .ok_or_else(|| format!("no face found ({})", finder.detector_kind().name()))?;
-                    (finder.landmarks(&img, b), b, finder.detector_kind().name())
-                }
-            };
+            let found = aligned_face(finder, &img)?;
             vec![FaceRecord {
                 face_index: 0,
                 image_png: encode_rgb_png(&img).map_err(|e| e.to_string())?,
-                parts: landmark_parts(&lm)?,
-                landmarks: Some(lm),
-                face_box: Some(face_box),
-                detector: Some(detector),
+                parts: landmark_parts(&found.landmarks)?,
+                landmarks: Some(found.landmarks),
+                face_box: Some(found.face_box),
+                detector: Some(found.detector),
             }]
         }
         Dataset::Photos => {

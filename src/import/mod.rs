@@ -5,10 +5,12 @@
 //! interrupted import resumes; the rest are decoded, aligned and cut into part masks on all cores
 //! (rayon), and a single writer stores each input's blobs, then its rows in one transaction, so a
 //! crash leaves every input either fully stored or absent. Bad inputs are reported by path with a
-//! reason and skipped.
+//! reason and skipped. [`landmarks`] gives sources stored without landmarks (CelebAMask-HQ
+//! imported before landmarks were detected) theirs, resumably.
 
 pub mod datasets;
 pub mod decode;
+pub mod landmarks;
 pub mod release;
 
 use crate::app::App;
@@ -34,6 +36,9 @@ pub struct Summary {
     pub faces: u64,
     /// Input files that were already stored.
     pub already_present: u64,
+    /// Faces stored by this run without landmarks (CelebAMask-HQ images where dlib found no face:
+    /// imported with their annotated part masks, but no face swap can use them).
+    pub without_landmarks: u64,
     pub skipped: Vec<Skip>,
 }
 
@@ -113,10 +118,12 @@ pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>
     cands.retain(|c| !present.contains(&c.original_id));
     summary.already_present = (before - cands.len()) as u64;
 
-    let finder = match (dataset.needs_dlib(), finder) {
-        (true, Some(f)) => Some(f),
-        (true, None) => Some(Arc::new(FaceFinder::load()?)),
-        (false, _) => None,
+    // every dataset needs dlib (CelebAMask-HQ for the landmarks of face swaps); not loaded when
+    // everything is already stored
+    let finder = match finder {
+        Some(f) => Some(f),
+        None if cands.is_empty() => None,
+        None => Some(Arc::new(FaceFinder::load()?)),
     };
     let bar = if opts.progress { ProgressBar::new(cands.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -147,6 +154,14 @@ pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>
                     if stored {
                         summary.imported += 1;
                         summary.faces += faces.len() as u64;
+                        if faces.iter().any(|f| f.landmarks.is_none()) {
+                            // CelebAMask-HQ only: the other datasets skip a face without landmarks
+                            bar.println(format!(
+                                "no face found in {}: imported without landmarks (its part masks are the annotated ones; it takes no part in face swaps)",
+                                cand.path.display()
+                            ));
+                            summary.without_landmarks += faces.iter().filter(|f| f.landmarks.is_none()).count() as u64;
+                        }
                     } else {
                         summary.already_present += 1;
                     }
@@ -263,6 +278,12 @@ impl Summary {
             self.already_present,
             self.skipped.len()
         );
+        if self.without_landmarks > 0 {
+            println!(
+                "  {} face(s) imported without landmarks (no face found by dlib): usable for inpainting, not for face swaps",
+                self.without_landmarks
+            );
+        }
         for s in &self.skipped {
             println!("  skipped {}: {}", s.path, s.reason);
         }
