@@ -51,7 +51,7 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
     let mut rows = Vec::new();
     for (name, text) in BUILTIN_MANIFESTS {
         let mut g = OnnxGenerator::load_builtin(name, &models, Device::Cpu, threads)?;
-        let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, seed: 0, options: None };
+        let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, target_parts: None, source_parts: None, seed: 0, options: None };
         g.generate(&input)?; // warm-up
         let t = Instant::now();
         for i in 0..n {
@@ -97,7 +97,7 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
         ] {
             let input = ForgeInput {
                 target: &aligned[0].0, mask, target_landmarks: Some(&aligned[0].1),
-                source: Some(&aligned[1].0), source_landmarks: Some(&aligned[1].1), seed: 1, options: None,
+                source: Some(&aligned[1].0), source_landmarks: Some(&aligned[1].1), target_parts: None, source_parts: None, seed: 1, options: None,
             };
             let t = Instant::now();
             for _ in 0..reps {

@@ -56,9 +56,11 @@ pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
         println!("  {}  <- {} (face {})", out.display(), r.get::<String, _>(1), r.get::<i32, _>(2));
     }
 
-    // forge every face with the built-in generators (no downloaded weights needed)
+    // forge every face with the built-in generators (no downloaded weights needed): the inpainting
+    // mask by part-swap (the parts from a donor face of the same split) and by face-aware
+    // patch-inpaint, the swap mask by classic-swap
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sources").fetch_one(&app.pool).await?;
-    for method in ["patch-inpaint", "classic-swap"] {
+    for method in ["part-swap", "patch-inpaint", "classic-swap"] {
         let req = crate::forge::ForgeRequest {
             methods: vec![method.to_string()],
             count: n as u64,

@@ -22,12 +22,13 @@
 use crate::app::App;
 use crate::masks;
 use crate::store::{BlobKey, BlobStore};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
 use mmtt_generators::forge::classic_swap::ClassicSwap;
 use mmtt_generators::forge::onnx::{Device, OnnxGenerator};
+use mmtt_generators::forge::part_swap::PartSwap;
 use mmtt_generators::forge::patch_inpaint::PatchInpaint;
-use mmtt_generators::forge::{composite, ForgeInput, Generator};
+use mmtt_generators::forge::{composite, ForgeInput, Generator, PartMasks};
 use mmtt_generators::landmarks::Landmarks68;
 use mmtt_generators::mask::{decode_mask_png, encode_rgb_png};
 use mmtt_generators::FACE_SIZE;
@@ -39,10 +40,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Methods mmtt knows, with their family (the paper's three kinds of forgery).
-pub const METHODS: [(&str, &str); 6] = [
+pub const METHODS: [(&str, &str); 7] = [
     ("classic-swap", "swap"),
     ("e4s", "swap"),
     ("patch-inpaint", "inpaint"),
+    ("part-swap", "inpaint"),
     ("mat", "transformer"),
     ("lama", "inpaint"),
     ("sdxl", "diffusion"),
@@ -57,7 +59,7 @@ pub fn family_of(method: &str) -> Result<&'static str> {
         .iter()
         .find(|(m, _)| *m == method)
         .map(|(_, f)| *f)
-        .ok_or_else(|| anyhow!("unknown method `{method}`: known methods are classic-swap, e4s, patch-inpaint, mat, lama, sdxl"))
+        .ok_or_else(|| anyhow!("unknown method `{method}`: known methods are classic-swap, e4s, patch-inpaint, part-swap, mat, lama, sdxl"))
 }
 
 /// Splits `n` by the paper's proportions (largest remainder).
@@ -122,10 +124,15 @@ struct Candidate {
     landmarks: bool,
 }
 
-/// Methods that need the 68 landmarks of both the target and the donor: a source without them is
-/// neither a target nor a donor of theirs.
+/// Methods that need the target's 68 landmarks: a source without them is not a target of theirs.
 fn needs_landmarks(method: &str) -> bool {
-    matches!(method, "classic-swap" | "e4s")
+    matches!(method, "classic-swap" | "e4s" | "part-swap")
+}
+
+/// Methods whose donor must have landmarks (they align the donor's face to the target's):
+/// the swaps, `part-swap`, and `patch-inpaint` (whose donor is optional).
+fn donor_needs_landmarks(method: &str) -> bool {
+    needs_landmarks(method) || method == "patch-inpaint"
 }
 
 /// Enqueues a forgery job. Masks are planned first for sources that have none for `plan_seed`.
@@ -195,11 +202,13 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
             .fetch_optional(&app.pool)
             .await?;
             let Some(plan) = plan else { continue };
-            let donor = if family == "swap" {
-                match pick_donor(&all, c, req.seed, needs_landmarks(&method)) {
+            let donor = if family == "swap" || donor_use(&method).is_some() {
+                match pick_donor(&all, c, req.seed, donor_needs_landmarks(&method)) {
                     Some(d) => Some(d),
+                    // patch-inpaint copies from a donor only where a region has no counterpart left
+                    None if donor_use(&method) == Some(false) => None,
                     None => {
-                        let with = if needs_landmarks(&method) { " with landmarks" } else { "" };
+                        let with = if donor_needs_landmarks(&method) { " with landmarks" } else { "" };
                         out.unavailable.push(format!("source {}: no donor face{with} in its {} split", c.id, c.split));
                         continue;
                     }
@@ -233,7 +242,7 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
             out.unavailable.push(format!("{method}: {queued} of {want} queued (no more sources without a {method} forgery for plan seed {})", req.plan_seed));
             if needs_landmarks(&method) && without_landmarks > 0 {
                 out.unavailable.push(format!(
-                    "{method}: {without_landmarks} sources have no landmarks and cannot be swapped; `mmtt landmarks backfill` searches those never searched"
+                    "{method}: {without_landmarks} sources have no landmarks and cannot be its targets; `mmtt landmarks backfill` searches those never searched"
                 ));
             }
         }
@@ -241,6 +250,17 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
         out.queued += queued;
     }
     Ok(out)
+}
+
+/// Inpainting methods that take a donor face of the target's split: `Some(true)` when they need
+/// one (`part-swap` transplants its parts), `Some(false)` when they use one where they can
+/// (`patch-inpaint`, for regions with no counterpart left in the target).
+fn donor_use(method: &str) -> Option<bool> {
+    match method {
+        "part-swap" => Some(true),
+        "patch-inpaint" => Some(false),
+        _ => None,
+    }
 }
 
 fn fnv(s: &str) -> u64 {
@@ -293,6 +313,8 @@ struct Claimed {
     mask: image::GrayImage,
     target_lm: Option<Landmarks68>,
     donor: Option<(RgbImage, Option<Landmarks68>)>,
+    /// Part masks of the target and the donor, for the face-aware built-ins.
+    parts: Option<(PartMasks, Option<PartMasks>)>,
     params: serde_json::Value,
     claimed_at: Instant,
     load_ms: f64,
@@ -340,6 +362,18 @@ async fn load_source(app: &App, id: uuid::Uuid) -> Result<(BlobKey, RgbImage, Op
     Ok((key, img, lm, r.get(2)))
 }
 
+/// A source's stored part masks.
+async fn load_parts(app: &App, id: uuid::Uuid) -> Result<PartMasks> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT part, mask_hash FROM source_parts WHERE source_id = $1").bind(id).fetch_all(&app.pool).await?;
+    let mut out = PartMasks::new();
+    for (part, hash) in rows {
+        let key: BlobKey = hash.parse()?;
+        out.insert(part.parse()?, decode_mask_png(&app.store.get(&key)?, FACE_SIZE).with_context(|| format!("part mask {part} of source {id}"))?);
+    }
+    Ok(out)
+}
+
 async fn load_item(app: &App, c: ClaimRow) -> Result<Claimed> {
     let t0 = Instant::now();
     let (item_id, method, seed, target_id, donor_id, plan_id, params) = c;
@@ -357,8 +391,17 @@ async fn load_item(app: &App, c: ClaimRow) -> Result<Claimed> {
         }
         None => None,
     };
+    let parts = if matches!(method.as_str(), "patch-inpaint" | "part-swap") {
+        let donor_parts = match donor_id {
+            Some(d) => Some(load_parts(app, d).await?),
+            None => None,
+        };
+        Some((load_parts(app, target_id).await?, donor_parts))
+    } else {
+        None
+    };
     Ok(Claimed {
-        item_id, method, seed: seed as u64, target_id, donor_id, plan_id, split, original_key, mask_key, target, mask, target_lm, donor, params,
+        item_id, method, seed: seed as u64, target_id, donor_id, plan_id, split, original_key, mask_key, target, mask, target_lm, donor, parts, params,
         claimed_at: t0, load_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
 }
@@ -367,6 +410,7 @@ fn make_generator(method: &str, o: &WorkerOptions) -> std::result::Result<Box<dy
     Ok(match method {
         "patch-inpaint" => Box::new(PatchInpaint::default()),
         "classic-swap" => Box::new(ClassicSwap::default()),
+        "part-swap" => Box::new(PartSwap::default()),
         "mat" | "lama" => Box::new(OnnxGenerator::load_builtin(method, &o.models_dir, o.device, o.threads).map_err(|e| e.to_string())?),
         "sdxl" => Box::new(mmtt_generators::forge::sdxl::Sdxl::load(&o.models_dir, o.device, o.threads).map_err(|e| e.to_string())?),
         "e4s" => Box::new(mmtt_generators::forge::e4s::E4s::load(&o.models_dir, o.device, o.threads).map_err(|e| e.to_string())?),
@@ -417,6 +461,8 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                         target_landmarks: c.target_lm.as_ref(),
                         source: src_img,
                         source_landmarks: src_lm,
+                        target_parts: c.parts.as_ref().map(|p| &p.0),
+                        source_parts: c.parts.as_ref().and_then(|p| p.1.as_ref()),
                         seed: c.seed,
                         options: Some(&c.params),
                     };

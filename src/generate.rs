@@ -7,6 +7,7 @@ use image::GrayImage;
 use mmtt_generators::detect::FaceFinder;
 use mmtt_generators::forge::classic_swap::ClassicSwap;
 use mmtt_generators::forge::onnx::{Device, OnnxGenerator};
+use mmtt_generators::forge::part_swap::PartSwap;
 use mmtt_generators::forge::patch_inpaint::PatchInpaint;
 use mmtt_generators::forge::{composite, ForgeInput, Generator};
 use std::path::PathBuf;
@@ -39,8 +40,9 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         let p = mask_rgb.get_pixel(x, y).0;
         image::Luma([if p.iter().any(|&v| v > 0) { 255 } else { 0 }])
     });
-    let (source, tl, sl) = if a.method == "classic-swap" || a.method == "e4s" {
-        let src_path = a.source.as_ref().ok_or_else(|| anyhow!("{} needs --source FACE", a.method))?;
+    let face_aware = matches!(a.method.as_str(), "patch-inpaint" | "part-swap");
+    let (source, tl, sl) = if matches!(a.method.as_str(), "classic-swap" | "e4s" | "part-swap") || (face_aware && a.source.is_some()) {
+        let src_path = a.source.as_ref().ok_or_else(|| anyhow!("{} needs --source FACE (the donor face)", a.method))?;
         let src = read_image(src_path, limits).map_err(|r| anyhow!("{}: {r}", src_path.display()))?.rgb;
         let finder = FaceFinder::load()?;
         let first = |img: &image::RgbImage, p: &PathBuf| {
@@ -49,6 +51,15 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         let tl = first(&target, &a.image)?;
         let sl = first(&src, src_path)?;
         (Some(src), Some(tl), Some(sl))
+    } else if face_aware {
+        // patch-inpaint without a donor: the target's face layout still guides it; a picture
+        // without a face is inpainted from all of it
+        let finder = FaceFinder::load()?;
+        let tl = finder.faces(&target).into_iter().next().map(|f| f.landmarks);
+        if tl.is_none() {
+            eprintln!("no face found in {}: patch-inpaint copies from the whole picture", a.image.display());
+        }
+        (None, tl, None)
     } else {
         (None, None, None)
     };
@@ -58,6 +69,8 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         target_landmarks: tl.as_ref(),
         source: source.as_ref(),
         source_landmarks: sl.as_ref(),
+        target_parts: None,
+        source_parts: None,
         seed: a.seed,
         options: a.options.as_ref(),
     };
@@ -84,14 +97,17 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             let (w, h, hwc) = g.run_raw(&input)?;
             (mmtt_generators::forge::onnx::to_rgb(w, h, &hwc), hwc)
         }
-        "patch-inpaint" | "classic-swap" => {
-            let mut g: Box<dyn Generator> =
-                if a.method == "patch-inpaint" { Box::new(PatchInpaint::default()) } else { Box::new(ClassicSwap::default()) };
+        "patch-inpaint" | "classic-swap" | "part-swap" => {
+            let mut g: Box<dyn Generator> = match a.method.as_str() {
+                "patch-inpaint" => Box::new(PatchInpaint::default()),
+                "part-swap" => Box::new(PartSwap::default()),
+                _ => Box::new(ClassicSwap::default()),
+            };
             let img = g.generate(&input)?;
             let raw = img.as_raw().iter().map(|&v| v as f32).collect();
             (img, raw)
         }
-        other => bail!("unknown method `{other}`: known methods are classic-swap, e4s, patch-inpaint, mat, lama, sdxl"),
+        other => bail!("unknown method `{other}`: known methods are classic-swap, e4s, patch-inpaint, part-swap, mat, lama, sdxl"),
     };
     let forged = composite(&target, &generated, own_mask.as_ref().unwrap_or(&mask));
     forged.save_with_format(&a.out, image::ImageFormat::Png).with_context(|| format!("cannot write {}", a.out.display()))?;

@@ -93,7 +93,7 @@ enum Command {
     },
     /// Enqueue a forgery job (and with --wait, work on it until it is done).
     Forge {
-        /// The method (classic-swap, e4s, patch-inpaint, mat, lama, sdxl); with --mix paper, three of them
+        /// The method (classic-swap, e4s, patch-inpaint, part-swap, mat, lama, sdxl); with --mix paper, three of them
         /// for swap, transformer and diffusion, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         method: Vec<String>,
@@ -167,7 +167,8 @@ enum Command {
         /// White (non-zero) = regenerate.
         #[arg(long)]
         mask: PathBuf,
-        /// The donor face, for classic-swap and e4s.
+        /// The donor face, for classic-swap, e4s and part-swap (patch-inpaint copies from it the regions
+        /// the mask leaves no counterpart of).
         #[arg(long)]
         source: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]

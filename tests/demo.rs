@@ -23,12 +23,13 @@ fn demo_imports_plans_and_writes_previews() {
         assert!(red > 100, "{p}: no mask overlay visible");
     }
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM mask_plans WHERE seed = 3"), 4);
-    // both faces forged by both built-in generators, each swap with the other face as donor
+    // both faces forged by the three built-in generators, each with the other face as donor
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE method = 'patch-inpaint'"), 2);
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE method = 'part-swap' AND donor_id IS NOT NULL"), 2);
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE method = 'classic-swap'"), 2);
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE donor_id = target_id"), 0);
     let shown: Vec<&str> = out.lines().map(str::trim).filter(|l| l.contains("/forgeries/") && l.ends_with(".png")).collect();
-    assert_eq!(shown.len(), 4, "{out}");
+    assert_eq!(shown.len(), 6, "{out}");
     for p in shown {
         assert_eq!(image::open(p).unwrap().dimensions(), (1536, 512));
     }

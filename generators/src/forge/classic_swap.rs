@@ -81,7 +81,8 @@ fn forehead(lm: &Landmarks68) -> Vec<Pt> {
     lm.0[17..=26].iter().enumerate().map(|(i, p)| p.add(p.sub(if i < 5 { re } else { le }))).collect()
 }
 
-fn sample(img: &RgbImage, p: Pt) -> [f32; 3] {
+/// Bilinear sample at a point in pixel coordinates (pixel centres at `+0.5`), clamped to the image.
+pub(crate) fn sample(img: &RgbImage, p: Pt) -> [f32; 3] {
     let (w, h) = img.dimensions();
     let x = (p.x - 0.5).clamp(0.0, w as f64 - 1.0);
     let y = (p.y - 0.5).clamp(0.0, h as f64 - 1.0);
@@ -93,6 +94,75 @@ fn sample(img: &RgbImage, p: Pt) -> [f32; 3] {
     [0, 1, 2].map(|k| (a[k] * (1.0 - fx) + b[k] * fx) * (1.0 - fy) + (c[k] * (1.0 - fx) + d[k] * fx) * fy)
 }
 
+/// Corresponding points for warping a source face `sl` onto a target face `tl` in a `w x h`
+/// frame, as `(source points, destination points)`: the 68 landmarks, the forehead and the image
+/// border. With `keep_source_shape` (a swap) the inner points 17-67 are the source's own, posed
+/// onto the target by the best similarity, and only the jaw line is the target's; without it (a
+/// part transplant) every landmark lands on the target's own, so each source part fills the
+/// target's part region exactly.
+pub(crate) fn correspondences(tl: &Landmarks68, sl: &Landmarks68, w: u32, h: u32, keep_source_shape: bool) -> (Vec<Pt>, Vec<Pt>) {
+    let pose = Similarity::fit(&sl.0[17..68], &tl.0[17..68]);
+    let back = pose.inverse();
+    let mut dst: Vec<Pt> = Vec::new();
+    let mut src: Vec<Pt> = Vec::new();
+    for i in 0..68 {
+        src.push(sl.0[i]);
+        dst.push(if i < 17 || !keep_source_shape { tl.0[i] } else { pose.apply(sl.0[i]) });
+    }
+    for (d, s) in forehead(tl).into_iter().zip(forehead(sl)) {
+        dst.push(d);
+        src.push(s);
+    }
+    let (fw, fh) = (w as f64, h as f64);
+    for (x, y) in [(0.0, 0.0), (fw / 2.0, 0.0), (fw, 0.0), (fw, fh / 2.0), (fw, fh), (fw / 2.0, fh), (0.0, fh), (0.0, fh / 2.0)] {
+        let p = Pt::new(x, y);
+        dst.push(p);
+        src.push(back.apply(p));
+    }
+    (src, dst)
+}
+
+/// The piecewise-affine map of a Delaunay triangulation of `dst`: for every pixel set in
+/// `region` that a triangle covers, the matching point of the source frame (`src[i]` is where
+/// `dst[i]` comes from); `None` elsewhere. Row-major, the size of `region`.
+pub(crate) fn triangle_map(src: &[Pt], dst: &[Pt], region: &GrayImage) -> Result<Vec<Option<Pt>>, ForgeError> {
+    let (w, h) = region.dimensions();
+    let pts: Vec<delaunator::Point> = dst.iter().map(|p| delaunator::Point { x: p.x, y: p.y }).collect();
+    let tri = delaunator::triangulate(&pts);
+    if tri.triangles.is_empty() {
+        return Err(ForgeError::Input("degenerate landmarks: no triangulation".into()));
+    }
+    let mut out: Vec<Option<Pt>> = vec![None; (w * h) as usize];
+    for t in tri.triangles.chunks_exact(3) {
+        let (a, b, c) = (dst[t[0]], dst[t[1]], dst[t[2]]);
+        let det = (b.y - c.y) * (a.x - c.x) + (c.x - b.x) * (a.y - c.y);
+        if det.abs() < 1e-9 {
+            continue;
+        }
+        let x0 = a.x.min(b.x).min(c.x).floor().max(0.0) as u32;
+        let x1 = (a.x.max(b.x).max(c.x).ceil().max(0.0) as u32).min(w - 1);
+        let y0 = a.y.min(b.y).min(c.y).floor().max(0.0) as u32;
+        let y1 = (a.y.max(b.y).max(c.y).ceil().max(0.0) as u32).min(h - 1);
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                let i = (y * w + x) as usize;
+                if out[i].is_some() || region.get_pixel(x, y).0[0] == 0 {
+                    continue;
+                }
+                let p = Pt::new(x as f64 + 0.5, y as f64 + 0.5);
+                let l1 = ((b.y - c.y) * (p.x - c.x) + (c.x - b.x) * (p.y - c.y)) / det;
+                let l2 = ((c.y - a.y) * (p.x - c.x) + (a.x - c.x) * (p.y - c.y)) / det;
+                let l3 = 1.0 - l1 - l2;
+                if l1 < -1e-9 || l2 < -1e-9 || l3 < -1e-9 {
+                    continue;
+                }
+                out[i] = Some(src[t[0]].scale(l1).add(src[t[1]].scale(l2)).add(src[t[2]].scale(l3)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl ClassicSwap {
     pub fn swap(&self, input: &ForgeInput<'_>) -> Result<RgbImage, ForgeError> {
         check_input(input)?;
@@ -102,62 +172,14 @@ impl ClassicSwap {
         let tl = input.target_landmarks.ok_or_else(|| missing("the target's landmarks"))?;
         let sl = input.source_landmarks.ok_or_else(|| missing("the source's landmarks"))?;
         let (w, h) = target.dimensions();
-        let pose = Similarity::fit(&sl.0[17..68], &tl.0[17..68]);
-        let back = pose.inverse();
-
-        let mut dst: Vec<Pt> = Vec::new();
-        let mut src: Vec<Pt> = Vec::new();
-        for i in 0..68 {
-            src.push(sl.0[i]);
-            dst.push(if i < 17 { tl.0[i] } else { pose.apply(sl.0[i]) });
-        }
-        for (d, s) in forehead(tl).into_iter().zip(forehead(sl)) {
-            dst.push(d);
-            src.push(s);
-        }
-        let (fw, fh) = (w as f64, h as f64);
-        for (x, y) in [(0.0, 0.0), (fw / 2.0, 0.0), (fw, 0.0), (fw, fh / 2.0), (fw, fh), (fw / 2.0, fh), (0.0, fh), (0.0, fh / 2.0)] {
-            let p = Pt::new(x, y);
-            dst.push(p);
-            src.push(back.apply(p));
-        }
-        let pts: Vec<delaunator::Point> = dst.iter().map(|p| delaunator::Point { x: p.x, y: p.y }).collect();
-        let tri = delaunator::triangulate(&pts);
-        if tri.triangles.is_empty() {
-            return Err(ForgeError::Input("degenerate landmarks: no triangulation".into()));
-        }
+        let (src, dst) = correspondences(tl, sl, w, h, true);
 
         // piecewise-affine warp of the source into the target's frame, inside the mask
         let mask = input.mask;
         let mut warped: Vec<[f32; 3]> = target.pixels().map(|p| p.0.map(|v| v as f32)).collect();
-        let mut covered = vec![false; (w * h) as usize];
-        for t in tri.triangles.chunks_exact(3) {
-            let (a, b, c) = (dst[t[0]], dst[t[1]], dst[t[2]]);
-            let det = (b.y - c.y) * (a.x - c.x) + (c.x - b.x) * (a.y - c.y);
-            if det.abs() < 1e-9 {
-                continue;
-            }
-            let x0 = a.x.min(b.x).min(c.x).floor().max(0.0) as u32;
-            let x1 = (a.x.max(b.x).max(c.x).ceil() as u32).min(w - 1);
-            let y0 = a.y.min(b.y).min(c.y).floor().max(0.0) as u32;
-            let y1 = (a.y.max(b.y).max(c.y).ceil() as u32).min(h - 1);
-            for y in y0..=y1 {
-                for x in x0..=x1 {
-                    let i = (y * w + x) as usize;
-                    if covered[i] || mask.get_pixel(x, y).0[0] == 0 {
-                        continue;
-                    }
-                    let p = Pt::new(x as f64 + 0.5, y as f64 + 0.5);
-                    let l1 = ((b.y - c.y) * (p.x - c.x) + (c.x - b.x) * (p.y - c.y)) / det;
-                    let l2 = ((c.y - a.y) * (p.x - c.x) + (a.x - c.x) * (p.y - c.y)) / det;
-                    let l3 = 1.0 - l1 - l2;
-                    if l1 < -1e-9 || l2 < -1e-9 || l3 < -1e-9 {
-                        continue;
-                    }
-                    let q = src[t[0]].scale(l1).add(src[t[1]].scale(l2)).add(src[t[2]].scale(l3));
-                    warped[i] = sample(source, q);
-                    covered[i] = true;
-                }
+        for (i, q) in triangle_map(&src, &dst, mask)?.into_iter().enumerate() {
+            if let Some(q) = q {
+                warped[i] = sample(source, q);
             }
         }
         // the swapped core is the face inside the jaw line and the brows; between the core and the
@@ -207,7 +229,7 @@ fn colour_transfer(img: &mut [[f32; 3]], target: &RgbImage, mask: &GrayImage) {
 
 /// Seamless cloning: inside the mask, solve the discrete Poisson equation with the guidance
 /// field of `guide` and Dirichlet boundary values from `target` (conjugate gradients per channel).
-fn poisson_blend(target: &RgbImage, guide: &[[f32; 3]], mask: &GrayImage, max_iter: usize) -> RgbImage {
+pub(crate) fn poisson_blend(target: &RgbImage, guide: &[[f32; 3]], mask: &GrayImage, max_iter: usize) -> RgbImage {
     let (w, h) = target.dimensions();
     let (wi, hi) = (w as i64, h as i64);
     let inside = |x: i64, y: i64| x >= 0 && y >= 0 && x < wi && y < hi && mask.get_pixel(x as u32, y as u32).0[0] > 0;

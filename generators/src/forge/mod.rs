@@ -5,7 +5,12 @@
 //! `I_f = (1 - M) * I + M * I_g` ([`composite`]): masks are binary, so outside the mask every pixel
 //! of the forgery is bit-for-bit the original whatever the generator returns.
 //!
-//! - [`patch_inpaint`]: exemplar inpainting by multi-scale PatchMatch (classical, no weights).
+//! - [`patch_inpaint`]: face-aware exemplar inpainting by multi-scale PatchMatch: exemplars come
+//!   from the face's own skin and matching parts, or from an aligned donor face, never from
+//!   background, hair or clothes (classical, no weights).
+//! - [`part_swap`]: the masked parts transplanted from a donor face (landmark-aligned warp,
+//!   per-region colour transfer, Poisson blending), and the face layout both use (classical, no
+//!   weights).
 //! - [`classic_swap`]: landmark face swap (Delaunay, piecewise-affine warp, colour transfer,
 //!   Poisson blending) (classical, no weights).
 //! - [`onnx`]: ONNX Runtime generators described by manifests (`mat`, `lama`).
@@ -18,11 +23,17 @@ pub mod classic_swap;
 pub mod e4s;
 pub mod graph;
 pub mod onnx;
+pub mod part_swap;
 pub mod patch_inpaint;
 pub mod sdxl;
 
 use crate::landmarks::Landmarks68;
+use crate::parts::Part;
 use image::{GrayImage, RgbImage};
+use std::collections::BTreeMap;
+
+/// A face's part masks (0/255, the image's size), e.g. the stored `source_parts`.
+pub type PartMasks = BTreeMap<Part, GrayImage>;
 
 /// Everything a generator may use for one item.
 pub struct ForgeInput<'a> {
@@ -32,6 +43,11 @@ pub struct ForgeInput<'a> {
     pub target_landmarks: Option<&'a Landmarks68>,
     pub source: Option<&'a RgbImage>,
     pub source_landmarks: Option<&'a Landmarks68>,
+    /// The target's part masks (CelebAMask-HQ's annotations or the landmark-derived regions);
+    /// the face-aware generators derive them from the landmarks when absent.
+    pub target_parts: Option<&'a PartMasks>,
+    /// The source's (donor's) part masks, likewise.
+    pub source_parts: Option<&'a PartMasks>,
     pub seed: u64,
     /// The job's parameters (`forge_jobs.params`), for generators that take any (SDXL prompts).
     pub options: Option<&'a serde_json::Value>,
