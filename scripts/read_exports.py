@@ -36,7 +36,8 @@ def read_hf(d):
                 mask = Image.open(os.path.join(split_dir, r["mask_file_name"]))
             img = r["image"]
             rows.append({"id": r["id"], "text": r["text"], "mask": mask_digest(mask.convert("L")), "size": list(img.size),
-                         "regions": r["regions"], "source_id": r["source_id"], "method": r["method"]})
+                         "regions": r["regions"], "source_id": r["source_id"], "method": r["method"],
+                         "image_id": r.get("image_id"), "instance_id": r.get("instance_id")})
         out[split] = {"columns": part.column_names, "rows": rows}
     return out
 
@@ -60,7 +61,8 @@ def read_coco(d):
             rle = anns[0]["segmentation"]
             assert mask_utils.area(rle) == anns[0]["area"], "area"
             assert os.path.exists(os.path.join(d, split, info["file_name"])), info["file_name"]
-            rows.append({"id": info["mmtt_id"], "text": texts[0], "mask": mask_digest(m), "size": [info["width"], info["height"]]})
+            rows.append({"id": info["mmtt_id"], "text": texts[0], "mask": mask_digest(m), "size": [info["width"], info["height"]],
+                         "image_id": info.get("mmtt_image_id"), "instance_id": anns[0].get("mmtt_instance_id")})
         out[split] = {"rows": rows}
     return out
 
@@ -84,7 +86,7 @@ def read_webdataset(d):
             meta = json.loads(g["json"])
             mask = Image.open(__import__("io").BytesIO(g["mask.png"]))
             rows.append({"key": key, "id": meta["id"], "text": g["txt"].decode(), "mask": mask_digest(mask.convert("L")),
-                         "exts": sorted(g)})
+                         "exts": sorted(g), "image_id": meta.get("image_id"), "instance_id": meta.get("instance_id")})
         out[split] = {"shards": len(shards), "rows": rows}
     return out
 
@@ -100,7 +102,7 @@ def read_mmtt(d):
             mask = Image.open(os.path.join(d, r["mask_path"]))
             assert os.path.exists(os.path.join(d, r["img_path"]))
             rows.append({"id": r["mmtt_id"], "image_id": r["image_id"], "text": r["caption"], "mask": mask_digest(mask.convert("L")),
-                         "multilabel": r["multilabel"]})
+                         "multilabel": r["multilabel"], "instance_id": r["instance_id"]})
         out[split] = {"rows": rows}
     return out
 

@@ -1093,10 +1093,10 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
                     println!(
-                        "exported {} samples ({}) to {} in {:.1} s: {} files, {:.1} MB ({} kept from an earlier run); splits seed {} ratios {}",
+                        "exported {} samples ({}) to {} in {:.1} s: {} files, {:.1} MB ({} verified from an earlier run: {} kept, {} rewritten; {} stale removed); splits seed {} ratios {}",
                         r.samples,
                         r.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
-                        r.out, r.seconds, r.files, r.bytes as f64 / 1e6, r.reused_files, r.split_seed, r.split_ratios
+                        r.out, r.seconds, r.files, r.bytes as f64 / 1e6, r.verified_files, r.reused_files, r.replaced_files, r.removed_files, r.split_seed, r.split_ratios
                     );
                 }
                 Ok(())

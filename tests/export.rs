@@ -190,6 +190,8 @@ fn splits_are_leak_free_deterministic_stable_and_exports_resume() {
     std::fs::write(c.join("train/images/.partial.png.part-1"), b"half").unwrap();
     let s = env.json(&["export", "--format", "hf", "--out", &c.display().to_string(), "--json"]);
     assert!(s["reused_files"].as_u64().unwrap() > 100, "{s}");
+    assert!(!c.join("train/images/.partial.png.part-1").exists(), "a killed run's temp file is removed");
+    assert_eq!(s["removed_files"], 1, "{s}");
     manifest_ok(&c);
     for p in images.iter().take(5) {
         assert!(p.is_file());

@@ -6,7 +6,6 @@ use crate::annotation::multilabel;
 use crate::split::Split;
 use anyhow::{anyhow, Context, Result};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::sync::atomic::Ordering;
 
@@ -37,6 +36,7 @@ fn record(s: &Sample) -> serde_json::Value {
         "id": s.id, "source_id": s.source_id, "donor_id": s.donor_id, "method": s.method, "generator": s.generator,
         "dataset": s.dataset, "split": s.split.name(), "text": s.text, "regions": s.regions,
         "annotator_id": s.annotator_id, "review_status": s.review_status, "active_time_s": s.active_time_s, "word_count": s.word_count,
+        "image_id": s.image_id, "instance_id": s.instance_id,
     })
 }
 
@@ -87,19 +87,21 @@ fn coco(out: &Out, split: Split, part: &[&Sample], bar: &indicatif::ProgressBar)
         .iter()
         .zip(&masks)
         .enumerate()
-        .map(|(i, (s, m))| serde_json::json!({"id": i + 1, "file_name": format!("{}.png", s.key), "width": m.3, "height": m.4, "license": 1, "mmtt_id": s.id}))
+        .map(|(i, (s, m))| serde_json::json!({"id": i + 1, "file_name": format!("{}.png", s.key), "width": m.3, "height": m.4, "license": 1, "mmtt_id": s.id,
+                                              "mmtt_image_id": s.image_id, "mmtt_instance_id": s.instance_id}))
         .collect();
     let captions: Vec<serde_json::Value> = part
         .iter()
         .enumerate()
-        .map(|(i, s)| serde_json::json!({"id": i + 1, "image_id": i + 1, "caption": s.text, "regions": s.regions, "method": s.method}))
+        .map(|(i, s)| serde_json::json!({"id": i + 1, "image_id": i + 1, "caption": s.text, "regions": s.regions, "method": s.method, "mmtt_instance_id": s.instance_id}))
         .collect();
     let instances: Vec<serde_json::Value> = masks
         .iter()
+        .zip(part)
         .enumerate()
-        .map(|(i, (counts, area, bbox, w, h))| {
+        .map(|(i, ((counts, area, bbox, w, h), s))| {
             serde_json::json!({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 1, "area": area, "bbox": bbox,
-                               "segmentation": {"size": [h, w], "counts": counts}})
+                               "segmentation": {"size": [h, w], "counts": counts}, "mmtt_instance_id": s.instance_id})
         })
         .collect();
     let c = serde_json::json!({"info": info, "licenses": licenses, "images": images, "annotations": captions});
@@ -112,22 +114,6 @@ fn coco(out: &Out, split: Split, part: &[&Sample], bar: &indicatif::ProgressBar)
 /// Bytes a file takes in a tar: header plus data padded to 512.
 fn tar_size(len: u64) -> u64 {
     512 + len.div_ceil(512) * 512
-}
-
-struct HashWriter<W: Write> {
-    inner: W,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 fn webdataset(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar: &indicatif::ProgressBar) -> Result<()> {
@@ -150,9 +136,10 @@ fn webdataset(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar:
         shards.last_mut().map(|v| v.push((*s, txt, json)));
     }
     shards.par_iter().enumerate().try_for_each(|(n, items)| -> Result<()> {
-        out.produced(&format!("{dir}/{dir}-{n:06}.tar"), |tmp| {
-            let f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
-            let mut b = tar::Builder::new(HashWriter { inner: f, hash: Sha256::new() });
+        // deterministic bytes (ustar headers, mode 0644, mtime 0): a resume verifies a shard
+        // an earlier run left against the tar this run would write, member for member, byte for byte
+        out.produced(&format!("{dir}/{dir}-{n:06}.tar"), |w: &mut dyn Write| {
+            let mut b = tar::Builder::new(w);
             for (s, txt, json) in items {
                 let mut add = |name: String, data: &[u8]| -> Result<()> {
                     let mut h = tar::Header::new_ustar();
@@ -168,10 +155,8 @@ fn webdataset(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar:
                 add(format!("{}.txt", s.key), txt.as_bytes())?;
                 add(format!("{}.json", s.key), json.as_bytes())?;
             }
-            let mut w = b.into_inner()?;
-            w.flush()?;
-            w.inner.get_ref().sync_all()?;
-            Ok(hex::encode(w.hash.finalize()))
+            b.into_inner()?.flush()?;
+            Ok(())
         })?;
         for _ in items {
             tick(out, bar);
@@ -199,21 +184,21 @@ pub fn release_split_name(split: Split) -> &'static str {
     }
 }
 
+/// The authors' format: each sample under its release `image_id` ([`Sample::image_id`]: the
+/// authors' own for imported samples) with its `instance_id`.
 fn mmtt(out: &Out, split: Split, part: &[&Sample], bar: &indicatif::ProgressBar) -> Result<()> {
     part.par_iter().try_for_each(|s| -> Result<()> {
-        let id = format!("{}_{}", release_prefix(&s.family), s.key);
-        out.blob(&format!("images/{id}.png"), &s.image)?;
-        out.blob(&format!("masks/{id}.png"), &s.mask)?;
+        out.blob(&format!("images/{}.png", s.image_id), &s.image)?;
+        out.blob(&format!("masks/{}.png", s.image_id), &s.mask)?;
         tick(out, bar);
         Ok(())
     })?;
     let records: Vec<serde_json::Value> = part
         .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let id = format!("{}_{}", release_prefix(&s.family), s.key);
+        .map(|s| {
+            let id = &s.image_id;
             serde_json::json!({
-                "image_id": id, "instance_id": i, "caption": s.text,
+                "image_id": id, "instance_id": s.instance_id, "caption": s.text,
                 "img_path": format!("images/{id}.png"), "mask_path": format!("masks/{id}.png"),
                 "multilabel": multilabel(&s.text), "method": s.method, "mmtt_id": s.id,
             })

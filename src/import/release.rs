@@ -8,6 +8,12 @@
 //! originals: the forged image stands in for the original (and source) of each sample, which
 //! the review page then shows twice. Captions arrive accepted (by the account `mmtt-release`),
 //! in the release's split. Re-importing skips what is already there.
+//!
+//! The authors' `image_id` and `instance_id` are kept (`forgeries.release_image_id`, unique, and
+//! `release_instance_id`), and every export writes them back unchanged. An `image_id` must be
+//! usable as a file name; one of the shape exports give the platform's own samples
+//! (`{prefix}_{32 hex digits}`) that names a forgery of this database is that forgery, already
+//! present, and is skipped.
 
 use crate::annotation::{region_labels, word_count, REGION_LABELS};
 use crate::app::App;
@@ -44,6 +50,22 @@ pub fn method_of(image_id: &str) -> (&'static str, &'static str) {
         "e4s" => ("e4s", "swap"),
         _ => ("attribute-edit", "inpaint"),
     }
+}
+
+/// Whether an authors' `image_id` can name the exported files (`images/{image_id}.png`): not
+/// empty, at most 200 bytes, no path separator, control character or leading dot.
+pub fn safe_image_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 200 && !id.starts_with('.') && !id.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+/// The platform's own forgery an id names, when it has the shape exports give the platform's
+/// samples (`{prefix}_{forgery id as 32 hex digits}`).
+pub fn platform_forgery_of(id: &str) -> Option<uuid::Uuid> {
+    let (_, hex) = id.rsplit_once('_')?;
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    uuid::Uuid::try_parse(hex).ok()
 }
 
 fn load_image(root: &Path, rel: &str, what: &str, id: &str) -> Result<image::DynamicImage> {
@@ -84,6 +106,27 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
             let id = r.image_id.trim();
             if id.is_empty() {
                 bail!("{}: a record has an empty image_id", path.display());
+            }
+            if !safe_image_id(id) {
+                bail!(
+                    "{}: record `{}`: an image_id names the exported files, so it must be at most 200 bytes without `/`, `\\`, control characters or a leading dot; fix the record",
+                    path.display(),
+                    id.escape_debug()
+                );
+            }
+            // an id of the shape exports give the platform's own samples, naming a forgery of
+            // this database: the sample is already here (exported from it); importing it again
+            // would duplicate it under the same image id
+            if let Some(f) = platform_forgery_of(id) {
+                let own: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM forgeries WHERE id = $1 AND release_image_id IS NULL)")
+                    .bind(f)
+                    .fetch_one(&app.pool)
+                    .await?;
+                if own {
+                    eprintln!("import mmtt-release: {id} is this database's own forgery {f} (exported from here): skipped");
+                    summary.already_present += 1;
+                    continue;
+                }
             }
             let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sources WHERE dataset = 'mmtt-release' AND original_id = $1)")
                 .bind(id)
@@ -138,11 +181,13 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "INSERT INTO forgeries (id, item_id, method, target_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0, $9, '{}')",
+                "INSERT INTO forgeries (id, item_id, method, target_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings, \
+                                        release_image_id, release_instance_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0, $9, '{}', $10, $11)",
             )
             .bind(forgery).bind(item).bind(method).bind(source).bind(plan).bind(split.name()).bind(img_key.as_str()).bind(mask_key.as_str())
             .bind(serde_json::json!({"generator": "mmtt-release", "image_id": id, "instance_id": r.instance_id, "no_original": true}))
+            .bind(id).bind(if r.instance_id.is_null() { None } else { Some(&r.instance_id) })
             .execute(&mut *tx)
             .await?;
             sqlx::query(
