@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let models = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: gpu_check MODELS_DIR")?);
     let face = image::RgbImage::from_fn(512, 512, |x, y| image::Rgb([(x / 2) as u8, (y / 2) as u8, ((x + y) / 4) as u8]));
     let mask = image::GrayImage::from_fn(512, 512, |x, y| image::Luma([if (160..352).contains(&x) && (180..380).contains(&y) { 255 } else { 0 }]));
-    let input = ForgeInput { target: &face, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, seed: 7, options: None };
+    let input = ForgeInput { target: &face, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, target_parts: None, source_parts: None, seed: 7, options: None };
     let opts = |steps| SdxlOptions { prompt: "a natural face".into(), negative_prompt: "blurry".into(), steps, guidance: 7.5, strength: 0.99, scheduler: "euler".into() };
     let mut results = Vec::new();
     for device in [Device::Cpu, Device::Cuda] {
