@@ -57,7 +57,7 @@ fn sdxl_pipeline_equals_the_python_reference_over_full_denoising_loops() {
     let mut outputs = Vec::new();
     for (steps, strength, guidance, seed, prompt, negative, scheduler) in cases {
         let opts = SdxlOptions { prompt: prompt.into(), negative_prompt: negative.into(), steps, guidance, strength, scheduler: scheduler.into() };
-        let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, seed, options: None };
+        let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, target_parts: None, source_parts: None, seed, options: None };
         let ours = sdxl.run(&input, &opts).unwrap();
         let (out, lat) = (tmp.path().join("py.f32"), tmp.path().join("py-lat.f32"));
         let st = Command::new(python())
@@ -96,7 +96,7 @@ fn sdxl_runs_fp16_unets_and_reads_job_options() {
     tiny_models(&m16, &["--fp16-unet"]);
     let (img, mask, ..) = face_and_mask(tmp.path());
     let opts = SdxlOptions { prompt: "a face".into(), negative_prompt: "".into(), steps: 3, guidance: 4.0, strength: 0.99, scheduler: "euler".into() };
-    let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, seed: 5, options: None };
+    let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, target_parts: None, source_parts: None, seed: 5, options: None };
     let a = Sdxl::load(&m32, Device::Cpu, 1).unwrap().run(&input, &opts).unwrap();
     let b = Sdxl::load(&m16, Device::Cpu, 1).unwrap().run(&input, &opts).unwrap();
     let d = max_diff(&a.hwc, &b.hwc, 255.0);
