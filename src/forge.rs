@@ -246,7 +246,8 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
                 ));
             }
         }
-        out.by_method.insert(method.clone(), queued);
+        // a method may stand for two families of the paper's mix (e.g. patch-inpaint twice)
+        *out.by_method.entry(method.clone()).or_default() += queued;
         out.queued += queued;
     }
     Ok(out)

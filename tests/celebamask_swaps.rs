@@ -163,6 +163,8 @@ fn paper_mix_on_the_celebamask_fixture_produces_swaps() {
         "--json",
     ]);
     assert_eq!(e["by_method"]["classic-swap"], 2, "the swap third: {e}");
+    assert_eq!(e["by_method"]["patch-inpaint"], 2, "the two inpainting families' items add up: {e}");
+    assert_eq!(e["queued"], 4, "{e}");
     let failed = env.db.scalar_i64("SELECT count(*) FROM forge_items WHERE method = 'classic-swap' AND status <> 'done'");
     assert_eq!(failed, 0, "every swap forged: {}", env.ok(&["jobs", "--json"]));
 

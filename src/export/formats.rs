@@ -133,7 +133,9 @@ fn webdataset(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar:
             size = 0;
         }
         size += bytes;
-        shards.last_mut().map(|v| v.push((*s, txt, json)));
+        if let Some(v) = shards.last_mut() {
+            v.push((*s, txt, json));
+        }
     }
     shards.par_iter().enumerate().try_for_each(|(n, items)| -> Result<()> {
         // deterministic bytes (ustar headers, mode 0644, mtime 0): a resume verifies a shard

@@ -87,7 +87,7 @@ impl BackfillSummary {
 
 /// The outcome of one source's search, before it is written.
 enum Searched {
-    Done(uuid::Uuid, LandmarkSearch),
+    Done(uuid::Uuid, Box<LandmarkSearch>),
     Failed(String),
 }
 
@@ -102,7 +102,7 @@ fn search_one(store: &dyn BlobStore, finder: &FaceFinder, id: uuid::Uuid, hash: 
         Ok(img)
     };
     match read() {
-        Ok(img) => Searched::Done(id, LandmarkSearch::run(finder, &img)),
+        Ok(img) => Searched::Done(id, Box::new(LandmarkSearch::run(finder, &img))),
         Err(e) => Searched::Failed(format!("source {id}: {e:#}")),
     }
 }
