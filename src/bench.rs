@@ -5,9 +5,9 @@
 //! pipeline (`scripts/onnx_reference.py bench`) and the same intra-op threads, in one run.
 //! Built-ins: `patch-inpaint` and `classic-swap` on the Debian sample faces.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use image::{GrayImage, RgbImage};
-use mmtt_generators::forge::onnx::{Device, OnnxGenerator, BUILTIN_MANIFESTS};
+use mmtt_generators::forge::onnx::{BUILTIN_MANIFESTS, Device, OnnxGenerator};
 use mmtt_generators::forge::{ForgeInput, Generator};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -39,7 +39,10 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
     let models = match models {
         Some(m) => m,
         None => {
-            let st = std::process::Command::new(python()).arg(script("make_tiny_models.py")).arg(&tmp).status()
+            let st = std::process::Command::new(python())
+                .arg(script("make_tiny_models.py"))
+                .arg(&tmp)
+                .status()
                 .context("running scripts/make_tiny_models.py (run scripts/setup.sh first)")?;
             if !st.success() {
                 bail!("scripts/make_tiny_models.py failed (the Python `onnx` package comes with scripts/setup.sh)");
@@ -51,7 +54,17 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
     let mut rows = Vec::new();
     for (name, text) in BUILTIN_MANIFESTS {
         let mut g = OnnxGenerator::load_builtin(name, &models, Device::Cpu, threads)?;
-        let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, target_parts: None, source_parts: None, seed: 0, options: None };
+        let input = ForgeInput {
+            target: &img,
+            mask: &mask,
+            target_landmarks: None,
+            source: None,
+            source_landmarks: None,
+            target_parts: None,
+            source_parts: None,
+            seed: 0,
+            options: None,
+        };
         g.generate(&input)?; // warm-up
         let t = Instant::now();
         for i in 0..n {
@@ -73,7 +86,10 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let theirs = v["images_per_s"].as_f64().ok_or_else(|| anyhow!("bad python output"))?;
-        println!("{name:<14} mmtt {ours:8.2} images/s   python onnxruntime {theirs:8.2} images/s   ratio {:.2} ({threads} threads, {n} images)", ours / theirs);
+        println!(
+            "{name:<14} mmtt {ours:8.2} images/s   python onnxruntime {theirs:8.2} images/s   ratio {:.2} ({threads} threads, {n} images)",
+            ours / theirs
+        );
         rows.push(serde_json::json!({"method": name, "mmtt_images_per_s": ours, "python_images_per_s": theirs, "ratio": ours / theirs, "threads": threads}));
     }
     // the built-in generators on real faces
@@ -88,16 +104,33 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
             aligned.push((t.warp(&photo), t.landmarks_to_output(&f.landmarks)));
         }
         let parts = aligned[0].1.part_masks(512, 512);
-        let inpaint_mask = mmtt_generators::landmarks::merge_parts(&parts, &[mmtt_generators::parts::Part::Nose, mmtt_generators::parts::Part::LEye], 512, 512, 0.0);
+        let inpaint_mask = mmtt_generators::landmarks::merge_parts(
+            &parts,
+            &[mmtt_generators::parts::Part::Nose, mmtt_generators::parts::Part::LEye],
+            512,
+            512,
+            0.0,
+        );
         let swap_mask = mmtt_generators::landmarks::merge_parts(&parts, &mmtt_generators::parts::Part::FACE_REGION, 512, 512, 8.0);
         let reps = n.min(5);
         for (method, mut g, mask) in [
-            ("patch-inpaint", Box::new(mmtt_generators::forge::patch_inpaint::PatchInpaint::default()) as Box<dyn Generator>, &inpaint_mask),
+            (
+                "patch-inpaint",
+                Box::new(mmtt_generators::forge::patch_inpaint::PatchInpaint::default()) as Box<dyn Generator>,
+                &inpaint_mask,
+            ),
             ("classic-swap", Box::new(mmtt_generators::forge::classic_swap::ClassicSwap::default()) as Box<dyn Generator>, &swap_mask),
         ] {
             let input = ForgeInput {
-                target: &aligned[0].0, mask, target_landmarks: Some(&aligned[0].1),
-                source: Some(&aligned[1].0), source_landmarks: Some(&aligned[1].1), target_parts: None, source_parts: None, seed: 1, options: None,
+                target: &aligned[0].0,
+                mask,
+                target_landmarks: Some(&aligned[0].1),
+                source: Some(&aligned[1].0),
+                source_landmarks: Some(&aligned[1].1),
+                target_parts: None,
+                source_parts: None,
+                seed: 1,
+                options: None,
             };
             let t = Instant::now();
             for _ in 0..reps {
@@ -123,7 +156,11 @@ pub fn captions(n: usize, refs: Option<PathBuf>, preds: Option<PathBuf>, meteor_
     let (refs, preds) = match (refs, preds) {
         (Some(r), Some(p)) => (r, p),
         (None, None) => {
-            let st = std::process::Command::new(python()).arg(script("captions_reference.py")).args(["gen", &n.to_string(), "1"]).arg(&dir).status()?;
+            let st = std::process::Command::new(python())
+                .arg(script("captions_reference.py"))
+                .args(["gen", &n.to_string(), "1"])
+                .arg(&dir)
+                .status()?;
             if !st.success() {
                 bail!("scripts/captions_reference.py gen failed (run scripts/setup.sh for .venv)");
             }
@@ -141,7 +178,8 @@ pub fn captions(n: usize, refs: Option<PathBuf>, preds: Option<PathBuf>, meteor_
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("scores JSON")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let timing = stderr.lines().find_map(|l| l.strip_prefix("MMTT_TIMING ")).and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
+        let timing =
+            stderr.lines().find_map(|l| l.strip_prefix("MMTT_TIMING ")).and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default();
         Ok((s, v, timing))
     };
     let exe = std::env::current_exe()?;
@@ -155,7 +193,9 @@ pub fn captions(n: usize, refs: Option<PathBuf>, preds: Option<PathBuf>, meteor_
         let (mut best_ref, mut best_ours) = (f64::MAX, f64::MAX);
         let (mut want, mut got, mut phases) = (serde_json::Value::Null, serde_json::Value::Null, serde_json::Value::Null);
         for _ in 0..runs.max(1) {
-            let (s, v, _) = time(std::process::Command::new(python()).arg(script("captions_reference.py")).arg("score").arg(&refs).arg(&preds).arg(set))?;
+            let (s, v, _) = time(
+                std::process::Command::new(python()).arg(script("captions_reference.py")).arg("score").arg(&refs).arg(&preds).arg(set),
+            )?;
             best_ref = best_ref.min(s);
             want = v;
             let (s, v, p) = time(&mut ours(set))?;
@@ -187,7 +227,8 @@ pub fn captions(n: usize, refs: Option<PathBuf>, preds: Option<PathBuf>, meteor_
             println!("    {:<70} {t:7.3} s (the rest: process start, output)", "total inside the process");
         }
     };
-    let built = first_phases["phases"].as_array().into_iter().flatten().any(|ph| ph[0].as_str().is_some_and(|n| n.contains("cache built now")));
+    let built =
+        first_phases["phases"].as_array().into_iter().flatten().any(|ph| ph[0].as_str().is_some_and(|n| n.contains("cache built now")));
     println!("captions              {}", want.get("tokenized").and_then(|t| t["preds"].as_object()).map(|o| o.len()).unwrap_or(0));
     println!("BLEU + ROUGE-L + CIDEr (PTBTokenizer + Bleu(4) + Rouge + Cider; fresh processes, best of 3)");
     println!("  pycocoevalcap 1.2   {ref_ng:.3} s");
@@ -195,7 +236,9 @@ pub fn captions(n: usize, refs: Option<PathBuf>, preds: Option<PathBuf>, meteor_
     println!("  speed-up            {:.1} x", ref_ng / ours_ng);
     println!("  largest difference  {worst:.2e}");
     print_phases(&phases_ng);
-    println!("All metrics with METEOR (PTBTokenizer + Bleu(4) + Meteor 1.5 + Rouge + Cider, incl. loading Meteor's data; fresh processes, best of {meteor_runs})");
+    println!(
+        "All metrics with METEOR (PTBTokenizer + Bleu(4) + Meteor 1.5 + Rouge + Cider, incl. loading Meteor's data; fresh processes, best of {meteor_runs})"
+    );
     println!("  pycocoevalcap 1.2   {ref_all:.3} s");
     println!("  mmtt eval captions  {ours_all:.3} s (--metrics all)");
     println!("  speed-up            {:.1} x", ref_all / ours_all);
@@ -231,7 +274,11 @@ pub fn masks(n: usize) -> Result<()> {
     let t = Instant::now();
     (0..n).into_par_iter().try_for_each(|i| -> Result<()> {
         let (cx, cy, r) = (150 + (i * 37 % 200) as i64, 150 + (i * 91 % 200) as i64, 40 + (i % 60) as i64);
-        let circle = |dx: i64| GrayImage::from_fn(512, 512, |x, y| image::Luma([if (x as i64 - cx - dx).pow(2) + (y as i64 - cy).pow(2) < r * r { 255 } else { 0 }]));
+        let circle = |dx: i64| {
+            GrayImage::from_fn(512, 512, |x, y| {
+                image::Luma([if (x as i64 - cx - dx).pow(2) + (y as i64 - cy).pow(2) < r * r { 255 } else { 0 }])
+            })
+        };
         circle(0).save(gt.join(format!("{i:06}.png")))?;
         circle(5 + (i % 7) as i64).save(pred.join(format!("{i:06}.png")))?;
         Ok(())

@@ -9,9 +9,9 @@
 //! The server and the clients share the machine's cores.
 
 use crate::app::App;
-use crate::web::auth::{add_user, Role, UserName};
+use crate::web::auth::{Role, UserName, add_user};
 use crate::web::{AppState, WebConfig};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use std::time::{Duration, Instant};
 
 pub struct WebBenchArgs {
@@ -67,7 +67,8 @@ pub async fn run(app: &App, args: &WebBenchArgs) -> Result<WebBenchReport> {
     let mut users = Vec::new();
     for i in 0..args.clients {
         let name = UserName::parse(&format!("bench-annotator-{i}")).map_err(|e| anyhow!(e))?;
-        let id: Option<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE name = $1").bind(name.as_str()).fetch_optional(&app.pool).await?;
+        let id: Option<uuid::Uuid> =
+            sqlx::query_scalar("SELECT id FROM users WHERE name = $1").bind(name.as_str()).fetch_optional(&app.pool).await?;
         let id = match id {
             Some(id) => {
                 let hash = crate::web::auth::hash_password(PASSWORD)?;
@@ -84,7 +85,8 @@ pub async fn run(app: &App, args: &WebBenchArgs) -> Result<WebBenchReport> {
 
     let mut clients = Vec::new();
     for (name, _) in &users {
-        let c = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).pool_max_idle_per_host(1).build()?;
+        let c =
+            reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).pool_max_idle_per_host(1).build()?;
         let r = c.post(format!("{base}/login")).form(&[("name", name.as_str()), ("password", PASSWORD)]).send().await?;
         if r.status() != reqwest::StatusCode::SEE_OTHER {
             bail!("bench login as {} answered {}", name.as_str(), r.status());
@@ -126,7 +128,8 @@ pub async fn run(app: &App, args: &WebBenchArgs) -> Result<WebBenchReport> {
                     .and_then(|s| s.split('"').next())
                     .ok_or_else(|| anyhow!("no CSRF token on the task page"))?
                     .to_string();
-                let r = c.post(format!("{base}{loc}/skip")).form(&[("csrf", csrf.as_str()), ("reason", "no_visible_forgery")]).send().await?;
+                let r =
+                    c.post(format!("{base}{loc}/skip")).form(&[("csrf", csrf.as_str()), ("reason", "no_visible_forgery")]).send().await?;
                 if r.status() != reqwest::StatusCode::SEE_OTHER {
                     bail!("skip answered {}", r.status());
                 }

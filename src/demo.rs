@@ -4,7 +4,7 @@
 //! `python-matplotlib-data`'s grace_hopper.jpg), plus any `--faces DIR`.
 
 use crate::app::App;
-use crate::import::{self, datasets::Dataset, decode::DecodeLimits, ImportOptions};
+use crate::import::{self, ImportOptions, datasets::Dataset, decode::DecodeLimits};
 use crate::masks;
 use anyhow::Result;
 use mmtt_generators::detect::FaceFinder;
@@ -28,14 +28,7 @@ pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
             eprintln!("sample face {p} is missing: install it with `apt-get install {pkg}`");
         }
     }
-    let base = ImportOptions {
-        dataset: Dataset::Photos,
-        root: None,
-        files,
-        limit: None,
-        limits: DecodeLimits::default(),
-        progress: true,
-    };
+    let base = ImportOptions { dataset: Dataset::Photos, root: None, files, limit: None, limits: DecodeLimits::default(), progress: true };
     let s = import::run(app, base.clone(), Some(finder.clone())).await?;
     s.print_human(Dataset::Photos);
     if let Some(dir) = faces {
@@ -97,13 +90,16 @@ pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
         forgery_preview(Path::new(&s("original")), Path::new(&s("image")), Path::new(&s("mask")), &out)?;
         println!("  {}", out.display());
     }
-    println!("\nimages and masks are in {}; `mmtt sources list`, `mmtt forgeries list` and `mmtt masks stats` say more.", app.data_dir.join("blobs").display());
+    println!(
+        "\nimages and masks are in {}; `mmtt sources list`, `mmtt forgeries list` and `mmtt masks stats` say more.",
+        app.data_dir.join("blobs").display()
+    );
     Ok(())
 }
 
 /// The demo's accounts, created or given new passwords: (name, role, password).
 pub async fn demo_accounts(app: &App) -> Result<Vec<(String, String, String)>> {
-    use crate::web::auth::{hash_password, random_token, Role, UserName};
+    use crate::web::auth::{Role, UserName, hash_password, random_token};
     let mut out = Vec::new();
     for role in [Role::Annotator, Role::Reviewer, Role::Admin] {
         let name = UserName::parse(&format!("demo-{role}")).map_err(anyhow::Error::msg)?;

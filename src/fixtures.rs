@@ -7,11 +7,11 @@
 //! (no ear files for the second image, an all-zero `hat` file for the first) and the part pixels
 //! are written in channel 0 only for one image. The returned manifest lists what each image has.
 
-use anyhow::{bail, Context, Result};
-use image::{imageops, Rgb, RgbImage};
+use anyhow::{Context, Result, bail};
+use image::{Rgb, RgbImage, imageops};
 use mmtt_generators::align::AlignTransform;
 use mmtt_generators::detect::FaceFinder;
-use mmtt_generators::geometry::{fill_polygon, empty_mask, subtract_into, Pt};
+use mmtt_generators::geometry::{Pt, empty_mask, fill_polygon, subtract_into};
 use mmtt_generators::parts::Part;
 use serde::Serialize;
 use std::path::{Path, PathBuf};

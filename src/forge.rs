@@ -22,16 +22,16 @@
 use crate::app::App;
 use crate::masks;
 use crate::store::{BlobKey, BlobStore};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use image::RgbImage;
+use mmtt_generators::FACE_SIZE;
 use mmtt_generators::forge::classic_swap::ClassicSwap;
 use mmtt_generators::forge::onnx::{Device, OnnxGenerator};
 use mmtt_generators::forge::part_swap::PartSwap;
 use mmtt_generators::forge::patch_inpaint::PatchInpaint;
-use mmtt_generators::forge::{composite, ForgeInput, Generator, PartMasks};
+use mmtt_generators::forge::{ForgeInput, Generator, PartMasks, composite};
 use mmtt_generators::landmarks::Landmarks68;
 use mmtt_generators::mask::{decode_mask_png, encode_rgb_png};
-use mmtt_generators::FACE_SIZE;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -139,7 +139,9 @@ fn donor_needs_landmarks(method: &str) -> bool {
 pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
     let families: Vec<(String, &'static str, u64)> = if req.mix_paper {
         if req.methods.len() != 3 {
-            bail!("--mix paper takes three methods in the paper's order (swap, transformer, diffusion), e.g. --method classic-swap,mat,patch-inpaint");
+            bail!(
+                "--mix paper takes three methods in the paper's order (swap, transformer, diffusion), e.g. --method classic-swap,mat,patch-inpaint"
+            );
         }
         let counts = paper_counts(req.count);
         let mut v = Vec::new();
@@ -171,11 +173,15 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
         .bind(req.plan_seed as i64)
         .bind(req.mix_paper.then_some("paper"))
         .bind(&names)
-        .bind(match req.device { Device::Cpu => "cpu", Device::Cuda => "cuda" })
+        .bind(match req.device {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        })
         .bind(&req.params)
         .execute(&app.pool)
         .await?;
-    let rows = sqlx::query("SELECT id, split_key, split, dataset, landmarks IS NOT NULL FROM sources ORDER BY id").fetch_all(&app.pool).await?;
+    let rows =
+        sqlx::query("SELECT id, split_key, split, dataset, landmarks IS NOT NULL FROM sources ORDER BY id").fetch_all(&app.pool).await?;
     let all: Vec<Candidate> =
         rows.iter().map(|r| Candidate { id: r.get(0), key: r.get(1), split: r.get(2), dataset: r.get(3), landmarks: r.get(4) }).collect();
     let without_landmarks = all.iter().filter(|c| !c.landmarks).count();
@@ -239,7 +245,10 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
             }
         }
         if queued < want {
-            out.unavailable.push(format!("{method}: {queued} of {want} queued (no more sources without a {method} forgery for plan seed {})", req.plan_seed));
+            out.unavailable.push(format!(
+                "{method}: {queued} of {want} queued (no more sources without a {method} forgery for plan seed {})",
+                req.plan_seed
+            ));
             if needs_landmarks(&method) && without_landmarks > 0 {
                 out.unavailable.push(format!(
                     "{method}: {without_landmarks} sources have no landmarks and cannot be its targets; `mmtt landmarks backfill` searches those never searched"
@@ -370,7 +379,10 @@ async fn load_parts(app: &App, id: uuid::Uuid) -> Result<PartMasks> {
     let mut out = PartMasks::new();
     for (part, hash) in rows {
         let key: BlobKey = hash.parse()?;
-        out.insert(part.parse()?, decode_mask_png(&app.store.get(&key)?, FACE_SIZE).with_context(|| format!("part mask {part} of source {id}"))?);
+        out.insert(
+            part.parse()?,
+            decode_mask_png(&app.store.get(&key)?, FACE_SIZE).with_context(|| format!("part mask {part} of source {id}"))?,
+        );
     }
     Ok(out)
 }
@@ -402,8 +414,23 @@ async fn load_item(app: &App, c: ClaimRow) -> Result<Claimed> {
         None
     };
     Ok(Claimed {
-        item_id, method, seed: seed as u64, target_id, donor_id, plan_id, split, original_key, mask_key, target, mask, target_lm, donor, parts, params,
-        claimed_at: t0, load_ms: t0.elapsed().as_secs_f64() * 1e3,
+        item_id,
+        method,
+        seed: seed as u64,
+        target_id,
+        donor_id,
+        plan_id,
+        split,
+        original_key,
+        mask_key,
+        target,
+        mask,
+        target_lm,
+        donor,
+        parts,
+        params,
+        claimed_at: t0,
+        load_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
 }
 
@@ -467,7 +494,9 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                         seed: c.seed,
                         options: Some(&c.params),
                     };
-                    g.generate_with_mask(&input).map(|(img, mask)| (img, mask, g.provenance(), t.elapsed().as_secs_f64() * 1e3)).map_err(|e| e.to_string())
+                    g.generate_with_mask(&input)
+                        .map(|(img, mask)| (img, mask, g.provenance(), t.elapsed().as_secs_f64() * 1e3))
+                        .map_err(|e| e.to_string())
                 }
             };
             if gen_tx.blocking_send(Generated { claimed: c, result }).is_err() {
@@ -626,12 +655,11 @@ pub async fn jobs_report(pool: &sqlx::PgPool) -> Result<serde_json::Value> {
     let mut jobs = Vec::new();
     for r in rows {
         let id: uuid::Uuid = r.get(0);
-        let failures: Vec<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
-            "SELECT id, method, last_error FROM forge_items WHERE job_id = $1 AND status = 'failed' ORDER BY updated_at",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await?;
+        let failures: Vec<(uuid::Uuid, String, Option<String>)> =
+            sqlx::query_as("SELECT id, method, last_error FROM forge_items WHERE job_id = $1 AND status = 'failed' ORDER BY updated_at")
+                .bind(id)
+                .fetch_all(pool)
+                .await?;
         jobs.push(serde_json::json!({
             "id": id, "methods": r.get::<Vec<String>, _>(1), "requested": r.get::<i32, _>(2), "created_at": r.get::<String, _>(3),
             "queued": r.get::<i64, _>(4), "running": r.get::<i64, _>(5), "done": r.get::<i64, _>(6), "failed": r.get::<i64, _>(7),
@@ -683,4 +711,3 @@ mod tests {
         assert_eq!(c, [35, 29, 36]);
     }
 }
-

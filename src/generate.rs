@@ -1,15 +1,15 @@
 //! `mmtt generate`: one forgery from files, outside any job (what IOPaint's `run` does for
 //! inpainting users), also the Rust side of the ONNX parity tests (`--raw`).
 
-use crate::import::decode::{read_image, DecodeLimits};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::import::decode::{DecodeLimits, read_image};
+use anyhow::{Context, Result, anyhow, bail};
 use image::GrayImage;
 use mmtt_generators::detect::FaceFinder;
 use mmtt_generators::forge::classic_swap::ClassicSwap;
 use mmtt_generators::forge::onnx::{Device, OnnxGenerator};
 use mmtt_generators::forge::part_swap::PartSwap;
 use mmtt_generators::forge::patch_inpaint::PatchInpaint;
-use mmtt_generators::forge::{composite, ForgeInput, Generator};
+use mmtt_generators::forge::{ForgeInput, Generator, composite};
 use std::path::PathBuf;
 
 pub struct GenerateArgs {

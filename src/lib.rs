@@ -15,11 +15,11 @@
 
 pub mod annotation;
 pub mod app;
+pub mod bench;
+pub mod bench_web;
 pub mod db;
 pub mod demo;
 pub mod export;
-pub mod bench;
-pub mod bench_web;
 pub mod fixtures;
 pub mod forge;
 pub mod generate;

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mmtt::app::App;
 use mmtt::db::cluster;
-use mmtt::import::{self, datasets::Dataset, decode::DecodeLimits, ImportOptions};
+use mmtt::import::{self, ImportOptions, datasets::Dataset, decode::DecodeLimits};
 use mmtt::masks;
 use mmtt::store::BlobStore;
 use mmtt_generators::detect::FaceFinder;
@@ -747,14 +747,13 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let json = *json;
             with_app!(cli, |app| {
-                    let s = import::run(app, opts.clone(), None).await?;
-                    s.print_human(opts.dataset);
-                    if json {
-                        println!("{}", serde_json::to_string(&s)?);
-                    }
-                    Ok(())
+                let s = import::run(app, opts.clone(), None).await?;
+                s.print_human(opts.dataset);
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
                 }
-            )
+                Ok(())
+            })
         }
         Command::Landmarks { action: Some(LandmarksAction::Backfill { dataset, limit, batch, retry_no_face, json }), .. } => {
             let opts = import::landmarks::BackfillOptions {
@@ -791,7 +790,9 @@ async fn run(cli: Cli) -> Result<()> {
                                 println!("    {}", pts.join(" "));
                             }
                         }
-                        all.push(serde_json::json!({"path": p.display().to_string(), "detector": finder.detector_kind().name(), "faces": faces}));
+                        all.push(
+                            serde_json::json!({"path": p.display().to_string(), "detector": finder.detector_kind().name(), "faces": faces}),
+                        );
                     }
                     Err(e) => {
                         eprintln!("error: {e:#}");
@@ -819,67 +820,77 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Masks { action } => {
             with_app!(cli, |app| {
-                    match action {
-                        MasksAction::Plan { seed, dataset, json } => {
-                            let s = masks::plan_all(app, *seed, dataset.map(|d| d.name()), true).await?;
-                            println!("masks planned for {} sources, {} already planned, {} without facial parts", s.planned, s.already_planned, s.unplannable.len());
-                            for u in &s.unplannable {
-                                println!("  {u}");
-                            }
-                            if *json {
-                                println!("{}", serde_json::to_string(&s)?);
-                            }
+                match action {
+                    MasksAction::Plan { seed, dataset, json } => {
+                        let s = masks::plan_all(app, *seed, dataset.map(|d| d.name()), true).await?;
+                        println!(
+                            "masks planned for {} sources, {} already planned, {} without facial parts",
+                            s.planned,
+                            s.already_planned,
+                            s.unplannable.len()
+                        );
+                        for u in &s.unplannable {
+                            println!("  {u}");
                         }
-                        MasksAction::Stats { seed, json } => {
-                            let s = masks::stats(app, *seed).await?;
-                            if *json {
-                                println!("{}", serde_json::to_string(&s)?);
-                            } else {
-                                masks::print_stats(&s.all);
-                            }
+                        if *json {
+                            println!("{}", serde_json::to_string(&s)?);
                         }
-                        MasksAction::Preview { source, out, seed } => {
-                            masks::preview(app, *source, *seed, out).await?;
-                            println!("wrote {}", out.display());
-                        }
-                        MasksAction::Simulate { .. } => unreachable!("handled without a database"),
                     }
-                    Ok(())
+                    MasksAction::Stats { seed, json } => {
+                        let s = masks::stats(app, *seed).await?;
+                        if *json {
+                            println!("{}", serde_json::to_string(&s)?);
+                        } else {
+                            masks::print_stats(&s.all);
+                        }
+                    }
+                    MasksAction::Preview { source, out, seed } => {
+                        masks::preview(app, *source, *seed, out).await?;
+                        println!("wrote {}", out.display());
+                    }
+                    MasksAction::Simulate { .. } => unreachable!("handled without a database"),
                 }
-            )
+                Ok(())
+            })
         }
         Command::Sources { action: SourcesAction::List { dataset, json } } => {
             with_app!(cli, |app| {
-                    let rows = sqlx::query(
-                        "SELECT id, dataset, original_id, face_index, split, parts, image_hash, original_path FROM sources \
+                let rows = sqlx::query(
+                    "SELECT id, dataset, original_id, face_index, split, parts, image_hash, original_path FROM sources \
                          WHERE ($1::text IS NULL OR dataset = $1) ORDER BY created_at, id",
-                    )
-                    .bind(dataset.map(|d| d.name()))
-                    .fetch_all(&app.pool)
-                    .await?;
-                    let mut out = Vec::new();
-                    for r in rows {
-                        let hash: String = r.get(6);
-                        let path = app.store.local_path(&hash.parse()?).map(|p| p.display().to_string());
-                        let v = serde_json::json!({
-                            "id": r.get::<uuid::Uuid, _>(0), "dataset": r.get::<String, _>(1),
-                            "original_id": r.get::<String, _>(2), "face_index": r.get::<i32, _>(3),
-                            "split": r.get::<String, _>(4), "parts": r.get::<Vec<String>, _>(5),
-                            "image": path, "original_path": r.get::<String, _>(7),
-                        });
-                        if !*json {
-                            println!("{}  {:<13} {:<20} face {} {:<10} {} parts  {}", v["id"].as_str().unwrap_or_default(), v["dataset"].as_str().unwrap_or_default(),
-                                truncate(v["original_id"].as_str().unwrap_or_default(), 20), v["face_index"], v["split"].as_str().unwrap_or_default(),
-                                v["parts"].as_array().map(|a| a.len()).unwrap_or(0), v["image"].as_str().unwrap_or_default());
-                        }
-                        out.push(v);
+                )
+                .bind(dataset.map(|d| d.name()))
+                .fetch_all(&app.pool)
+                .await?;
+                let mut out = Vec::new();
+                for r in rows {
+                    let hash: String = r.get(6);
+                    let path = app.store.local_path(&hash.parse()?).map(|p| p.display().to_string());
+                    let v = serde_json::json!({
+                        "id": r.get::<uuid::Uuid, _>(0), "dataset": r.get::<String, _>(1),
+                        "original_id": r.get::<String, _>(2), "face_index": r.get::<i32, _>(3),
+                        "split": r.get::<String, _>(4), "parts": r.get::<Vec<String>, _>(5),
+                        "image": path, "original_path": r.get::<String, _>(7),
+                    });
+                    if !*json {
+                        println!(
+                            "{}  {:<13} {:<20} face {} {:<10} {} parts  {}",
+                            v["id"].as_str().unwrap_or_default(),
+                            v["dataset"].as_str().unwrap_or_default(),
+                            truncate(v["original_id"].as_str().unwrap_or_default(), 20),
+                            v["face_index"],
+                            v["split"].as_str().unwrap_or_default(),
+                            v["parts"].as_array().map(|a| a.len()).unwrap_or(0),
+                            v["image"].as_str().unwrap_or_default()
+                        );
                     }
-                    if *json {
-                        println!("{}", serde_json::to_string(&out)?);
-                    }
-                    Ok(())
+                    out.push(v);
                 }
-            )
+                if *json {
+                    println!("{}", serde_json::to_string(&out)?);
+                }
+                Ok(())
+            })
         }
         Command::Demo { faces, seed, no_serve, bind } => {
             let faces = faces.clone();
@@ -909,7 +920,24 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&written)?);
             Ok(())
         }
-        Command::Forge { method, count, seed, plan_seed, mix, device, max_attempts, wait, worker, json, prompt, negative_prompt, steps, guidance, strength, scheduler } => {
+        Command::Forge {
+            method,
+            count,
+            seed,
+            plan_seed,
+            mix,
+            device,
+            max_attempts,
+            wait,
+            worker,
+            json,
+            prompt,
+            negative_prompt,
+            steps,
+            guidance,
+            strength,
+            scheduler,
+        } => {
             let mix_paper = match mix.as_deref() {
                 None => false,
                 Some("paper") => true,
@@ -979,19 +1007,32 @@ async fn run(cli: Cli) -> Result<()> {
                 for j in report.as_array().into_iter().flatten() {
                     println!(
                         "job {} {}: {} done, {} queued, {} running, {} failed (of {} requested)",
-                        j["id"].as_str().unwrap_or_default(), j["methods"], j["done"], j["queued"], j["running"], j["failed"], j["requested"]
+                        j["id"].as_str().unwrap_or_default(),
+                        j["methods"],
+                        j["done"],
+                        j["queued"],
+                        j["running"],
+                        j["failed"],
+                        j["requested"]
                     );
                     for f in j["failures"].as_array().into_iter().flatten() {
-                        println!("  failed {} ({}): {}", f["item"].as_str().unwrap_or_default(), f["method"].as_str().unwrap_or_default(), f["reason"].as_str().unwrap_or_default());
+                        println!(
+                            "  failed {} ({}): {}",
+                            f["item"].as_str().unwrap_or_default(),
+                            f["method"].as_str().unwrap_or_default(),
+                            f["reason"].as_str().unwrap_or_default()
+                        );
                     }
                 }
-                let exports: Vec<(uuid::Uuid, String, String, String, i32, i32, Option<String>)> = sqlx::query_as(
-                    "SELECT id, format, out_dir, status, done, total, error FROM exports ORDER BY started_at",
-                )
-                .fetch_all(&app.pool)
-                .await?;
+                let exports: Vec<(uuid::Uuid, String, String, String, i32, i32, Option<String>)> =
+                    sqlx::query_as("SELECT id, format, out_dir, status, done, total, error FROM exports ORDER BY started_at")
+                        .fetch_all(&app.pool)
+                        .await?;
                 for (id, format, out, status, done, total, error) in exports {
-                    println!("export {id} {format} -> {out}: {status}, {done}/{total} samples{}", error.map(|e| format!(" ({e})")).unwrap_or_default());
+                    println!(
+                        "export {id} {format} -> {out}: {status}, {done}/{total} samples{}",
+                        error.map(|e| format!(" ({e})")).unwrap_or_default()
+                    );
                 }
             }
             Ok(())
@@ -1002,9 +1043,16 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&list)?);
             } else {
                 for f in &list {
-                    println!("{}  {:<13} {:<10} {}  image {}  mask {}  original {}", f["id"].as_str().unwrap_or_default(), f["method"].as_str().unwrap_or_default(),
-                        f["split"].as_str().unwrap_or_default(), f["status"].as_str().unwrap_or_default(), f["image"].as_str().unwrap_or_default(),
-                        f["mask"].as_str().unwrap_or_default(), f["original"].as_str().unwrap_or_default());
+                    println!(
+                        "{}  {:<13} {:<10} {}  image {}  mask {}  original {}",
+                        f["id"].as_str().unwrap_or_default(),
+                        f["method"].as_str().unwrap_or_default(),
+                        f["split"].as_str().unwrap_or_default(),
+                        f["status"].as_str().unwrap_or_default(),
+                        f["image"].as_str().unwrap_or_default(),
+                        f["mask"].as_str().unwrap_or_default(),
+                        f["original"].as_str().unwrap_or_default()
+                    );
                 }
             }
             Ok(())
@@ -1012,17 +1060,31 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Generate { method, image, mask, source, seed, out, raw, models, device, threads, options, mask_out } => {
             let models = models.clone().unwrap_or_else(|| mmtt::forge::default_models_dir(&cli.data_dir));
             let options = match options {
-                Some(t) => Some(serde_json::from_str::<serde_json::Value>(t).map_err(|e| anyhow::anyhow!("--options must be a JSON object: {e}"))?),
+                Some(t) => Some(
+                    serde_json::from_str::<serde_json::Value>(t).map_err(|e| anyhow::anyhow!("--options must be a JSON object: {e}"))?,
+                ),
                 None => None,
             };
             mmtt::generate::run(&mmtt::generate::GenerateArgs {
-                method: method.clone(), image: image.clone(), mask: mask.clone(), source: source.clone(), seed: *seed,
-                out: out.clone(), raw: raw.clone(), models, device: (*device).into(), threads: *threads, options, mask_out: mask_out.clone(),
+                method: method.clone(),
+                image: image.clone(),
+                mask: mask.clone(),
+                source: source.clone(),
+                seed: *seed,
+                out: out.clone(),
+                raw: raw.clone(),
+                models,
+                device: (*device).into(),
+                threads: *threads,
+                options,
+                mask_out: mask_out.clone(),
             })
         }
         Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),
         Command::Bench { action: BenchAction::Masks { n } } => mmtt::bench::masks(*n),
-        Command::Bench { action: BenchAction::Captions { n, refs, preds, meteor_runs } } => mmtt::bench::captions(*n, refs.clone(), preds.clone(), *meteor_runs),
+        Command::Bench { action: BenchAction::Captions { n, refs, preds, meteor_runs } } => {
+            mmtt::bench::captions(*n, refs.clone(), preds.clone(), *meteor_runs)
+        }
         Command::Bench { action: BenchAction::Export { out } } => with_app!(cli, |app| {
             let r = mmtt::export::bench(app, out).await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
@@ -1070,10 +1132,28 @@ async fn run(cli: Cli) -> Result<()> {
                 .stderr(file)
                 .spawn()
                 .map_err(|e| anyhow::anyhow!("cannot start the background export: {e}"))?;
-            println!("export running in the background (pid {}); log {}; progress: `mmtt jobs` or the admin dashboard", child.id(), log.display());
+            println!(
+                "export running in the background (pid {}); log {}; progress: `mmtt jobs` or the admin dashboard",
+                child.id(),
+                log.display()
+            );
             Ok(())
         }
-        Command::Export { format, out, include_unreviewed, methods, datasets, resplit, seed, ratios, link, no_originals, shard_size, json, .. } => {
+        Command::Export {
+            format,
+            out,
+            include_unreviewed,
+            methods,
+            datasets,
+            resplit,
+            seed,
+            ratios,
+            link,
+            no_originals,
+            shard_size,
+            json,
+            ..
+        } => {
             let mut o = mmtt::export::ExportOptions::new(*format, out.clone());
             o.include_unreviewed = *include_unreviewed;
             o.methods = methods.clone();
@@ -1096,7 +1176,16 @@ async fn run(cli: Cli) -> Result<()> {
                         "exported {} samples ({}) to {} in {:.1} s: {} files, {:.1} MB ({} verified from an earlier run: {} kept, {} rewritten; {} stale removed); splits seed {} ratios {}",
                         r.samples,
                         r.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
-                        r.out, r.seconds, r.files, r.bytes as f64 / 1e6, r.verified_files, r.reused_files, r.replaced_files, r.removed_files, r.split_seed, r.split_ratios
+                        r.out,
+                        r.seconds,
+                        r.files,
+                        r.bytes as f64 / 1e6,
+                        r.verified_files,
+                        r.reused_files,
+                        r.replaced_files,
+                        r.removed_files,
+                        r.split_seed,
+                        r.split_ratios
                     );
                 }
                 Ok(())
@@ -1133,7 +1222,9 @@ async fn run(cli: Cli) -> Result<()> {
                     let v = match metrics {
                         MetricSet::Ngram => serde_json::to_value(set.score_timed(None, &mut phases)?)?,
                         MetricSet::Meteor => serde_json::json!({ "METEOR": set.meteor(&meteor_data(meteor_data_dir.as_deref())?)? }),
-                        MetricSet::All => serde_json::to_value(set.score_timed(Some(&meteor_data(meteor_data_dir.as_deref())?), &mut phases)?)?,
+                        MetricSet::All => {
+                            serde_json::to_value(set.score_timed(Some(&meteor_data(meteor_data_dir.as_deref())?), &mut phases)?)?
+                        }
                     };
                     // `mmtt bench captions` asks where the time went
                     if std::env::var_os("MMTT_TIMING").is_some() {
@@ -1141,10 +1232,19 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     v
                 }
-                EvalAction::Masks { gt, pred, threshold } => serde_json::to_value(mmtt_model::eval::masks::evaluate(gt, pred, *threshold)?)?,
+                EvalAction::Masks { gt, pred, threshold } => {
+                    serde_json::to_value(mmtt_model::eval::masks::evaluate(gt, pred, *threshold)?)?
+                }
                 EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name, meteor_data: meteor_data_dir } => {
                     let data = meteor_data(meteor_data_dir.as_deref())?;
-                    let r = mmtt_model::eval::report::evaluate(&read_text(gt)?, &read_text(pred)?, gt_mask_base, pred_mask_base, *threshold, Some(&data))?;
+                    let r = mmtt_model::eval::report::evaluate(
+                        &read_text(gt)?,
+                        &read_text(pred)?,
+                        gt_mask_base,
+                        pred_mask_base,
+                        *threshold,
+                        Some(&data),
+                    )?;
                     eprintln!("{}", mmtt_model::eval::report::table_line(name, &r));
                     println!("{}", serde_json::to_string(&r)?);
                     return Ok(());
@@ -1189,14 +1289,13 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Project { action } => {
             with_app!(cli, |app| {
-                    if let ProjectAction::SetSplit { seed, ratios } = action {
-                        mmtt::db::set_split(&app.pool, *seed, *ratios).await?;
-                    }
-                    let s = mmtt::db::settings(&app.pool).await?;
-                    println!("split seed {}, ratios {} (train:validation:test)", s.split_seed, s.split_ratios);
-                    Ok(())
+                if let ProjectAction::SetSplit { seed, ratios } = action {
+                    mmtt::db::set_split(&app.pool, *seed, *ratios).await?;
                 }
-            )
+                let s = mmtt::db::settings(&app.pool).await?;
+                println!("split seed {}, ratios {} (train:validation:test)", s.split_seed, s.split_ratios);
+                Ok(())
+            })
         }
     }
 }

@@ -7,15 +7,15 @@
 
 use crate::app::App;
 use crate::store::{BlobKey, BlobStore};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use image::{GrayImage, Rgb, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
+use mmtt_generators::FACE_SIZE;
 use mmtt_generators::geometry::{count_set, dilate, empty_mask, union_into};
 use mmtt_generators::landmarks::Landmarks68;
 use mmtt_generators::mask::{decode_mask_png, encode_mask_png, encode_rgb_png};
 use mmtt_generators::parts::Part;
-use mmtt_generators::plan::{self, MaskKind, PartSource, PlanStats, PlannedMask, Purpose, MASK_RULES_VERSION};
-use mmtt_generators::FACE_SIZE;
+use mmtt_generators::plan::{self, MASK_RULES_VERSION, MaskKind, PartSource, PlanStats, PlannedMask, Purpose};
 use rayon::prelude::*;
 use serde::Serialize;
 use sqlx::Row;
@@ -221,9 +221,24 @@ pub fn print_stats(s: &PlanStats) {
 }
 
 const PALETTE: [[u8; 3]; 18] = [
-    [255, 204, 153], [255, 128, 0], [160, 160, 160], [0, 128, 255], [0, 200, 255], [128, 64, 0], [200, 100, 0],
-    [255, 0, 255], [180, 0, 255], [255, 0, 0], [255, 80, 120], [200, 0, 80], [90, 60, 30], [0, 100, 0],
-    [255, 255, 0], [0, 255, 128], [120, 200, 120], [60, 60, 200],
+    [255, 204, 153],
+    [255, 128, 0],
+    [160, 160, 160],
+    [0, 128, 255],
+    [0, 200, 255],
+    [128, 64, 0],
+    [200, 100, 0],
+    [255, 0, 255],
+    [180, 0, 255],
+    [255, 0, 0],
+    [255, 80, 120],
+    [200, 0, 80],
+    [90, 60, 30],
+    [0, 100, 0],
+    [255, 255, 0],
+    [0, 255, 128],
+    [120, 200, 120],
+    [60, 60, 200],
 ];
 
 fn outline(mask: &GrayImage) -> Vec<(u32, u32)> {

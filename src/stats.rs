@@ -218,7 +218,10 @@ pub fn bar_chart(title: &str, bars: &[(String, f64)], y_label: &str) -> Result<S
             .context("chart mesh")?;
         chart
             .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-                let mut r = Rectangle::new([(SegmentValue::Exact(i as u32), 0.0), (SegmentValue::Exact(i as u32 + 1), *v)], RGBColor(45, 95, 168).filled());
+                let mut r = Rectangle::new(
+                    [(SegmentValue::Exact(i as u32), 0.0), (SegmentValue::Exact(i as u32 + 1), *v)],
+                    RGBColor(45, 95, 168).filled(),
+                );
                 r.set_margin(0, 0, 4, 4);
                 r
             }))
@@ -266,7 +269,14 @@ pub async fn load(pool: &sqlx::PgPool, scope: &Scope) -> Result<(Vec<StatSample>
     let (rows, faces) = tokio::try_join!(grouped, faces)?;
     let samples = rows
         .into_iter()
-        .map(|(method, split, parts, words, mentions, n)| StatSample { method, split, parts, words, mentions: mentions.unwrap_or_default(), count: n as u64 })
+        .map(|(method, split, parts, words, mentions, n)| StatSample {
+            method,
+            split,
+            parts,
+            words,
+            mentions: mentions.unwrap_or_default(),
+            count: n as u64,
+        })
         .collect();
     Ok((samples, faces as u64))
 }

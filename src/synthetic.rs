@@ -8,7 +8,7 @@
 use crate::app::App;
 use crate::split;
 use crate::store::BlobStore;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use image::{GrayImage, RgbImage};
 use mmtt_generators::forge::SplitMix64;
 use mmtt_generators::mask::{encode_mask_png, encode_rgb_png};
@@ -47,15 +47,15 @@ fn variant_image(i: usize) -> RgbImage {
 
 fn variant_mask(i: usize) -> GrayImage {
     let (cx, cy, r) = (180.0 + (i * 13 % 150) as f32, 180.0 + (i * 29 % 150) as f32, 30.0 + (i * 7 % 60) as f32);
-    GrayImage::from_fn(512, 512, |x, y| {
-        image::Luma([if (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) < r * r { 255 } else { 0 }])
-    })
+    GrayImage::from_fn(512, 512, |x, y| image::Luma([if (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) < r * r { 255 } else { 0 }]))
 }
 
 pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, force: bool) -> Result<u64> {
     let real: i64 = sqlx::query_scalar("SELECT count(*) FROM sources WHERE dataset <> 'synthetic'").fetch_one(&app.pool).await?;
     if real > 0 && !force {
-        bail!("this database holds {real} real sources: seed-synthetic is for benchmark and test databases (pass --force to add synthetic rows anyway)");
+        bail!(
+            "this database holds {real} real sources: seed-synthetic is for benchmark and test databases (pass --force to add synthetic rows anyway)"
+        );
     }
     let settings = crate::db::settings(&app.pool).await?;
     let mut originals = Vec::new();
@@ -98,7 +98,12 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
                 .bind(format!("synthetic-annotator-{seed}-{k}"))
                 .execute(&app.pool)
                 .await?;
-            annotators.push(sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM users WHERE name = $1").bind(format!("synthetic-annotator-{seed}-{k}")).fetch_one(&app.pool).await?);
+            annotators.push(
+                sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM users WHERE name = $1")
+                    .bind(format!("synthetic-annotator-{seed}-{k}"))
+                    .fetch_one(&app.pool)
+                    .await?,
+            );
         }
     }
     let mut rng = SplitMix64(seed);
@@ -153,7 +158,11 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
              SELECT id, 'synthetic', oid, '(synthetic)', 512, 512, h, 512, 512, 'landmarks', '{}', sp, k \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS t(id, oid, h, sp, k)",
         )
-        .bind(&c.source).bind(&c.original_id).bind(&c.original).bind(&c.split).bind(&c.key)
+        .bind(&c.source)
+        .bind(&c.original_id)
+        .bind(&c.original)
+        .bind(&c.split)
+        .bind(&c.key)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -161,7 +170,12 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
              SELECT id, sid, 'inpaint', 'parts', string_to_array(pa, ','), cardinality(string_to_array(pa, ',')), $4, 0, 1, mh, px \
              FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $5::int[], $6::text[]) AS t(id, sid, mh, px, pa)",
         )
-        .bind(&c.plan).bind(&c.source).bind(&c.mask).bind(seed as i64).bind(&c.pixels).bind(&c.parts)
+        .bind(&c.plan)
+        .bind(&c.source)
+        .bind(&c.mask)
+        .bind(seed as i64)
+        .bind(&c.pixels)
+        .bind(&c.parts)
         .execute(&mut *tx)
         .await?;
         sqlx::query(

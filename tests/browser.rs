@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::web::{spawn_app, world, PASSWORD};
+use common::web::{PASSWORD, spawn_app, world};
 use fantoccini::{Client, ClientBuilder, Locator};
 use mmtt::web::WebConfig;
 use std::path::PathBuf;
@@ -25,10 +25,18 @@ struct Driver {
 impl Driver {
     fn start() -> Driver {
         for bin in [CHROMIUM, CHROMEDRIVER] {
-            assert!(std::path::Path::new(bin).exists(), "{bin} is missing: run scripts/setup.sh (Debian packages chromium and chromium-driver)");
+            assert!(
+                std::path::Path::new(bin).exists(),
+                "{bin} is missing: run scripts/setup.sh (Debian packages chromium and chromium-driver)"
+            );
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(CHROMEDRIVER).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start chromedriver");
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");

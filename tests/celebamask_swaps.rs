@@ -198,7 +198,15 @@ fn paper_mix_on_the_celebamask_fixture_produces_swaps() {
         }
         assert_eq!(split, target_split);
         if method != "classic-swap" {
-            assert!(donor.is_none());
+            // face-aware patch-inpaint takes a donor of the same split, with landmarks, where one exists
+            if let Some(d) = donor {
+                assert_ne!(d, target, "{method} on {k}: its own donor");
+                let (donor_split, donor_lm): (String, bool) = env.db.query(async |p| {
+                    sqlx::query_as("SELECT split, landmarks IS NOT NULL FROM sources WHERE id = $1").bind(*d).fetch_one(p).await.unwrap()
+                });
+                assert_eq!(&donor_split, target_split, "{method} on {k}: the donor is in the target's split");
+                assert!(donor_lm, "{method} on {k}: the donor has landmarks");
+            }
             continue;
         }
         assert!(changed as f64 > 0.5 * inside as f64, "{method} on {k}: only {changed} of {inside} masked pixels changed");

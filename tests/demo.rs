@@ -9,17 +9,24 @@ fn demo_imports_plans_and_writes_previews() {
     let env = common::Env::new();
     let out = env.ok(&["demo", "--seed", "3", "--no-serve"]);
     assert!(out.contains("import photos: 2 imported (2 faces)"), "{out}");
-    let previews: Vec<&str> = out.lines().filter_map(|l| l.trim().split_whitespace().next()).filter(|w| w.ends_with(".png") && w.contains("/previews/")).collect();
+    let previews: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.trim().split_whitespace().next())
+        .filter(|w| w.ends_with(".png") && w.contains("/previews/"))
+        .collect();
     assert_eq!(previews.len(), 2, "{out}");
     for p in previews {
         let img = image::open(p).unwrap_or_else(|e| panic!("{p}: {e}"));
         assert_eq!(img.dimensions(), (1024, 512));
         // the right half shows the inpainting mask tinted red: some pixels are strongly red
         let rgb = img.into_rgb8();
-        let red = (512..1024).flat_map(|x| (0..512).map(move |y| (x, y))).filter(|&(x, y)| {
-            let p = rgb.get_pixel(x, y).0;
-            p[0] as i32 - p[1] as i32 > 100
-        }).count();
+        let red = (512..1024)
+            .flat_map(|x| (0..512).map(move |y| (x, y)))
+            .filter(|&(x, y)| {
+                let p = rgb.get_pixel(x, y).0;
+                p[0] as i32 - p[1] as i32 > 100
+            })
+            .count();
         assert!(red > 100, "{p}: no mask overlay visible");
     }
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM mask_plans WHERE seed = 3"), 4);

@@ -72,14 +72,24 @@ fn captions_equal_pycocoevalcap_on_thousands_of_generated_explanations() {
             bad.push(format!("{}\n  java: {theirs}\n  mmtt: {mine}", p[id]));
         }
     }
-    assert!(bad.is_empty(), "{} of {n} captions tokenize differently, e.g.\n{}", bad.len(), bad.iter().take(8).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {n} captions tokenize differently, e.g.\n{}",
+        bad.len(),
+        bad.iter().take(8).cloned().collect::<Vec<_>>().join("\n")
+    );
     compare(&want, &ours(&refs, &preds));
     // METEOR segment by segment (each against its best reference), from the same tokenized text
     let per = want["meteor_per_image"].as_object().unwrap();
     let ids: Vec<&String> = per.keys().collect();
     let items: Vec<(String, Vec<String>)> = ids
         .iter()
-        .map(|id| (tok["preds"][id.as_str()].as_str().unwrap().to_string(), tok["refs"][id.as_str()].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect()))
+        .map(|id| {
+            (
+                tok["preds"][id.as_str()].as_str().unwrap().to_string(),
+                tok["refs"][id.as_str()].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect(),
+            )
+        })
         .collect();
     let data = mmtt_model::eval::meteor::MeteorData::at(&meteor_dir()).unwrap();
     let (corpus, mine) = mmtt_model::eval::meteor::score(&data, &items).unwrap();
@@ -88,9 +98,17 @@ fn captions_equal_pycocoevalcap_on_thousands_of_generated_explanations() {
         .iter()
         .zip(&mine)
         .filter(|(id, m)| (per[id.as_str()].as_f64().unwrap() - **m).abs() > 1e-9)
-        .map(|(id, m)| format!("{id}: java {} mmtt {m}\n  hyp: {}\n  refs: {}", per[id.as_str()], tok["preds"][id.as_str()], tok["refs"][id.as_str()]))
+        .map(|(id, m)| {
+            format!("{id}: java {} mmtt {m}\n  hyp: {}\n  refs: {}", per[id.as_str()], tok["preds"][id.as_str()], tok["refs"][id.as_str()])
+        })
         .collect();
-    assert!(off.is_empty(), "{} of {} METEOR segment scores differ, e.g.\n{}", off.len(), ids.len(), off.iter().take(5).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        off.is_empty(),
+        "{} of {} METEOR segment scores differ, e.g.\n{}",
+        off.len(),
+        ids.len(),
+        off.iter().take(5).cloned().collect::<Vec<_>>().join("\n")
+    );
     // the generator exercises every module: some segments score between exact-only and 1
     assert!(mine.iter().filter(|&&m| m > 0.0 && m < 1.0).count() > ids.len() / 4);
 }
@@ -104,12 +122,26 @@ fn meteor_normalizer_and_stemmer_equal_the_jar() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(python()).arg(script()).args(["gen", "400", "5"]).arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_str(&std::fs::read_to_string(dir.path().join("refs.json")).unwrap()).unwrap();
+    let r: std::collections::BTreeMap<String, Vec<String>> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("refs.json")).unwrap()).unwrap();
     let mut lines: Vec<String> = r.values().flatten().cloned().collect();
-    lines.extend(["U.S. style, e.g. the No. 5 and No. x -- Mr. Smith's 3.5mm 'chin'... ok?!", "a\u{a0}b \u{201c}c\u{201d} d\u{2013}e f--g 1,000 a,b 1,b a,1", "it's 90's ''quoted'' `tick' Dr. x. Y."].map(String::from));
+    lines.extend(
+        [
+            "U.S. style, e.g. the No. 5 and No. x -- Mr. Smith's 3.5mm 'chin'... ok?!",
+            "a\u{a0}b \u{201c}c\u{201d} d\u{2013}e f--g 1,000 a,b 1,b a,1",
+            "it's 90's ''quoted'' `tick' Dr. x. Y.",
+        ]
+        .map(String::from),
+    );
     // Unicode as captions have it (the generator's typographic punctuation, other scripts, emoji,
     // combining marks, bars), raw and as the tokenizer hands it to Meteor
-    lines.extend(["“Quoted” ‘single’ — dash – en … ellipsis don’t ’90s «guillemets» „low“", "Ærø straße İstanbul ΣΣ лицо 脸部 얼굴 وجه चेहरा e\u{301} 😀 👍🏽 ❤\u{fe0f} a\u{a0}b ||| | ¿qué? € ½ ™"].map(String::from));
+    lines.extend(
+        [
+            "“Quoted” ‘single’ — dash – en … ellipsis don’t ’90s «guillemets» „low“",
+            "Ærø straße İstanbul ΣΣ лицо 脸部 얼굴 وجه चेहरा e\u{301} 😀 👍🏽 ❤\u{fe0f} a\u{a0}b ||| | ¿qué? € ½ ™",
+        ]
+        .map(String::from),
+    );
     let tokenized: Vec<String> = lines.iter().map(|l| mmtt_model::eval::tokenize::tokenize(l)).collect();
     lines.extend(tokenized);
     let lines: Vec<String> = lines.into_iter().map(|l| l.replace(['\n', '\r'], " ")).collect();
@@ -123,7 +155,11 @@ fn meteor_normalizer_and_stemmer_equal_the_jar() {
         } else {
             c.args([class_or_file, "en", "true"]);
         }
-        let mut child = c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().expect("java (scripts/setup.sh installs it)");
+        let mut child = c
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("java (scripts/setup.sh installs it)");
         let mut stdin = child.stdin.take().unwrap();
         let t = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
         let out = child.wait_with_output().unwrap();
@@ -148,7 +184,12 @@ fn meteor_normalizer_and_stemmer_equal_the_jar() {
     let words: Vec<&str> = text.lines().step_by(2).collect();
     assert!(words.len() > 100_000);
     let java = run("scripts/MeteorStem.java", words.join("\n") + "\n");
-    let bad: Vec<String> = words.iter().zip(&java).filter(|(w, j)| mmtt_model::eval::meteor::stem(w) != **j).map(|(w, j)| format!("{w}: java {j}, mmtt {}", mmtt_model::eval::meteor::stem(w))).collect();
+    let bad: Vec<String> = words
+        .iter()
+        .zip(&java)
+        .filter(|(w, j)| mmtt_model::eval::meteor::stem(w) != **j)
+        .map(|(w, j)| format!("{w}: java {j}, mmtt {}", mmtt_model::eval::meteor::stem(w)))
+        .collect();
     assert_eq!(java.len(), words.len());
     assert!(bad.is_empty(), "{} stems differ: {:?}", bad.len(), &bad[..bad.len().min(10)]);
 }
@@ -183,17 +224,29 @@ fn meteor_without_its_data_is_an_error_unless_skipped() {
     let empty = tempfile::tempdir().unwrap();
     let exe = empty.path().join("mmtt");
     std::fs::copy(env!("CARGO_BIN_EXE_mmtt"), &exe).unwrap();
-    let out = Command::new(&exe).args(args).env_remove("MMTT_METEOR_DATA").env_remove("VIRTUAL_ENV").env("HOME", empty.path()).current_dir(empty.path()).output().unwrap();
+    let out = Command::new(&exe)
+        .args(args)
+        .env_remove("MMTT_METEOR_DATA")
+        .env_remove("VIRTUAL_ENV")
+        .env("HOME", empty.path())
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let system_wide = ["/usr/lib", "/usr/local/lib"].iter().any(|r| {
-        std::fs::read_dir(r).into_iter().flatten().flatten().any(|py| ["site-packages", "dist-packages"].iter().any(|sp| py.path().join(sp).join("pycocoevalcap/meteor").is_dir()))
+        std::fs::read_dir(r)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|py| ["site-packages", "dist-packages"].iter().any(|sp| py.path().join(sp).join("pycocoevalcap/meteor").is_dir()))
     });
     if !system_wide {
         assert!(!out.status.success(), "found Meteor's data outside the test's folders: {}", String::from_utf8_lossy(&out.stdout));
         assert!(err.contains(&format!("{}/.venv/lib/python*", empty.path().display())) && err.contains("/usr/lib/python*"), "{err}");
     }
     // --metrics ngram skips METEOR (null) and needs no data
-    let out = Command::new(env!("CARGO_BIN_EXE_mmtt")).args(args).args(["--metrics", "ngram"]).env("MMTT_METEOR_DATA", "").output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_mmtt")).args(args).args(["--metrics", "ngram"]).env("MMTT_METEOR_DATA", "").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["METEOR"].is_null() && v["BLEU-1"].as_f64().is_some());
@@ -263,14 +316,22 @@ fn mask_metrics_follow_the_reference_rules() {
     for i in 0..24 {
         let (w, h) = (40 + rnd() % 30, 30 + rnd() % 30);
         let (cx, cy, r) = (rnd() % w, rnd() % h, 5 + rnd() % 15);
-        let g = image::GrayImage::from_fn(w, h, |x, y| image::Luma([if (x as i64 - cx as i64).pow(2) + (y as i64 - cy as i64).pow(2) < (r * r) as i64 { 255 } else { 0 }]));
+        let g = image::GrayImage::from_fn(w, h, |x, y| {
+            image::Luma([if (x as i64 - cx as i64).pow(2) + (y as i64 - cy as i64).pow(2) < (r * r) as i64 { 255 } else { 0 }])
+        });
         png(&gt.join(format!("m{i:02}.png")), image::DynamicImage::ImageLuma8(g));
         // predictions: other sizes (nearest resize), RGB with colours around the threshold, empty ones
         let (pw, ph) = if i % 3 == 0 { (w * 2 + 1, h + 3) } else { (w, h) };
         let (qx, qy) = (cx * pw / w + rnd() % 5, cy * ph / h);
         let p = image::RgbImage::from_fn(pw, ph, |x, y| {
             let inside = (x as i64 - qx as i64).pow(2) + (y as i64 - qy as i64).pow(2) < ((r * pw / w) * (r * pw / w)) as i64;
-            if i % 8 == 5 || !inside { image::Rgb([0, 0, 0]) } else if i % 2 == 0 { image::Rgb([200, 160, 50]) } else { image::Rgb([120, 130, 140]) }
+            if i % 8 == 5 || !inside {
+                image::Rgb([0, 0, 0])
+            } else if i % 2 == 0 {
+                image::Rgb([200, 160, 50])
+            } else {
+                image::Rgb([120, 130, 140])
+            }
         });
         png(&pred.join(format!("m{i:02}.png")), image::DynamicImage::ImageRgb8(p));
     }
@@ -378,8 +439,16 @@ fn report_prints_a_table2_row_for_a_prediction_set_made_here() {
     let pred_path = env.data.path().join("PRED.jsonl");
     std::fs::write(&pred_path, lines).unwrap();
     let out = mmtt(&[
-        "eval", "report", "--gt", gt_path.to_str().unwrap(), "--pred", pred_path.to_str().unwrap(),
-        "--gt-mask-base", rel.to_str().unwrap(), "--pred-mask-base", pred_dir.to_str().unwrap(),
+        "eval",
+        "report",
+        "--gt",
+        gt_path.to_str().unwrap(),
+        "--pred",
+        pred_path.to_str().unwrap(),
+        "--gt-mask-base",
+        rel.to_str().unwrap(),
+        "--pred-mask-base",
+        pred_dir.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8_lossy(&out.stderr).to_string();
@@ -390,7 +459,9 @@ fn report_prints_a_table2_row_for_a_prediction_set_made_here() {
     std::fs::write(&rf, serde_json::Value::Object(refs).to_string()).unwrap();
     std::fs::write(&pf, serde_json::Value::Object(preds).to_string()).unwrap();
     let caps = ours(&rf, &pf);
-    let masks: serde_json::Value = serde_json::from_slice(&mmtt(&["eval", "masks", "--gt", cmp_gt.to_str().unwrap(), "--pred", cmp_pred.to_str().unwrap()]).stdout).unwrap();
+    let masks: serde_json::Value =
+        serde_json::from_slice(&mmtt(&["eval", "masks", "--gt", cmp_gt.to_str().unwrap(), "--pred", cmp_pred.to_str().unwrap()]).stdout)
+            .unwrap();
     let row = &rep["table2_row"];
     assert!((row["CIDEr"].as_f64().unwrap() - 100.0 * caps["CIDEr"].as_f64().unwrap()).abs() < 1e-9);
     assert!((row["B-4"].as_f64().unwrap() - 100.0 * caps["BLEU-4"].as_f64().unwrap()).abs() < 1e-9);

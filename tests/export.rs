@@ -42,7 +42,12 @@ fn truth(env: &common::Env) -> HashMap<String, (String, String, String, String)>
         .collect()
 }
 
-fn check_rows(kind: &str, seen: &serde_json::Value, truth: &HashMap<String, (String, String, String, String)>, split_name: impl Fn(&str) -> String) {
+fn check_rows(
+    kind: &str,
+    seen: &serde_json::Value,
+    truth: &HashMap<String, (String, String, String, String)>,
+    split_name: impl Fn(&str) -> String,
+) {
     let mut n = 0;
     for (split, part) in seen.as_object().unwrap() {
         for r in part["rows"].as_array().unwrap() {
@@ -55,11 +60,6 @@ fn check_rows(kind: &str, seen: &serde_json::Value, truth: &HashMap<String, (Str
         }
     }
     assert_eq!(n, truth.len(), "{kind}: every accepted sample once");
-}
-
-fn manifest_ok(dir: &Path) {
-    let out = std::process::Command::new("sha256sum").arg("--quiet").arg("-c").arg("MANIFEST.sha256").current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "sha256sum -c in {}: {}", dir.display(), String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
@@ -79,7 +79,7 @@ fn all_four_formats_are_read_back_by_the_real_clients() {
         args.extend(extra);
         let summary = env.json(&args);
         assert_eq!(summary["samples"], 32, "{fmt}: {summary}");
-        manifest_ok(&dir);
+        common::manifest_ok(&dir);
         for f in ["README.md", "splits.json", "charts/methods.svg", "charts/caption-length.svg"] {
             assert!(dir.join(f).is_file(), "{fmt}: {f}");
         }
@@ -157,7 +157,11 @@ fn splits_are_leak_free_deterministic_stable_and_exports_resume() {
     let (a, b) = (root.join("a"), root.join("b"));
     env.ok(&["export", "--format", "hf", "--out", &a.display().to_string()]);
     env.ok(&["export", "--format", "hf", "--out", &b.display().to_string()]);
-    assert_eq!(std::fs::read(a.join("MANIFEST.sha256")).unwrap(), std::fs::read(b.join("MANIFEST.sha256")).unwrap(), "two exports are identical");
+    assert_eq!(
+        std::fs::read(a.join("MANIFEST.sha256")).unwrap(),
+        std::fs::read(b.join("MANIFEST.sha256")).unwrap(),
+        "two exports are identical"
+    );
     // no face in two splits
     let splits: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("splits.json")).unwrap()).unwrap();
     let faces = splits["faces"].as_object().unwrap();
@@ -192,7 +196,7 @@ fn splits_are_leak_free_deterministic_stable_and_exports_resume() {
     assert!(s["reused_files"].as_u64().unwrap() > 100, "{s}");
     assert!(!c.join("train/images/.partial.png.part-1").exists(), "a killed run's temp file is removed");
     assert_eq!(s["removed_files"], 1, "{s}");
-    manifest_ok(&c);
+    common::manifest_ok(&c);
     for p in images.iter().take(5) {
         assert!(p.is_file());
     }
@@ -214,7 +218,7 @@ fn splits_are_leak_free_deterministic_stable_and_exports_resume() {
         assert!(std::time::Instant::now() < deadline, "the background export did not finish");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    manifest_ok(&bg);
+    common::manifest_ok(&bg);
     let jobs = env.ok(&["jobs"]);
     assert!(jobs.contains(&format!("mmtt -> {}: ", bg.display())), "{jobs}");
     // --link hard-links the images
@@ -223,7 +227,7 @@ fn splits_are_leak_free_deterministic_stable_and_exports_resume() {
     use std::os::unix::fs::MetadataExt;
     let any = std::fs::read_dir(l.join("train/images")).unwrap().next().unwrap().unwrap().path();
     assert!(std::fs::metadata(&any).unwrap().nlink() > 1);
-    manifest_ok(&l);
+    common::manifest_ok(&l);
 }
 
 #[test]
@@ -276,14 +280,20 @@ fn statistics_match_independent_counts_and_the_release_round_trips() {
         assert_eq!(st["per_method"][&m], n, "{m}");
     }
     let words: (i64, i32, i32, f64) = env.db.query(async |p| {
-        sqlx::query_as("SELECT count(*), min(word_count), max(word_count), avg(word_count)::float8 FROM annotations WHERE status = 'accepted'").fetch_one(p).await.unwrap()
+        sqlx::query_as(
+            "SELECT count(*), min(word_count), max(word_count), avg(word_count)::float8 FROM annotations WHERE status = 'accepted'",
+        )
+        .fetch_one(p)
+        .await
+        .unwrap()
     });
     assert_eq!(st["caption_length"]["captions"], words.0);
     assert_eq!(st["caption_length"]["min"], words.1);
     assert_eq!(st["caption_length"]["max"], words.2);
     assert!((st["caption_length"]["mean"].as_f64().unwrap() - words.3).abs() < 1e-9);
     // region mentions: the extractor over every caption, counted here independently
-    let texts: Vec<String> = env.db.query(async |p| sqlx::query_scalar("SELECT text FROM annotations WHERE status = 'accepted'").fetch_all(p).await.unwrap());
+    let texts: Vec<String> =
+        env.db.query(async |p| sqlx::query_scalar("SELECT text FROM annotations WHERE status = 'accepted'").fetch_all(p).await.unwrap());
     let mut want: BTreeMap<String, u64> = BTreeMap::new();
     for t in &texts {
         for l in mmtt::annotation::region_labels(t) {
@@ -295,10 +305,12 @@ fn statistics_match_independent_counts_and_the_release_round_trips() {
         assert_eq!(n, want.get(l).copied().unwrap_or(0), "mentions of {l}");
     }
     let parts: Vec<(String, String, i64)> = env.db.query(async |p| {
-        sqlx::query_as("SELECT f.method, part, count(*) FROM forgeries f JOIN mask_plans m ON m.id = f.plan_id, unnest(m.parts) part GROUP BY 1, 2")
-            .fetch_all(p)
-            .await
-            .unwrap()
+        sqlx::query_as(
+            "SELECT f.method, part, count(*) FROM forgeries f JOIN mask_plans m ON m.id = f.plan_id, unnest(m.parts) part GROUP BY 1, 2",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap()
     });
     for (m, part, n) in parts {
         assert_eq!(st["part_frequency"][&m][&part], n, "{m} {part}");
@@ -316,17 +328,23 @@ fn statistics_match_independent_counts_and_the_release_round_trips() {
     let again = other.ok(&["import", "mmtt-release", "--root", &rel.display().to_string()]);
     assert!(again.contains("imported 0 samples") && again.contains("50 were already present"), "{again}");
     let mut a: Vec<String> = texts.clone();
-    let mut b: Vec<String> = other.db.query(async |p| sqlx::query_scalar("SELECT text FROM annotations WHERE status = 'accepted'").fetch_all(p).await.unwrap());
+    let mut b: Vec<String> =
+        other.db.query(async |p| sqlx::query_scalar("SELECT text FROM annotations WHERE status = 'accepted'").fetch_all(p).await.unwrap());
     a.sort();
     b.sort();
     assert_eq!(a, b);
-    let methods: Vec<String> = other.db.query(async |p| sqlx::query_scalar("SELECT DISTINCT method FROM forgeries ORDER BY 1").fetch_all(p).await.unwrap());
+    let methods: Vec<String> =
+        other.db.query(async |p| sqlx::query_scalar("SELECT DISTINCT method FROM forgeries ORDER BY 1").fetch_all(p).await.unwrap());
     assert!(methods.iter().all(|m| ["e4s", "mat", "sdxl"].contains(&m.as_str())), "{methods:?}");
     other.assert_store_consistent();
     // a bad release is refused with the reason
     let bad = env.data.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
-    std::fs::write(bad.join("train.json"), r#"[{"image_id": "sd_1", "caption": "x", "img_path": "images/missing.png", "mask_path": "m.png", "multilabel": [0]}]"#).unwrap();
+    std::fs::write(
+        bad.join("train.json"),
+        r#"[{"image_id": "sd_1", "caption": "x", "img_path": "images/missing.png", "mask_path": "m.png", "multilabel": [0]}]"#,
+    )
+    .unwrap();
     let o = other.mmtt(&["import", "mmtt-release", "--root", &bad.display().to_string()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("multilabel must be 21 values"), "{}", String::from_utf8_lossy(&o.stderr));

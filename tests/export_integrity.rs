@@ -29,10 +29,12 @@ fn read(kind: &str, dir: &Path) -> serde_json::Value {
 /// Stored truth per accepted forgery: (caption, SHA-256 of the mask's 0/255 pixels).
 fn truth(env: &common::Env) -> HashMap<String, (String, String)> {
     let rows: Vec<(uuid::Uuid, String, String)> = env.db.query(async |p| {
-        sqlx::query_as("SELECT f.id, a.text, f.mask_hash FROM forgeries f JOIN annotations a ON a.forgery_id = f.id WHERE a.status = 'accepted'")
-            .fetch_all(p)
-            .await
-            .unwrap()
+        sqlx::query_as(
+            "SELECT f.id, a.text, f.mask_hash FROM forgeries f JOIN annotations a ON a.forgery_id = f.id WHERE a.status = 'accepted'",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap()
     });
     rows.into_iter()
         .map(|(id, text, mask)| {
@@ -57,11 +59,6 @@ fn check_read_back(kind: &str, dir: &Path, truth: &HashMap<String, (String, Stri
         }
     }
     assert_eq!(n, truth.len(), "{kind}: every accepted sample once");
-}
-
-fn manifest_ok(dir: &Path) {
-    let out = std::process::Command::new("sha256sum").arg("--quiet").arg("-c").arg("MANIFEST.sha256").current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "sha256sum -c in {}: {}", dir.display(), String::from_utf8_lossy(&out.stdout));
 }
 
 /// Every file under `dir` (relative path -> SHA-256), hidden ones included.
@@ -101,7 +98,8 @@ fn export(env: &common::Env, fmt: &str, dir: &Path, extra: &[&str]) -> serde_jso
 
 /// The first file (sorted) under `dir/sub` whose name ends with `ext`.
 fn first_file(dir: &Path, sub: &str, ext: &str) -> PathBuf {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(sub)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.to_str().unwrap().ends_with(ext)).collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir.join(sub)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.to_str().unwrap().ends_with(ext)).collect();
     v.sort();
     v.into_iter().next().unwrap_or_else(|| panic!("no {ext} in {}", dir.join(sub).display()))
 }
@@ -129,7 +127,11 @@ fn a_resume_checks_every_file_it_keeps_and_removes_stale_ones() {
         let victim = first_file(&dir, image_dir, ext);
         corrupt_same_size(&victim);
         assert_eq!(std::fs::metadata(&victim).unwrap().len() as usize, std::fs::read(&victim).unwrap().len());
-        let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join(image_dir)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.to_str().unwrap().ends_with(ext)).collect();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join(image_dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_str().unwrap().ends_with(ext))
+            .collect();
         names.sort();
         let truncated = names.last().unwrap().clone();
         assert_ne!(truncated, victim);
@@ -162,7 +164,11 @@ fn a_resume_checks_every_file_it_keeps_and_removes_stale_ones() {
         println!("{fmt} resume: {s}\n{err}");
         assert_eq!(s["replaced_files"], 3, "{fmt}: the two data files and README.md: {s}");
         assert_eq!(s["removed_files"].as_u64().unwrap(), stale.len() as u64, "{fmt}: {s}");
-        assert_eq!(s["verified_files"].as_u64().unwrap(), pristine.len() as u64 - 3, "{fmt}: every file but the manifest, the state and the lock: {s}");
+        assert_eq!(
+            s["verified_files"].as_u64().unwrap(),
+            pristine.len() as u64 - 3,
+            "{fmt}: every file but the manifest, the state and the lock: {s}"
+        );
         assert_eq!(s["reused_files"].as_u64().unwrap() + 3, s["verified_files"].as_u64().unwrap());
         let victim_rel = victim.strip_prefix(&dir).unwrap().display().to_string();
         assert!(err.contains(&format!("{victim_rel} differs")), "{fmt}: the report names the corrupted file: {err}");
@@ -174,7 +180,7 @@ fn a_resume_checks_every_file_it_keeps_and_removes_stale_ones() {
         std::fs::remove_file(dir.join("notes.txt")).unwrap();
         assert_eq!(std::fs::read(dir.join("MANIFEST.sha256")).unwrap(), manifest, "{fmt}: the manifest of an uninterrupted run");
         assert_eq!(tree(&dir), pristine, "{fmt}: every file as an uninterrupted run wrote it");
-        manifest_ok(&dir);
+        common::manifest_ok(&dir);
         check_read_back(fmt, &dir, &truth);
         // a resume over a complete export changes nothing
         let again = export(&env, fmt, &dir, &extra);
@@ -203,7 +209,7 @@ fn a_resume_checks_every_file_it_keeps_and_removes_stale_ones() {
     assert!(!l.join("MANIFEST.sha256").exists(), "no manifest beside a damaged export");
     std::fs::write(&blob, &good).unwrap();
     assert_eq!(export(&env, "hf", &l, &["--link"])["replaced_files"], 0, "the store repaired, the link is right again");
-    manifest_ok(&l);
+    common::manifest_ok(&l);
     env.assert_store_consistent();
 }
 
@@ -278,13 +284,20 @@ fn an_export_killed_midway_resumes_to_the_uninterrupted_files() {
         assert_eq!(s["removed_files"].as_u64().unwrap(), left.len() as u64, "{fmt}: partial files of the killed run: {left:?} {s}");
         assert!(s["reused_files"].as_u64().unwrap() > 0, "{s}");
         assert!(temp_files(&dir).is_empty(), "{fmt}: no stray temp files");
-        assert_eq!(std::fs::read(dir.join("MANIFEST.sha256")).unwrap(), std::fs::read(reference.join("MANIFEST.sha256")).unwrap(), "{fmt}: same manifest");
+        assert_eq!(
+            std::fs::read(dir.join("MANIFEST.sha256")).unwrap(),
+            std::fs::read(reference.join("MANIFEST.sha256")).unwrap(),
+            "{fmt}: same manifest"
+        );
         assert_eq!(tree(&dir), tree(&reference), "{fmt}: same files, same bytes");
-        manifest_ok(&dir);
+        common::manifest_ok(&dir);
         if fmt != "mmtt" {
             check_read_back(fmt, &dir, &truth);
         }
-        assert!(tree(&dir).keys().any(|k| k.contains(&last.simple().to_string())) || fmt == "webdataset", "{fmt}: the FIFO's sample is exported");
+        assert!(
+            tree(&dir).keys().any(|k| k.contains(&last.simple().to_string())) || fmt == "webdataset",
+            "{fmt}: the FIFO's sample is exported"
+        );
     }
 }
 
@@ -307,7 +320,9 @@ fn write_release(dir: &Path, records: &[(&str, &str, serde_json::Value, &str, [u
         let n = n as u32;
         let img = image::RgbImage::from_fn(96, 96, |x, y| image::Rgb([(x * 2 + n * 17) as u8, (y * 2) as u8, (x + y + n * 31) as u8]));
         img.save(dir.join("imgs").join(format!("{id}.png"))).unwrap();
-        let m = image::GrayImage::from_fn(96, 96, |x, y| image::Luma([if (20 + n..60 + n).contains(&x) && (30..70).contains(&y) { 255 } else { 0 }]));
+        let m = image::GrayImage::from_fn(96, 96, |x, y| {
+            image::Luma([if (20 + n..60 + n).contains(&x) && (30..70).contains(&y) { 255 } else { 0 }])
+        });
         m.save(dir.join("msks").join(format!("{id}.png"))).unwrap();
         files.entry(file).or_default().push(serde_json::json!({
             "image_id": id, "instance_id": inst, "caption": caption,
@@ -325,7 +340,8 @@ fn ids_seen(kind: &str, dir: &Path) -> HashMap<String, (String, serde_json::Valu
     let mut m = HashMap::new();
     for part in seen.as_object().unwrap().values() {
         for r in part["rows"].as_array().unwrap() {
-            let prev = m.insert(r["id"].as_str().unwrap().to_string(), (r["image_id"].as_str().unwrap().to_string(), r["instance_id"].clone()));
+            let prev =
+                m.insert(r["id"].as_str().unwrap().to_string(), (r["image_id"].as_str().unwrap().to_string(), r["instance_id"].clone()));
             assert!(prev.is_none());
         }
     }
@@ -358,7 +374,12 @@ fn the_authors_ids_survive_import_and_every_export() {
     // sample id -> authors' image id, from the database
     let imported: HashMap<String, String> = env
         .db
-        .query(async |p| sqlx::query_as::<_, (uuid::Uuid, String)>("SELECT id, release_image_id FROM forgeries WHERE release_image_id IS NOT NULL").fetch_all(p).await.unwrap())
+        .query(async |p| {
+            sqlx::query_as::<_, (uuid::Uuid, String)>("SELECT id, release_image_id FROM forgeries WHERE release_image_id IS NOT NULL")
+                .fetch_all(p)
+                .await
+                .unwrap()
+        })
         .into_iter()
         .map(|(id, i)| (id.to_string(), i))
         .collect();

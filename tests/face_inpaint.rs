@@ -20,22 +20,14 @@ use std::path::{Path, PathBuf};
 fn lab(p: [u8; 3]) -> [f64; 3] {
     let lin = |v: u8| {
         let c = v as f64 / 255.0;
-        if c <= 0.04045 {
-            c / 12.92
-        } else {
-            ((c + 0.055) / 1.055).powf(2.4)
-        }
+        if c <= 0.04045 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) }
     };
     let (r, g, b) = (lin(p[0]), lin(p[1]), lin(p[2]));
     let x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047;
     let y = 0.2126 * r + 0.7152 * g + 0.0722 * b;
     let z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883;
     let f = |t: f64| {
-        if t > 0.008856 {
-            t.cbrt()
-        } else {
-            7.787 * t + 16.0 / 116.0
-        }
+        if t > 0.008856 { t.cbrt() } else { 7.787 * t + 16.0 / 116.0 }
     };
     let (fx, fy, fz) = (f(x), f(y), f(z));
     [116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)]
@@ -96,9 +88,7 @@ impl Verdict {
     }
     /// The bar every built-in forgery of a facial region must clear.
     fn is_a_face(&self) -> bool {
-        self.face_like >= 0.75 * self.face_like_original
-            && self.structure >= 0.25
-            && self.face_found()
+        self.face_like >= 0.75 * self.face_like_original && self.structure >= 0.25 && self.face_found()
     }
 }
 
@@ -115,13 +105,7 @@ fn face_region(parts: &PartMasks) -> GrayImage {
 fn best_face(finder: &FaceFinder, img: &RgbImage, near: &Landmarks68) -> Option<Face> {
     let centre = near.left_eye().add(near.right_eye()).scale(0.5);
     finder.faces(img).into_iter().min_by(|a, b| {
-        let c = |f: &Face| {
-            f.landmarks
-                .left_eye()
-                .add(f.landmarks.right_eye())
-                .scale(0.5)
-                .dist(centre)
-        };
+        let c = |f: &Face| f.landmarks.left_eye().add(f.landmarks.right_eye()).scale(0.5).dist(centre);
         c(a).total_cmp(&c(b))
     })
 }
@@ -139,25 +123,12 @@ fn judge(finder: &FaceFinder, f: &Imported, forged: &RgbImage, mask: &GrayImage)
             off.push(lab(p.0));
         }
     }
-    assert!(
-        on.len() > 3000 && off.len() > 3000,
-        "{}: {} face and {} off-face reference pixels",
-        f.name,
-        on.len(),
-        off.len()
-    );
-    let spaced = |v: Vec<[f64; 3]>, k: usize| -> Vec<[f64; 3]> {
-        (0..k).map(|i| v[i * v.len() / k]).collect()
-    };
+    assert!(on.len() > 3000 && off.len() > 3000, "{}: {} face and {} off-face reference pixels", f.name, on.len(), off.len());
+    let spaced = |v: Vec<[f64; 3]>, k: usize| -> Vec<[f64; 3]> { (0..k).map(|i| v[i * v.len() / k]).collect() };
     let (on, off) = (spaced(on, 3000), spaced(off, 3000));
-    let nearest =
-        |set: &[[f64; 3]], q: [f64; 3]| set.iter().map(|&s| d2(s, q)).fold(f64::INFINITY, f64::min);
+    let nearest = |set: &[[f64; 3]], q: [f64; 3]| set.iter().map(|&s| d2(s, q)).fold(f64::INFINITY, f64::min);
     // the forged pixels: 4000 evenly spaced ones of the mask
-    let masked: Vec<(u32, u32)> = mask
-        .enumerate_pixels()
-        .filter(|(_, _, m)| m.0[0] > 0)
-        .map(|(x, y, _)| (x, y))
-        .collect();
+    let masked: Vec<(u32, u32)> = mask.enumerate_pixels().filter(|(_, _, m)| m.0[0] > 0).map(|(x, y, _)| (x, y)).collect();
     let k = masked.len().min(4000);
     let share = |img: &RgbImage| {
         let like = (0..k)
@@ -170,21 +141,9 @@ fn judge(finder: &FaceFinder, f: &Imported, forged: &RgbImage, mask: &GrayImage)
         like as f64 / k.max(1) as f64
     };
     let inner = {
-        let outside = GrayImage::from_fn(512, 512, |x, y| {
-            image::Luma([if mask.get_pixel(x, y).0[0] == 0 {
-                255
-            } else {
-                0
-            }])
-        });
+        let outside = GrayImage::from_fn(512, 512, |x, y| image::Luma([if mask.get_pixel(x, y).0[0] == 0 { 255 } else { 0 }]));
         let grown = dilate(&outside, 3.0);
-        GrayImage::from_fn(512, 512, |x, y| {
-            image::Luma([if grown.get_pixel(x, y).0[0] == 0 {
-                255
-            } else {
-                0
-            }])
-        })
+        GrayImage::from_fn(512, 512, |x, y| image::Luma([if grown.get_pixel(x, y).0[0] == 0 { 255 } else { 0 }]))
     };
     let grad = |img: &RgbImage| {
         let (mut s, mut k) = (0.0, 0.0);
@@ -203,19 +162,10 @@ fn judge(finder: &FaceFinder, f: &Imported, forged: &RgbImage, mask: &GrayImage)
     let structure = grad(forged) / grad(&f.image).max(1e-9);
     let original = best_face(finder, &f.image, &f.landmarks).expect("the original face is found");
     let (iou, landmark_error) = match best_face(finder, forged, &f.landmarks) {
-        Some(g) => (
-            g.face_box.iou(&original.face_box),
-            g.landmarks.mean_error(&original.landmarks) / d,
-        ),
+        Some(g) => (g.face_box.iou(&original.face_box), g.landmarks.mean_error(&original.landmarks) / d),
         None => (0.0, f64::INFINITY),
     };
-    Verdict {
-        face_like: share(forged),
-        face_like_original: share(&f.image),
-        structure,
-        iou,
-        landmark_error,
-    }
+    Verdict { face_like: share(forged), face_like_original: share(&f.image), structure, iou, landmark_error }
 }
 
 fn save_triptych(name: &str, f: &Imported, forged: &RgbImage, mask: &GrayImage) {
@@ -229,9 +179,7 @@ fn save_triptych(name: &str, f: &Imported, forged: &RgbImage, mask: &GrayImage) 
     image::imageops::replace(&mut canvas, forged, 512, 0);
     let m = RgbImage::from_fn(512, 512, |x, y| image::Rgb([mask.get_pixel(x, y).0[0]; 3]));
     image::imageops::replace(&mut canvas, &m, 1024, 0);
-    canvas
-        .save(dir.join(format!("{}-{name}.png", f.name)))
-        .unwrap();
+    canvas.save(dir.join(format!("{}-{name}.png", f.name))).unwrap();
 }
 
 fn import_samples(env: &common::Env) -> Vec<Imported> {
@@ -239,12 +187,7 @@ fn import_samples(env: &common::Env) -> Vec<Imported> {
     common::copy_into(&common::sample_faces(), &dir);
     env.ok(&["import", "photos", "--root", &dir.display().to_string()]);
     let rows: Vec<(uuid::Uuid, String, String, serde_json::Value)> = env.db.query(async |p| {
-        sqlx::query_as(
-            "SELECT id, original_path, image_hash, landmarks FROM sources ORDER BY original_path",
-        )
-        .fetch_all(p)
-        .await
-        .unwrap()
+        sqlx::query_as("SELECT id, original_path, image_hash, landmarks FROM sources ORDER BY original_path").fetch_all(p).await.unwrap()
     });
     assert_eq!(rows.len(), 2, "both sample faces imported");
     let out = env.data.path().join("faces");
@@ -252,35 +195,14 @@ fn import_samples(env: &common::Env) -> Vec<Imported> {
     rows.into_iter()
         .map(|(id, original, hash, lm)| {
             let parts: Vec<(String, String)> = env.db.query(async |p| {
-                sqlx::query_as("SELECT part, mask_hash FROM source_parts WHERE source_id = $1")
-                    .bind(id)
-                    .fetch_all(p)
-                    .await
-                    .unwrap()
+                sqlx::query_as("SELECT part, mask_hash FROM source_parts WHERE source_id = $1").bind(id).fetch_all(p).await.unwrap()
             });
-            let parts: PartMasks = parts
-                .into_iter()
-                .map(|(p, h)| {
-                    (
-                        p.parse().unwrap(),
-                        image::open(env.blob_path(&h)).unwrap().into_luma8(),
-                    )
-                })
-                .collect();
-            let name = Path::new(&original)
-                .file_stem()
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
+            let parts: PartMasks =
+                parts.into_iter().map(|(p, h)| (p.parse().unwrap(), image::open(env.blob_path(&h)).unwrap().into_luma8())).collect();
+            let name = Path::new(&original).file_stem().unwrap().to_string_lossy().to_string();
             let path = out.join(format!("{name}.png"));
             std::fs::copy(env.blob_path(&hash), &path).unwrap();
-            Imported {
-                name,
-                image: image::open(&path).unwrap().into_rgb8(),
-                parts,
-                landmarks: serde_json::from_value(lm).unwrap(),
-                path,
-            }
+            Imported { name, image: image::open(&path).unwrap().into_rgb8(), parts, landmarks: serde_json::from_value(lm).unwrap(), path }
         })
         .collect()
 }
@@ -288,25 +210,13 @@ fn import_samples(env: &common::Env) -> Vec<Imported> {
 fn merge(f: &Imported, parts: &[Part]) -> GrayImage {
     let mut m = GrayImage::new(512, 512);
     for p in parts {
-        union_into(
-            &mut m,
-            f.parts
-                .get(p)
-                .unwrap_or_else(|| panic!("{} has no {p}", f.name)),
-        );
+        union_into(&mut m, f.parts.get(p).unwrap_or_else(|| panic!("{} has no {p}", f.name)));
     }
     m
 }
 
 /// Forges with `mmtt generate`, as a user would.
-fn generate(
-    env: &common::Env,
-    method: &str,
-    target: &Imported,
-    donor: &Imported,
-    mask: &GrayImage,
-    case: &str,
-) -> RgbImage {
+fn generate(env: &common::Env, method: &str, target: &Imported, donor: &Imported, mask: &GrayImage, case: &str) -> RgbImage {
     let dir = env.data.path().join("gen");
     std::fs::create_dir_all(&dir).unwrap();
     let mask_path = dir.join(format!("{}-{case}-mask.png", target.name));
@@ -345,11 +255,7 @@ fn face_unaware(f: &Imported, mask: &GrayImage) -> RgbImage {
         seed: 7,
         options: None,
     };
-    composite(
-        &f.image,
-        &PatchInpaint::default().inpaint(&input).unwrap(),
-        mask,
-    )
+    composite(&f.image, &PatchInpaint::default().inpaint(&input).unwrap(), mask)
 }
 
 #[test]
@@ -360,10 +266,7 @@ fn built_in_inpainting_forges_faces_not_background() {
     let mut failures = Vec::new();
     for (i, target) in faces.iter().enumerate() {
         let donor = &faces[1 - i];
-        let full_face: Vec<Part> = Part::FACE_REGION
-            .into_iter()
-            .filter(|p| target.parts.contains_key(p))
-            .collect();
+        let full_face: Vec<Part> = Part::FACE_REGION.into_iter().filter(|p| target.parts.contains_key(p)).collect();
         let cases: [(&str, &str, Vec<Part>); 5] = [
             ("patch-inpaint", "skin", vec![Part::Skin]),
             ("patch-inpaint", "full-face", full_face),
@@ -376,19 +279,11 @@ fn built_in_inpainting_forges_faces_not_background() {
             let forged = generate(&env, method, target, donor, &mask, case);
             for (x, y, m) in mask.enumerate_pixels() {
                 if m.0[0] == 0 {
-                    assert_eq!(
-                        forged.get_pixel(x, y),
-                        target.image.get_pixel(x, y),
-                        "{method} changed ({x},{y}) outside the mask"
-                    );
+                    assert_eq!(forged.get_pixel(x, y), target.image.get_pixel(x, y), "{method} changed ({x},{y}) outside the mask");
                 }
             }
             let v = judge(&finder, target, &forged, &mask);
-            println!(
-                "{:<12} {case:<9} {method:<13} new: {v:?} face={}",
-                target.name,
-                v.is_a_face()
-            );
+            println!("{:<12} {case:<9} {method:<13} new: {v:?} face={}", target.name, v.is_a_face());
             save_triptych(&format!("{case}-{method}"), target, &forged, &mask);
             if !v.is_a_face() {
                 failures.push(format!("{} {case} by {method}: {v:?}", target.name));
@@ -397,25 +292,13 @@ fn built_in_inpainting_forges_faces_not_background() {
                 // the measure tells the old behaviour apart: it must reject it
                 let old = face_unaware(target, &mask);
                 let o = judge(&finder, target, &old, &mask);
-                println!(
-                    "{:<12} {case:<9} {method:<13} old: {o:?} face={}",
-                    target.name,
-                    o.is_a_face()
-                );
+                println!("{:<12} {case:<9} {method:<13} old: {o:?} face={}", target.name, o.is_a_face());
                 save_triptych(&format!("{case}-{method}-old"), target, &old, &mask);
-                assert!(
-                    !o.is_a_face(),
-                    "{} {case}: the measure does not reject face-unaware inpainting: {o:?}",
-                    target.name
-                );
+                assert!(!o.is_a_face(), "{} {case}: the measure does not reject face-unaware inpainting: {o:?}", target.name);
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "built-in forgeries that are not faces:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "built-in forgeries that are not faces:\n{}", failures.join("\n"));
 }
 
 /// Determinism and the job path: part-swap and patch-inpaint jobs on the sample faces take a donor
@@ -427,9 +310,7 @@ fn part_swap_and_patch_inpaint_jobs_use_a_donor_and_keep_the_face() {
     let faces = import_samples(&env);
     let finder = FaceFinder::load().unwrap();
     for method in ["part-swap", "patch-inpaint"] {
-        env.ok(&[
-            "forge", "--method", method, "--count", "2", "--seed", "11", "--wait",
-        ]);
+        env.ok(&["forge", "--method", method, "--count", "2", "--seed", "11", "--wait"]);
     }
     let rows: Vec<(String, String, String, String, Option<uuid::Uuid>, String, String)> = env.db.query(async |p| {
         sqlx::query_as(
@@ -457,17 +338,10 @@ fn part_swap_and_patch_inpaint_jobs_use_a_donor_and_keep_the_face() {
                 changed += !same as u32;
             }
         }
-        assert!(
-            changed * 2 > inside,
-            "{method}: {changed} of {inside} masked pixels changed"
-        );
+        assert!(changed * 2 > inside, "{method}: {changed} of {inside} masked pixels changed");
         let v = judge(&finder, f, &forged, &mask);
         println!("job {method:<13} {:<12}: {v:?}", f.name);
-        assert!(
-            v.face_found(),
-            "{method} on {}: the face is no longer found: {v:?}",
-            f.name
-        );
+        assert!(v.face_found(), "{method} on {}: the face is no longer found: {v:?}", f.name);
     }
     // same seed, same bytes: the generator run twice on the same item
     let (t, d) = (&faces[0], &faces[1]);

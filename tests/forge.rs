@@ -51,7 +51,10 @@ fn forgeries_keep_every_pixel_outside_the_mask_and_change_inside() {
         assert_eq!(f["status"], "done");
     }
     // provenance and timings on every forgery; swaps have a donor from the target's split
-    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE provenance->>'generator' IS NULL OR timings->>'generate_ms' IS NULL"), 0);
+    assert_eq!(
+        env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE provenance->>'generator' IS NULL OR timings->>'generate_ms' IS NULL"),
+        0
+    );
     assert_eq!(
         env.db.scalar_i64("SELECT count(*) FROM forgeries f JOIN sources d ON d.id = f.donor_id JOIN sources t ON t.id = f.target_id WHERE d.split <> t.split"),
         0
@@ -86,19 +89,25 @@ fn classic_swap_moves_the_source_geometry_onto_the_target() {
         let s: Landmarks68 = serde_json::from_value(s).unwrap();
         let img = image::open(env.blob_path(&hash)).unwrap().into_rgb8();
         let faces = finder.faces(&img);
-        let face = faces.iter().min_by(|a, b| {
-            let c = |f: &&mmtt_generators::detect::Face| f.landmarks.left_eye().add(f.landmarks.right_eye()).dist(t.left_eye().add(t.right_eye()));
-            c(a).total_cmp(&c(b))
-        }).expect("a face in the swap result");
+        let face = faces
+            .iter()
+            .min_by(|a, b| {
+                let c = |f: &&mmtt_generators::detect::Face| {
+                    f.landmarks.left_eye().add(f.landmarks.right_eye()).dist(t.left_eye().add(t.right_eye()))
+                };
+                c(a).total_cmp(&c(b))
+            })
+            .expect("a face in the swap result");
         let r = &face.landmarks;
         let (to_source, to_target, source_vs_target) = (shape_distance(r, &s), shape_distance(r, &t), shape_distance(&s, &t));
         let pose_err = r.left_eye().dist(t.left_eye()).max(r.right_eye().dist(t.right_eye())) / t.interocular();
-        println!("shape distance to source {to_source:.4}, to target {to_target:.4} (source vs target {source_vs_target:.4}); eye offset from the target {pose_err:.3}");
+        println!(
+            "shape distance to source {to_source:.4}, to target {to_target:.4} (source vs target {source_vs_target:.4}); eye offset from the target {pose_err:.3}"
+        );
         assert!(to_source < to_target, "the result keeps the target's shape: {to_source} vs {to_target}");
         assert!(pose_err < 0.15, "the result is not in the target's pose: {pose_err}");
     }
 }
-
 
 #[test]
 fn a_worker_killed_midway_loses_and_duplicates_nothing() {
@@ -112,7 +121,10 @@ fn a_worker_killed_midway_loses_and_duplicates_nothing() {
     assert_eq!(e["queued"].as_i64(), Some(n));
     let worker = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_mmtt"))
-            .arg("--data-dir").arg(env.data.path()).arg("--database-url").arg(&env.db.url)
+            .arg("--data-dir")
+            .arg(env.data.path())
+            .arg("--database-url")
+            .arg(&env.db.url)
             .args(["worker", "--lease-seconds", "2"])
             .args(extra)
             .stdout(std::process::Stdio::null())
@@ -161,8 +173,20 @@ fn failing_items_are_retried_then_failed_and_the_job_goes_on() {
     std::fs::create_dir_all(&models).unwrap();
     let n = env.db.scalar_i64("SELECT count(*) FROM sources");
     let out = env.ok(&[
-        "forge", "--method", "classic-swap,mat,patch-inpaint", "--mix", "paper", "--count", &n.to_string(), "--seed", "2",
-        "--max-attempts", "2", "--models", &models.display().to_string(), "--wait",
+        "forge",
+        "--method",
+        "classic-swap,mat,patch-inpaint",
+        "--mix",
+        "paper",
+        "--count",
+        &n.to_string(),
+        "--seed",
+        "2",
+        "--max-attempts",
+        "2",
+        "--models",
+        &models.display().to_string(),
+        "--wait",
     ]);
     println!("{out}");
     let failed: Vec<(String, i32, Option<String>)> = env.db.query(async |p| {
@@ -181,7 +205,8 @@ fn failing_items_are_retried_then_failed_and_the_job_goes_on() {
 
 fn write_pair(dir: &Path) -> (PathBuf, PathBuf) {
     let img = image::open(&common::sample_faces()[0]).unwrap().resize_exact(512, 512, image::imageops::FilterType::Triangle).into_rgb8();
-    let mask = image::GrayImage::from_fn(512, 512, |x, y| image::Luma([if (180..330).contains(&x) && (200..360).contains(&y) { 255 } else { 0 }]));
+    let mask =
+        image::GrayImage::from_fn(512, 512, |x, y| image::Luma([if (180..330).contains(&x) && (200..360).contains(&y) { 255 } else { 0 }]));
     let (i, m) = (dir.join("face.png"), dir.join("mask.png"));
     img.save(&i).unwrap();
     mask.save(&m).unwrap();
@@ -206,16 +231,32 @@ fn onnx_generators_match_the_python_reference() {
             let theirs = tmp.path().join(format!("{method}-{seed}-py.f32"));
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmtt"))
                 .args(["generate", "--method", method, "--seed", &seed.to_string(), "--threads", "1"])
-                .arg("--models").arg(&models).arg("--image").arg(&img).arg("--mask").arg(&mask)
-                .arg("--out").arg(tmp.path().join(format!("{method}.png"))).arg("--raw").arg(&ours)
+                .arg("--models")
+                .arg(&models)
+                .arg("--image")
+                .arg(&img)
+                .arg("--mask")
+                .arg(&mask)
+                .arg("--out")
+                .arg(tmp.path().join(format!("{method}.png")))
+                .arg("--raw")
+                .arg(&ours)
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let st = std::process::Command::new(python())
                 .arg(script("onnx_reference.py"))
                 .args(["forge", "--seed", &seed.to_string(), "--threads", "1"])
-                .arg("--manifest").arg(&manifest).arg("--model").arg(models.join(format!("{method}.onnx")))
-                .arg("--image").arg(&img).arg("--mask").arg(&mask).arg("--out").arg(&theirs)
+                .arg("--manifest")
+                .arg(&manifest)
+                .arg("--model")
+                .arg(models.join(format!("{method}.onnx")))
+                .arg("--image")
+                .arg(&img)
+                .arg("--mask")
+                .arg(&mask)
+                .arg("--out")
+                .arg(&theirs)
                 .status()
                 .unwrap();
             assert!(st.success());
@@ -249,8 +290,14 @@ fn a_model_that_does_not_match_its_manifest_is_refused_and_cuda_is_never_faked()
         std::process::Command::new(env!("CARGO_BIN_EXE_mmtt"))
             .args(["generate", "--method", "mat"])
             .args(extra)
-            .arg("--models").arg(dir).arg("--image").arg(&img).arg("--mask").arg(&mask)
-            .arg("--out").arg(tmp.path().join("o.png"))
+            .arg("--models")
+            .arg(dir)
+            .arg("--image")
+            .arg(&img)
+            .arg("--mask")
+            .arg(&mask)
+            .arg("--out")
+            .arg(tmp.path().join("o.png"))
             .output()
             .unwrap()
     };
@@ -271,9 +318,8 @@ fn onnx_forge_job_records_provenance() {
     let models = env.data.path().join("models");
     tiny_models(&models);
     env.ok(&["forge", "--method", "mat", "--count", "2", "--seed", "1", "--threads", "1", "--wait"]);
-    let prov: Vec<serde_json::Value> = env.db.query(async |p| {
-        sqlx::query_scalar("SELECT provenance FROM forgeries WHERE method = 'mat'").fetch_all(p).await.unwrap()
-    });
+    let prov: Vec<serde_json::Value> =
+        env.db.query(async |p| sqlx::query_scalar("SELECT provenance FROM forgeries WHERE method = 'mat'").fetch_all(p).await.unwrap());
     assert_eq!(prov.len(), 2);
     use sha2::Digest;
     let sha = hex::encode(sha2::Sha256::digest(std::fs::read(models.join("mat.onnx")).unwrap()));
@@ -294,8 +340,24 @@ fn sdxl_and_e4s_forge_end_to_end_on_tiny_models() {
     let m = models.display().to_string();
     let n = env.db.scalar_i64("SELECT count(*) FROM sources").min(2);
     env.ok(&[
-        "forge", "--method", "sdxl", "--count", &n.to_string(), "--seed", "3", "--steps", "3", "--prompt", "a retouched face",
-        "--guidance", "5", "--scheduler", "dpm++2m", "--models", &m, "--wait",
+        "forge",
+        "--method",
+        "sdxl",
+        "--count",
+        &n.to_string(),
+        "--seed",
+        "3",
+        "--steps",
+        "3",
+        "--prompt",
+        "a retouched face",
+        "--guidance",
+        "5",
+        "--scheduler",
+        "dpm++2m",
+        "--models",
+        &m,
+        "--wait",
     ]);
     env.ok(&["forge", "--method", "e4s", "--count", &n.to_string(), "--seed", "3", "--models", &m, "--wait"]);
     let rows: Vec<(String, String, String, String, serde_json::Value)> = env.db.query(async |p| {

@@ -11,7 +11,8 @@ fn celebamask_fixture_imports_parts_sizes_and_masks() {
     let env = common::Env::new();
     let fixture = env.data.path().join("celebamask");
     let photos = common::sample_faces();
-    let mut args: Vec<String> = vec!["fixtures".into(), "celebamask".into(), "--out".into(), fixture.display().to_string(), "--photos".into()];
+    let mut args: Vec<String> =
+        vec!["fixtures".into(), "celebamask".into(), "--out".into(), fixture.display().to_string(), "--photos".into()];
     args.extend(photos.iter().map(|p| p.display().to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let manifest: serde_json::Value = env.json(&argv);
@@ -93,7 +94,11 @@ fn celebamask_fixture_imports_parts_sizes_and_masks() {
     let again = env.json(&["masks", "plan", "--seed", "4", "--json"]);
     assert_eq!((again["planned"].as_u64(), again["already_planned"].as_u64()), (Some(0), Some(3)));
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM mask_plans WHERE seed = 4"), 6);
-    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM mask_plans WHERE kind = 'full_face'"), 0, "CelebAMask-HQ never gets full-face masks");
+    assert_eq!(
+        env.db.scalar_i64("SELECT count(*) FROM mask_plans WHERE kind = 'full_face'"),
+        0,
+        "CelebAMask-HQ never gets full-face masks"
+    );
     let facial = ["skin", "nose", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip", "l_lip"];
     let plans: Vec<(uuid::Uuid, Vec<String>, String, i32)> = env.db.query(async |p| {
         sqlx::query_as("SELECT source_id, parts, mask_hash, pixels FROM mask_plans WHERE purpose = 'inpaint'").fetch_all(p).await.unwrap()
@@ -102,7 +107,11 @@ fn celebamask_fixture_imports_parts_sizes_and_masks() {
         assert!(parts.iter().all(|p| facial.contains(&p.as_str())), "{parts:?}");
         let union: i64 = env.db.query(async |p| {
             sqlx::query_scalar("SELECT count(*)::bigint FROM source_parts WHERE source_id = $1 AND part = ANY($2)")
-                .bind(source).bind(&parts).fetch_one(p).await.unwrap()
+                .bind(source)
+                .bind(&parts)
+                .fetch_one(p)
+                .await
+                .unwrap()
         });
         assert_eq!(union as usize, parts.len(), "every planned part is present");
         assert!(pixels > 0);

@@ -47,7 +47,11 @@ fn ffhq_import_uses_the_aligned_box_and_falls_back_to_detection() {
         let reference = mmtt_generators::align::AlignTransform::ffhq(&face.landmarks, 512).landmarks_to_output(&face.landmarks);
         let err = lm.mean_error(&reference) / reference.interocular();
         let redetected = lm.mean_error(&finder.faces(&img)[0].landmarks) / reference.interocular();
-        println!("{id}: mean landmark error {:.2}% of the interocular distance (full re-detection: {:.2}%)", 100.0 * err, 100.0 * redetected);
+        println!(
+            "{id}: mean landmark error {:.2}% of the interocular distance (full re-detection: {:.2}%)",
+            100.0 * err,
+            100.0 * redetected
+        );
         // the cheap path (known position, no upsampling) is as accurate as full detection, and
         // both are within 6% of the interocular distance of the reference (the predictor's own
         // variation between a 186 px and a 300 px face is about 4.6% on Grace Hopper)

@@ -29,13 +29,21 @@ fn photos_import_reports_bad_inputs_and_is_idempotent() {
     let out = env.ok(&["import", "photos", "--root", &root, "--max-side", "1000", "--json"]);
     let s: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let keys: Vec<&String> = s.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["already_present", "faces", "imported", "skipped"]);
+    assert_eq!(keys, ["already_present", "faces", "imported", "skipped", "without_landmarks"]);
+    assert_eq!(s["without_landmarks"], 0, "photos are imported only where a face is found: {s}");
     assert_eq!(s["imported"], 2, "{s}");
     assert_eq!(s["faces"], 2, "{s}");
     assert_eq!(s["already_present"], 0);
     let reason = |name: &str| -> String {
-        s["skipped"].as_array().unwrap().iter().find(|k| k["path"].as_str().unwrap().ends_with(name))
-            .unwrap_or_else(|| panic!("{name} not reported: {s}"))["reason"].as_str().unwrap().to_string()
+        s["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["path"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} not reported: {s}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     assert!(reason("truncated.jpg").contains("truncated"));
     assert!(reason("corrupt.jpg").contains("corrupt"), "{}", reason("corrupt.jpg"));
@@ -49,9 +57,8 @@ fn photos_import_reports_bad_inputs_and_is_idempotent() {
     env.assert_store_consistent();
 
     // each stored face: 512x512 aligned crop, 68 landmarks inside it, eyes where FFHQ puts them
-    let rows: Vec<(serde_json::Value, Vec<String>, String)> = env.db.query(async |p| {
-        sqlx::query_as("SELECT landmarks, parts, detector FROM sources").fetch_all(p).await.unwrap()
-    });
+    let rows: Vec<(serde_json::Value, Vec<String>, String)> =
+        env.db.query(async |p| sqlx::query_as("SELECT landmarks, parts, detector FROM sources").fetch_all(p).await.unwrap());
     for (lm, parts, detector) in &rows {
         assert_eq!(detector, "dlib-hog");
         let pts = lm.as_array().unwrap();
@@ -69,10 +76,12 @@ fn photos_import_reports_bad_inputs_and_is_idempotent() {
     }
 
     // splits: the pure function of the project's seed and the stored image's hash
-    let settings: (i64, Vec<i32>) = env.db.query(async |p| sqlx::query_as("SELECT split_seed, split_ratios FROM project_settings").fetch_one(p).await.unwrap());
+    let settings: (i64, Vec<i32>) =
+        env.db.query(async |p| sqlx::query_as("SELECT split_seed, split_ratios FROM project_settings").fetch_one(p).await.unwrap());
     let ratios = mmtt::split::SplitRatios::new([settings.1[0] as u32, settings.1[1] as u32, settings.1[2] as u32]).unwrap();
     assert_eq!(ratios.values(), [8, 1, 1]);
-    let splits: Vec<(String, String, String)> = env.db.query(async |p| sqlx::query_as("SELECT split, split_key, image_hash FROM sources").fetch_all(p).await.unwrap());
+    let splits: Vec<(String, String, String)> =
+        env.db.query(async |p| sqlx::query_as("SELECT split, split_key, image_hash FROM sources").fetch_all(p).await.unwrap());
     for (split, key, hash) in &splits {
         assert_eq!(key, hash);
         assert_eq!(split, mmtt::split::assign(settings.0 as u64, ratios, key).name());
@@ -110,7 +119,6 @@ fn photos_import_reports_bad_inputs_and_is_idempotent() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no source with id"));
 }
 
-
 #[test]
 fn an_import_killed_midway_resumes_without_duplicates() {
     let env = common::Env::new();
@@ -118,7 +126,10 @@ fn an_import_killed_midway_resumes_without_duplicates() {
     common::variants(&dir, 10);
     let root = dir.display().to_string();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mmtt"))
-        .arg("--data-dir").arg(env.data.path()).arg("--database-url").arg(&env.db.url)
+        .arg("--data-dir")
+        .arg(env.data.path())
+        .arg("--database-url")
+        .arg(&env.db.url)
         .args(["import", "photos", "--root", &root])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -127,9 +138,7 @@ fn an_import_killed_midway_resumes_without_duplicates() {
     let start = std::time::Instant::now();
     // wait for the first stored photo (or the end), then kill -9
     loop {
-        let n = env.db.query(async |p| {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sources").fetch_one(p).await.unwrap_or(0)
-        });
+        let n = env.db.query(async |p| sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sources").fetch_one(p).await.unwrap_or(0));
         if n >= 1 || child.try_wait().unwrap().is_some() || start.elapsed().as_secs() > 120 {
             break;
         }
@@ -141,7 +150,10 @@ fn an_import_killed_midway_resumes_without_duplicates() {
     println!("killed after {stored_before} stored photos");
     assert!(stored_before >= 1);
     // nothing half-written: every stored face has its parts and files
-    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM sources s WHERE NOT EXISTS (SELECT 1 FROM source_parts p WHERE p.source_id = s.id)"), 0);
+    assert_eq!(
+        env.db.scalar_i64("SELECT count(*) FROM sources s WHERE NOT EXISTS (SELECT 1 FROM source_parts p WHERE p.source_id = s.id)"),
+        0
+    );
     env.assert_store_consistent();
     let s = env.json(&["import", "photos", "--root", &root, "--json"]);
     assert_eq!(s["already_present"].as_i64().unwrap(), stored_before);

@@ -72,7 +72,11 @@ fn landmarks_match_dlib_ground_truth() {
         let lm = finder.landmarks(&img, t.face_box);
         let err = lm.mean_error(&t.points);
         let iod = t.points.interocular();
-        println!("face {i}: box {:?}, mean point error {err:.3} px = {:.2}% of the interocular distance ({iod:.1} px)", t.face_box, 100.0 * err / iod);
+        println!(
+            "face {i}: box {:?}, mean point error {err:.3} px = {:.2}% of the interocular distance ({iod:.1} px)",
+            t.face_box,
+            100.0 * err / iod
+        );
         assert!(err < 1.0, "face {i}: mean error {err:.3} px");
         assert!(err / iod < 0.05, "face {i}: normalised error {:.3}", err / iod);
         worst = worst.max(err);

@@ -3,8 +3,8 @@
 mod common;
 
 use mmtt_generators::detect::FaceFinder;
-use mmtt_generators::geometry::{count_set, Pt};
-use mmtt_generators::landmarks::{merge_parts, Landmarks68};
+use mmtt_generators::geometry::{Pt, count_set};
+use mmtt_generators::landmarks::{Landmarks68, merge_parts};
 use mmtt_generators::parts::Part;
 use mmtt_generators::plan::{self, MaskKind, PartSource, PlanStats, Purpose};
 

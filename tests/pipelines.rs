@@ -7,7 +7,7 @@ mod common;
 
 use mmtt_generators::forge::onnx::Device;
 use mmtt_generators::forge::sdxl::{ClipTokenizer, Sdxl, SdxlOptions};
-use mmtt_generators::forge::{e4s::E4s, ForgeInput};
+use mmtt_generators::forge::{ForgeInput, e4s::E4s};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -28,7 +28,8 @@ fn write_f32(p: &Path, v: &[f32]) {
 
 fn face_and_mask(dir: &Path) -> (image::RgbImage, image::GrayImage, PathBuf, PathBuf) {
     let img = image::open(&common::sample_faces()[0]).unwrap().resize_exact(512, 512, image::imageops::FilterType::Triangle).into_rgb8();
-    let mask = image::GrayImage::from_fn(512, 512, |x, y| image::Luma([if (170..340).contains(&x) && (190..370).contains(&y) { 255 } else { 0 }]));
+    let mask =
+        image::GrayImage::from_fn(512, 512, |x, y| image::Luma([if (170..340).contains(&x) && (190..370).contains(&y) { 255 } else { 0 }]));
     let (i, m) = (dir.join("face.png"), dir.join("mask.png"));
     img.save(&i).unwrap();
     mask.save(&m).unwrap();
@@ -56,15 +57,45 @@ fn sdxl_pipeline_equals_the_python_reference_over_full_denoising_loops() {
     ];
     let mut outputs = Vec::new();
     for (steps, strength, guidance, seed, prompt, negative, scheduler) in cases {
-        let opts = SdxlOptions { prompt: prompt.into(), negative_prompt: negative.into(), steps, guidance, strength, scheduler: scheduler.into() };
-        let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, target_parts: None, source_parts: None, seed, options: None };
+        let opts =
+            SdxlOptions { prompt: prompt.into(), negative_prompt: negative.into(), steps, guidance, strength, scheduler: scheduler.into() };
+        let input = ForgeInput {
+            target: &img,
+            mask: &mask,
+            target_landmarks: None,
+            source: None,
+            source_landmarks: None,
+            target_parts: None,
+            source_parts: None,
+            seed,
+            options: None,
+        };
         let ours = sdxl.run(&input, &opts).unwrap();
         let (out, lat) = (tmp.path().join("py.f32"), tmp.path().join("py-lat.f32"));
         let st = Command::new(python())
             .arg(script("onnx_reference.py"))
-            .args(["sdxl", "--threads", "1", "--steps", &steps.to_string(), "--strength", &strength.to_string(), "--guidance", &guidance.to_string()])
+            .args([
+                "sdxl",
+                "--threads",
+                "1",
+                "--steps",
+                &steps.to_string(),
+                "--strength",
+                &strength.to_string(),
+                "--guidance",
+                &guidance.to_string(),
+            ])
             .args(["--seed", &seed.to_string(), "--prompt", prompt, "--negative-prompt", negative, "--scheduler", scheduler])
-            .arg("--models").arg(&models).arg("--image").arg(&img_p).arg("--mask").arg(&mask_p).arg("--out").arg(&out).arg("--out-latents").arg(&lat)
+            .arg("--models")
+            .arg(&models)
+            .arg("--image")
+            .arg(&img_p)
+            .arg("--mask")
+            .arg(&mask_p)
+            .arg("--out")
+            .arg(&out)
+            .arg("--out-latents")
+            .arg(&lat)
             .output()
             .unwrap();
         assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
@@ -95,8 +126,25 @@ fn sdxl_runs_fp16_unets_and_reads_job_options() {
     tiny_models(&m32, &[]);
     tiny_models(&m16, &["--fp16-unet"]);
     let (img, mask, ..) = face_and_mask(tmp.path());
-    let opts = SdxlOptions { prompt: "a face".into(), negative_prompt: "".into(), steps: 3, guidance: 4.0, strength: 0.99, scheduler: "euler".into() };
-    let input = ForgeInput { target: &img, mask: &mask, target_landmarks: None, source: None, source_landmarks: None, target_parts: None, source_parts: None, seed: 5, options: None };
+    let opts = SdxlOptions {
+        prompt: "a face".into(),
+        negative_prompt: "".into(),
+        steps: 3,
+        guidance: 4.0,
+        strength: 0.99,
+        scheduler: "euler".into(),
+    };
+    let input = ForgeInput {
+        target: &img,
+        mask: &mask,
+        target_landmarks: None,
+        source: None,
+        source_landmarks: None,
+        target_parts: None,
+        source_parts: None,
+        seed: 5,
+        options: None,
+    };
     let a = Sdxl::load(&m32, Device::Cpu, 1).unwrap().run(&input, &opts).unwrap();
     let b = Sdxl::load(&m16, Device::Cpu, 1).unwrap().run(&input, &opts).unwrap();
     let d = max_diff(&a.hwc, &b.hwc, 255.0);
@@ -107,8 +155,33 @@ fn sdxl_runs_fp16_unets_and_reads_job_options() {
     let (out, lat) = (tmp.path().join("py.f32"), tmp.path().join("py-lat.f32"));
     let st = Command::new(python())
         .arg(script("onnx_reference.py"))
-        .args(["sdxl", "--threads", "1", "--steps", "3", "--strength", "0.99", "--guidance", "4", "--seed", "5", "--prompt", "a face", "--negative-prompt", ""])
-        .arg("--models").arg(&m16).arg("--image").arg(&img_p).arg("--mask").arg(&mask_p).arg("--out").arg(&out).arg("--out-latents").arg(&lat)
+        .args([
+            "sdxl",
+            "--threads",
+            "1",
+            "--steps",
+            "3",
+            "--strength",
+            "0.99",
+            "--guidance",
+            "4",
+            "--seed",
+            "5",
+            "--prompt",
+            "a face",
+            "--negative-prompt",
+            "",
+        ])
+        .arg("--models")
+        .arg(&m16)
+        .arg("--image")
+        .arg(&img_p)
+        .arg("--mask")
+        .arg(&mask_p)
+        .arg("--out")
+        .arg(&out)
+        .arg("--out-latents")
+        .arg(&lat)
         .output()
         .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
@@ -173,7 +246,16 @@ fn e4s_graphs_equal_the_python_reference_and_the_swap_has_its_own_region() {
     let st = Command::new(python())
         .arg(script("onnx_reference.py"))
         .args(["e4s", "--threads", "1"])
-        .arg("--models").arg(&models).arg("--target").arg(&tp).arg("--source").arg(&sp).arg("--out").arg(&out).arg("--out-labels").arg(&labels)
+        .arg("--models")
+        .arg(&models)
+        .arg("--target")
+        .arg(&tp)
+        .arg("--source")
+        .arg(&sp)
+        .arg("--out")
+        .arg(&out)
+        .arg("--out-labels")
+        .arg(&labels)
         .output()
         .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::web::{client, login, rt, spawn_app, world, PASSWORD};
-use mmtt::web::auth::{add_user, Role, UserName};
-use mmtt::web::{route_table, WebConfig};
+use common::web::{PASSWORD, client, login, rt, spawn_app, world};
+use mmtt::web::auth::{Role, UserName, add_user};
+use mmtt::web::{WebConfig, route_table};
 use reqwest::StatusCode;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,7 +54,11 @@ fn every_route_answers_every_role_as_expected() {
                     Some(name) => login(&app, name).await,
                     None => (client(), String::new()),
                 };
-                let url = format!("{}{}", app.base, path.replace("{task}", &unknown).replace("{kind}", "forged").replace("{annotation}", &unknown));
+                let url = format!(
+                    "{}{}",
+                    app.base,
+                    path.replace("{task}", &unknown).replace("{kind}", "forged").replace("{annotation}", &unknown)
+                );
                 let req = match method.as_str() {
                     "GET" => c.get(&url),
                     _ if path.ends_with("/heartbeat") || path.ends_with("/draft") || path.ends_with("/prefetch") => {
@@ -64,8 +68,13 @@ fn every_route_answers_every_role_as_expected() {
                     _ => {
                         let new_name = format!("u{}", uuid::Uuid::new_v4().simple());
                         c.post(&url).form(&[
-                            ("csrf", csrf.as_str()), ("text", "the eye is blurred"), ("reason", "broken_image"), ("comment", "more detail"),
-                            ("name", &new_name), ("role", "annotator"), ("password", "a long password"),
+                            ("csrf", csrf.as_str()),
+                            ("text", "the eye is blurred"),
+                            ("reason", "broken_image"),
+                            ("comment", "more detail"),
+                            ("name", &new_name),
+                            ("role", "annotator"),
+                            ("password", "a long password"),
                         ])
                     }
                 };
@@ -108,7 +117,11 @@ fn the_server_enforces_the_annotation_rules() {
         let body = r.text().await.unwrap();
         assert!(body.contains("more seconds of active time are needed"), "{body}");
         let kept = body.split("<textarea").nth(1).unwrap_or_default().split("</textarea>").next().unwrap_or_default().to_string();
-        assert!(kept.contains("&lt;script&gt;alert(1)&lt;/script&gt; The left eye is blurred.") || kept.contains("&#60;script&#62;alert(1)&#60;/script&#62; The left eye is blurred."), "{kept}");
+        assert!(
+            kept.contains("&lt;script&gt;alert(1)&lt;/script&gt; The left eye is blurred.")
+                || kept.contains("&#60;script&#62;alert(1)&#60;/script&#62; The left eye is blurred."),
+            "{kept}"
+        );
         assert!(!body.contains("<script>alert(1)"));
         // empty, too long, no CSRF token, a stale token
         let r = submit("  , . ", &csrf).await.unwrap();
@@ -119,12 +132,22 @@ fn the_server_enforces_the_annotation_rules() {
         assert!(r.text().await.unwrap().contains("121 words"));
         assert_eq!(submit("The nose is smeared.", "").await.unwrap().status(), StatusCode::FORBIDDEN);
         assert_eq!(submit("The nose is smeared.", "0123456789abcdef").await.unwrap().status(), StatusCode::FORBIDDEN);
-        let hb = |token: &str| c.post(format!("{}/annotate/{task}/heartbeat", app.base)).header("x-csrf-token", token.to_string()).json(&serde_json::json!({})).send();
+        let hb = |token: &str| {
+            c.post(format!("{}/annotate/{task}/heartbeat", app.base))
+                .header("x-csrf-token", token.to_string())
+                .json(&serde_json::json!({}))
+                .send()
+        };
         assert_eq!(hb("nope").await.unwrap().status(), StatusCode::FORBIDDEN);
 
         // drafts are kept and restored
-        let d = c.post(format!("{}/annotate/{task}/draft", app.base)).header("x-csrf-token", &csrf)
-            .json(&serde_json::json!({"text": "draft: the mouth and the NOSE", "regions": ["mouth", "ear"]})).send().await.unwrap();
+        let d = c
+            .post(format!("{}/annotate/{task}/draft", app.base))
+            .header("x-csrf-token", &csrf)
+            .json(&serde_json::json!({"text": "draft: the mouth and the NOSE", "regions": ["mouth", "ear"]}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(d.status(), StatusCode::OK);
         // the server suggests the chips from the text (the one extractor) and counts the words
         let j: serde_json::Value = d.json().await.unwrap();
@@ -138,15 +161,25 @@ fn the_server_enforces_the_annotation_rules() {
             assert_eq!(input.contains("checked"), on, "chip {label}: {input}");
         }
         // a chip that is not one of the 21 labels is refused and nothing is stored
-        let d = c.post(format!("{}/annotate/{task}/draft", app.base)).header("x-csrf-token", &csrf)
-            .json(&serde_json::json!({"text": "other", "regions": ["elbow"]})).send().await.unwrap();
+        let d = c
+            .post(format!("{}/annotate/{task}/draft", app.base))
+            .header("x-csrf-token", &csrf)
+            .json(&serde_json::json!({"text": "other", "regions": ["elbow"]}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(d.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert!(d.text().await.unwrap().contains("unknown region label"));
         assert!(c.get(&page_url).send().await.unwrap().text().await.unwrap().contains("draft: the mouth"));
 
         // another annotator cannot touch this task
         let (c2, csrf2) = login(&app, "ann2").await;
-        let r = c2.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf2.as_str()), ("text", "The eyes.")]).send().await.unwrap();
+        let r = c2
+            .post(format!("{}/annotate/{task}/submit", app.base))
+            .form(&[("csrf", csrf2.as_str()), ("text", "The eyes.")])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(c2.get(format!("{}/images/{task}/original", app.base)).send().await.unwrap().status(), StatusCode::NOT_FOUND);
         let other = c2.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
@@ -163,11 +196,19 @@ fn the_server_enforces_the_annotation_rules() {
             tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
             hb(&csrf).await.unwrap();
         }
-        assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap(), 0, "nothing stored so far");
+        assert_eq!(
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap(),
+            0,
+            "nothing stored so far"
+        );
         // a chip outside the 21 labels is refused, nothing stored
-        let r = c.post(format!("{}/annotate/{task}/submit", app.base))
-            .body(format!("csrf={csrf}&chips=1&region=eye&region=elbow&text=The+eye")).header("content-type", "application/x-www-form-urlencoded")
-            .send().await.unwrap();
+        let r = c
+            .post(format!("{}/annotate/{task}/submit", app.base))
+            .body(format!("csrf={csrf}&chips=1&region=eye&region=elbow&text=The+eye"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap(), 0);
         let r = submit("The left eye is blurred and its lashes are smeared into the skin.", &csrf).await.unwrap();
@@ -183,7 +224,11 @@ fn the_server_enforces_the_annotation_rules() {
         let r = submit("again", &csrf).await.unwrap();
         assert_eq!(r.status(), StatusCode::CONFLICT);
         assert!(r.text().await.unwrap().contains("already submitted"));
-        assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotation_revisions").fetch_one(&app.pool).await.unwrap(), 1, "the replay stored nothing");
+        assert_eq!(
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM annotation_revisions").fetch_one(&app.pool).await.unwrap(),
+            1,
+            "the replay stored nothing"
+        );
         let (text2,): (String,) = sqlx::query_as("SELECT text FROM annotations").fetch_one(&app.pool).await.unwrap();
         assert_eq!(text2, text);
     });
@@ -206,7 +251,8 @@ fn logins_are_throttled_and_sessions_are_cookies_only() {
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "throttled even with the right password");
         // the stored session is a hash, not the cookie's token
         let token = cookie.split(';').next().unwrap().split('=').nth(1).unwrap().to_string();
-        let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE token_hash = $1").bind(&token).fetch_one(&app.pool).await.unwrap();
+        let raw: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sessions WHERE token_hash = $1").bind(&token).fetch_one(&app.pool).await.unwrap();
         assert_eq!(raw, 0);
     });
 }
@@ -221,7 +267,8 @@ fn a_reviewer_flags_returns_and_accepts() {
         let task = loc.rsplit('/').next().unwrap().to_string();
         // the mask covers some parts; "hair" never is: a false positive to flag
         let text = "The hair has a hard seam and the skin looks waxy.";
-        let r = c.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", text)]).send().await.unwrap();
+        let r =
+            c.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", text)]).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM annotations").fetch_one(&app.pool).await.unwrap();
 
@@ -233,49 +280,95 @@ fn a_reviewer_flags_returns_and_accepts() {
         assert!(page.contains("Possible false positives"));
         let v1 = version_on(&page);
         // a form without its version is refused
-        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("comment", "x")]).send().await.unwrap();
+        let r =
+            rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("comment", "x")]).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
         // returning needs a comment; then the same annotator gets the task back with text and comment
-        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("version", v1.as_str()), ("comment", "")]).send().await.unwrap();
+        let r = rc
+            .post(format!("{}/review/{id}/return", app.base))
+            .form(&[("csrf", rcsrf.as_str()), ("version", v1.as_str()), ("comment", "")])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-        let r = rc.post(format!("{}/review/{id}/return", app.base)).form(&[("csrf", rcsrf.as_str()), ("version", v1.as_str()), ("comment", "Say which seam.")]).send().await.unwrap();
+        let r = rc
+            .post(format!("{}/review/{id}/return", app.base))
+            .form(&[("csrf", rcsrf.as_str()), ("version", v1.as_str()), ("comment", "Say which seam.")])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let (c2, _) = login(&app, "ann2").await;
         let other = c2.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
-        assert_ne!(other.headers()["location"].to_str().unwrap(), format!("/annotate/{task}"), "a returned task goes to its own annotator only");
+        assert_ne!(
+            other.headers()["location"].to_str().unwrap(),
+            format!("/annotate/{task}"),
+            "a returned task goes to its own annotator only"
+        );
         let back = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
         assert_eq!(back.headers()["location"].to_str().unwrap(), format!("/annotate/{task}"));
         let page = c.get(format!("{}/annotate/{task}", app.base)).send().await.unwrap().text().await.unwrap();
         assert!(page.contains("Say which seam.") && page.contains("The hair has a hard seam"), "{page}");
         let refined = "The hair has a hard seam above the left brow and the skin looks waxy.";
-        let r = c.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", refined)]).send().await.unwrap();
+        let r = c
+            .post(format!("{}/annotate/{task}/submit", app.base))
+            .form(&[("csrf", csrf.as_str()), ("text", refined)])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         // a decision on the page of the first version is stale now
-        let r = rc.post(format!("{}/review/{id}/accept", app.base)).form(&[("csrf", rcsrf.as_str()), ("version", v1.as_str())]).send().await.unwrap();
+        let r = rc
+            .post(format!("{}/review/{id}/accept", app.base))
+            .form(&[("csrf", rcsrf.as_str()), ("version", v1.as_str())])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::CONFLICT);
         assert!(r.text().await.unwrap().contains("changed since this page was loaded"));
-        let fp: Vec<String> = sqlx::query_scalar("SELECT fp_labels FROM annotations WHERE id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
+        let fp: Vec<String> =
+            sqlx::query_scalar("SELECT fp_labels FROM annotations WHERE id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
         assert!(fp.contains(&"hair".to_string()), "flags are stored with the submission: {fp:?}");
         let page = rc.get(format!("{}/review/{id}", app.base)).send().await.unwrap().text().await.unwrap();
         let v2 = version_on(&page);
         assert_ne!(v1, v2);
         // the reviewer removes the false positive and accepts
         let edited = "The skin looks waxy.";
-        let r = rc.post(format!("{}/review/{id}/accept", app.base))
-            .form(&[("csrf", rcsrf.as_str()), ("version", v2.as_str()), ("text", edited), ("chips", "1"), ("region", "skin")]).send().await.unwrap();
+        let r = rc
+            .post(format!("{}/review/{id}/accept", app.base))
+            .form(&[("csrf", rcsrf.as_str()), ("version", v2.as_str()), ("text", edited), ("chips", "1"), ("region", "skin")])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let (status, stored, regions, fp): (String, String, Vec<String>, Vec<String>) =
-            sqlx::query_as("SELECT status, text, regions, fp_labels FROM annotations WHERE id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
+            sqlx::query_as("SELECT status, text, regions, fp_labels FROM annotations WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
         assert_eq!((status.as_str(), stored.as_str()), ("accepted", edited));
         assert_eq!(regions, ["skin"]);
         assert!(fp.contains(&"hair".to_string()), "the annotator's flags stay for the dashboard: {fp:?}");
         let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM annotation_revisions WHERE annotation_id = $1 ORDER BY id")
-            .bind(id).fetch_all(&app.pool).await.unwrap();
+            .bind(id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
         assert_eq!(actions, ["submit", "return", "submit", "edit_accept"], "every version is kept");
         // a decided annotation cannot be decided again (a replayed form)
-        let r = rc.post(format!("{}/review/{id}/accept", app.base)).form(&[("csrf", rcsrf.as_str()), ("version", v2.as_str())]).send().await.unwrap();
+        let r = rc
+            .post(format!("{}/review/{id}/accept", app.base))
+            .form(&[("csrf", rcsrf.as_str()), ("version", v2.as_str())])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::CONFLICT);
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM annotation_revisions WHERE annotation_id = $1").bind(id).fetch_one(&app.pool).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM annotation_revisions WHERE annotation_id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
         assert_eq!(n, 4, "the replay stored nothing");
     });
 }
@@ -305,14 +398,31 @@ fn fifty_annotators_claim_and_submit_in_parallel() {
                 assert_eq!(r.status(), StatusCode::SEE_OTHER);
                 let task = r.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_string();
                 for _ in 0..3 {
-                    let hb = c.post(format!("{}/annotate/{task}/heartbeat", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({})).send().await.unwrap();
+                    let hb = c
+                        .post(format!("{}/annotate/{task}/heartbeat", app.base))
+                        .header("x-csrf-token", &csrf)
+                        .json(&serde_json::json!({}))
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(hb.status(), StatusCode::OK);
                     tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
                 }
-                let hb = c.post(format!("{}/annotate/{task}/heartbeat", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({})).send().await.unwrap();
+                let hb = c
+                    .post(format!("{}/annotate/{task}/heartbeat", app.base))
+                    .header("x-csrf-token", &csrf)
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(hb.status(), StatusCode::OK);
                 let text = format!("Annotator {k}: the nose is smeared.");
-                let r = c.post(format!("{}/annotate/{task}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", text.as_str())]).send().await.unwrap();
+                let r = c
+                    .post(format!("{}/annotate/{task}/submit", app.base))
+                    .form(&[("csrf", csrf.as_str()), ("text", text.as_str())])
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), StatusCode::SEE_OTHER, "annotator {k}");
                 task
             }));
@@ -325,7 +435,8 @@ fn fifty_annotators_claim_and_submit_in_parallel() {
         assert_eq!(distinct.len(), 50, "no task was held twice");
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap();
         assert_eq!(n, 50, "no submission lost");
-        let short: i64 = sqlx::query_scalar("SELECT count(*) FROM annotations WHERE active_seconds < 1.0").fetch_one(&app.pool).await.unwrap();
+        let short: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM annotations WHERE active_seconds < 1.0").fetch_one(&app.pool).await.unwrap();
         assert_eq!(short, 0);
         let authors: i64 = sqlx::query_scalar("SELECT count(DISTINCT annotator_id) FROM annotations").fetch_one(&app.pool).await.unwrap();
         assert_eq!(authors, 50);
@@ -356,7 +467,9 @@ fn prefetch_claims_one_task_ahead_and_the_dashboard_counts() {
         let (c, csrf) = login(&app, "ann").await;
         let loc = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap().headers()["location"].to_str().unwrap().to_string();
         let a = loc.rsplit('/').next().unwrap().to_string();
-        let pf = |t: String| c.post(format!("{}/annotate/{t}/prefetch", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({})).send();
+        let pf = |t: String| {
+            c.post(format!("{}/annotate/{t}/prefetch", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({})).send()
+        };
         let j: serde_json::Value = pf(a.clone()).await.unwrap().json().await.unwrap();
         let b = j["next"].as_str().expect("a task ahead").to_string();
         assert_ne!(a, b);
@@ -371,7 +484,11 @@ fn prefetch_claims_one_task_ahead_and_the_dashboard_counts() {
         }
         let (c2, _) = login(&app, "ann2").await;
         assert_eq!(c2.get(format!("{}/images/{b}/forged", app.base)).send().await.unwrap().status(), StatusCode::NOT_FOUND);
-        assert_eq!(c2.get(format!("{}/annotate/next", app.base)).send().await.unwrap().status(), StatusCode::OK, "both tasks are held: none left");
+        assert_eq!(
+            c2.get(format!("{}/annotate/next", app.base)).send().await.unwrap().status(),
+            StatusCode::OK,
+            "both tasks are held: none left"
+        );
         // "next" keeps the current task first; after submitting, the prefetched one
         assert_eq!(c.get(format!("{}/annotate/next", app.base)).send().await.unwrap().headers()["location"].to_str().unwrap(), loc);
 
@@ -383,7 +500,12 @@ fn prefetch_claims_one_task_ahead_and_the_dashboard_counts() {
         let external = regex_lite::Regex::new(r#"(src|href|action)\s*=\s*"(https?:)?//"#).unwrap();
         assert!(!external.is_match(&html), "the page loads nothing from another server");
 
-        let r = c.post(format!("{}/annotate/{a}/submit", app.base)).form(&[("csrf", csrf.as_str()), ("text", "The nose is smeared.")]).send().await.unwrap();
+        let r = c
+            .post(format!("{}/annotate/{a}/submit", app.base))
+            .form(&[("csrf", csrf.as_str()), ("text", "The nose is smeared.")])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let then = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap();
         assert_eq!(then.headers()["location"].to_str().unwrap(), format!("/annotate/{b}"));

@@ -14,7 +14,7 @@
 
 use crate::geometry::Pt;
 use crate::landmarks::Landmarks68;
-use image::{imageops, RgbImage};
+use image::{RgbImage, imageops};
 
 /// The affine map from output pixel centres to source coordinates.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -125,12 +125,10 @@ impl FaceFinder {
         if !predictor.is_file() {
             return Err(DetectError::PredictorMissing(predictor.to_path_buf()));
         }
-        let predictor_model = LandmarkPredictor::open(predictor)
-            .map_err(|reason| DetectError::Load { path: predictor.to_path_buf(), reason })?;
+        let predictor_model =
+            LandmarkPredictor::open(predictor).map_err(|reason| DetectError::Load { path: predictor.to_path_buf(), reason })?;
         let mmod = match mmod {
-            Some(p) => Some(Mutex::new(
-                FaceDetectorCnn::open(p).map_err(|reason| DetectError::Load { path: p.to_path_buf(), reason })?,
-            )),
+            Some(p) => Some(Mutex::new(FaceDetectorCnn::open(p).map_err(|reason| DetectError::Load { path: p.to_path_buf(), reason })?)),
             None => None,
         };
         Ok(Self { predictor: predictor_model, mmod })
@@ -214,8 +212,7 @@ impl FaceFinder {
 
 fn to_matrix(img: &RgbImage) -> ImageMatrix {
     let (w, h) = img.dimensions();
-    let old = image024::RgbImage::from_raw(w, h, img.as_raw().clone())
-        .expect("an RgbImage's buffer always has width * height * 3 bytes");
+    let old = image024::RgbImage::from_raw(w, h, img.as_raw().clone()).expect("an RgbImage's buffer always has width * height * 3 bytes");
     ImageMatrix::from_image(&old)
 }
 

@@ -26,9 +26,7 @@
 //!   region. On turned faces the hidden ear's band lies over hair or background; it is still
 //!   stored, since the mask only says where pixels may be regenerated.
 
-use crate::geometry::{
-    centroid, convex_hull, count_set, dilate, empty_mask, fill_polygon, subtract_into, union_into, Pt,
-};
+use crate::geometry::{Pt, centroid, convex_hull, count_set, dilate, empty_mask, fill_polygon, subtract_into, union_into};
 use crate::parts::Part;
 use image::GrayImage;
 use serde::{Deserialize, Serialize};

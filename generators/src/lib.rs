@@ -14,11 +14,11 @@
 
 pub mod align;
 pub mod detect;
+pub mod forge;
 pub mod geometry;
 pub mod landmarks;
 pub mod mask;
 pub mod parts;
-pub mod forge;
 pub mod plan;
 
 /// Side of every stored face image and mask.

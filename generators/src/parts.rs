@@ -73,17 +73,8 @@ impl Part {
 
     /// The parts that make up the face region replaced by a face swap and by a full-face mask
     /// (the facial parts without the ears).
-    pub const FACE_REGION: [Part; 9] = [
-        Part::Skin,
-        Part::Nose,
-        Part::LEye,
-        Part::REye,
-        Part::LBrow,
-        Part::RBrow,
-        Part::Mouth,
-        Part::ULip,
-        Part::LLip,
-    ];
+    pub const FACE_REGION: [Part; 9] =
+        [Part::Skin, Part::Nose, Part::LEye, Part::REye, Part::LBrow, Part::RBrow, Part::Mouth, Part::ULip, Part::LLip];
 
     /// The dataset's file-name spelling (`l_eye`, `u_lip`, ...).
     pub const fn name(self) -> &'static str {
@@ -122,7 +113,9 @@ impl fmt::Display for Part {
 
 /// An unknown part name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown face part `{0}`: expected one of skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth, u_lip, l_lip, hair, hat, ear_r, neck_l, neck, cloth")]
+#[error(
+    "unknown face part `{0}`: expected one of skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth, u_lip, l_lip, hair, hat, ear_r, neck_l, neck, cloth"
+)]
 pub struct UnknownPart(pub String);
 
 impl FromStr for Part {

@@ -11,9 +11,9 @@
 //!   shutdown, a clean checkpoint) unless `mmtt db start` pinned it running; `mmtt db stop` stops
 //!   it whatever the pin.
 
-use anyhow::{bail, Context, Result};
-use sqlx::postgres::PgConnectOptions;
+use anyhow::{Context, Result, bail};
 use sqlx::Connection;
+use sqlx::postgres::PgConnectOptions;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
@@ -245,10 +245,8 @@ impl Cluster {
         let mut conn = sqlx::PgConnection::connect_with(&self.connect_options("postgres"))
             .await
             .context("could not connect to the private PostgreSQL cluster")?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(DATABASE)
-            .fetch_one(&mut conn)
-            .await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)").bind(DATABASE).fetch_one(&mut conn).await?;
         if !exists {
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DATABASE}"))).execute(&mut conn).await?;
         }
@@ -271,7 +269,11 @@ impl ClusterLease {
     pub fn acquire(cluster: Cluster) -> Result<Self> {
         std::fs::create_dir_all(cluster.dir()).with_context(|| format!("cannot create {}", cluster.dir().display()))?;
         let lock_path = cluster.dir().join("clients.lock");
-        let lock = File::options().create(true).truncate(false).write(true).open(&lock_path)
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
             .with_context(|| format!("cannot open {}", lock_path.display()))?;
         // exclusive while starting, so two commands do not race pg_ctl
         if !flock(&lock, libc::LOCK_EX) {

@@ -84,13 +84,10 @@ async fn ensure_settings(pool: &PgPool, seed: u64, ratios: SplitRatios) -> Resul
 }
 
 pub async fn settings(pool: &PgPool) -> Result<Settings> {
-    let row = sqlx::query("SELECT split_seed, split_ratios FROM project_settings WHERE id")
-        .fetch_one(pool)
-        .await?;
+    let row = sqlx::query("SELECT split_seed, split_ratios FROM project_settings WHERE id").fetch_one(pool).await?;
     let seed: i64 = row.get(0);
     let r: Vec<i32> = row.get(1);
-    let ratios = SplitRatios::new([r[0] as u32, r[1] as u32, r[2] as u32])
-        .context("the stored split ratios are invalid")?;
+    let ratios = SplitRatios::new([r[0] as u32, r[1] as u32, r[2] as u32]).context("the stored split ratios are invalid")?;
     Ok(Settings { split_seed: seed as u64, split_ratios: ratios })
 }
 
@@ -111,7 +108,9 @@ pub async fn set_split(pool: &PgPool, seed: u64, ratios: SplitRatios) -> Result<
             "the project already stores {n} sources whose splits were drawn with seed {cur_seed} and ratios {}:{}:{}; \
              splits never change once stored. Use a new data directory/database for a different split seed \
              (exports can re-split with `--resplit`)",
-            cur_r[0], cur_r[1], cur_r[2]
+            cur_r[0],
+            cur_r[1],
+            cur_r[2]
         );
     }
     sqlx::query("UPDATE project_settings SET split_seed = $1, split_ratios = $2 WHERE id")

@@ -4,7 +4,7 @@
 use super::{ExportOptions, Format, Out, Sample};
 use crate::annotation::multilabel;
 use crate::split::Split;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result, anyhow};
 use rayon::prelude::*;
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -73,7 +73,8 @@ fn coco(out: &Out, split: Split, part: &[&Sample], bar: &indicatif::ProgressBar)
         .map(|s| -> Result<_> {
             out.blob(&format!("{dir}/{}.png", s.key), &s.image)?;
             let png = std::fs::read(store.path_of(&s.mask)).with_context(|| format!("mask of {}", s.id))?;
-            let m = image::load_from_memory_with_format(&png, image::ImageFormat::Png).with_context(|| format!("mask of {}", s.id))?.to_luma8();
+            let m =
+                image::load_from_memory_with_format(&png, image::ImageFormat::Png).with_context(|| format!("mask of {}", s.id))?.to_luma8();
             let (w, h) = m.dimensions();
             let runs = super::rle::runs(m.as_raw(), w as usize, h as usize);
             let (area, bbox) = super::rle::area_and_bbox(m.as_raw(), w as usize, h as usize);
@@ -107,7 +108,8 @@ fn coco(out: &Out, split: Split, part: &[&Sample], bar: &indicatif::ProgressBar)
     let c = serde_json::json!({"info": info, "licenses": licenses, "images": images, "annotations": captions});
     out.bytes(&format!("annotations/captions_{dir}.json"), &serde_json::to_vec(&c)?)?;
     let categories = serde_json::json!([{"id": 1, "name": "forged", "supercategory": "face"}]);
-    let inst = serde_json::json!({"info": info, "licenses": licenses, "images": images, "annotations": instances, "categories": categories});
+    let inst =
+        serde_json::json!({"info": info, "licenses": licenses, "images": images, "annotations": instances, "categories": categories});
     out.bytes(&format!("annotations/instances_{dir}.json"), &serde_json::to_vec(&inst)?)
 }
 
@@ -126,7 +128,9 @@ fn webdataset(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar:
     for s in part {
         let txt = s.text.clone();
         let json = serde_json::to_string(&record(s))?;
-        let len = |k: &crate::store::BlobKey| std::fs::metadata(store.path_of(k)).map(|m| m.len()).map_err(|e| anyhow!("store file of {}: {e}", s.id));
+        let len = |k: &crate::store::BlobKey| {
+            std::fs::metadata(store.path_of(k)).map(|m| m.len()).map_err(|e| anyhow!("store file of {}: {e}", s.id))
+        };
         let bytes = tar_size(len(&s.image)?) + tar_size(len(&s.mask)?) + tar_size(txt.len() as u64) + tar_size(json.len() as u64);
         if size > 0 && size + bytes > o.shard_bytes {
             shards.push(Vec::new());

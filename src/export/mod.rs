@@ -25,7 +25,7 @@ use crate::app::App;
 use crate::split::{self, Split, SplitRatios};
 use crate::stats::{StatSample, Stats};
 use crate::store::{BlobKey, FsBlobStore};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -537,7 +537,10 @@ pub fn owned_name(format: Format, rel: &str) -> bool {
         [d, f] if split(d) => match format {
             Format::Hf => *f == "metadata.jsonl",
             Format::Coco => ext(f, ".png"),
-            Format::Webdataset => f.strip_prefix(&format!("{d}-")).and_then(|n| n.strip_suffix(".tar")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+            Format::Webdataset => f
+                .strip_prefix(&format!("{d}-"))
+                .and_then(|n| n.strip_suffix(".tar"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
             Format::Mmtt => false,
         },
         [d, sub, f] if split(d) && format == Format::Hf => ["images", "masks", "originals"].contains(sub) && ext(f, ".png"),
@@ -617,7 +620,12 @@ fn clean_end(o: &ExportOptions, out: &Out, listed: &std::collections::HashSet<St
 fn lock_out(o: &ExportOptions) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = o.out.join(LOCK_FILE);
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         bail!("another mmtt export is writing into {} right now: wait for it (`mmtt jobs`) or choose another --out", o.out.display());
@@ -633,12 +641,17 @@ fn check_out(o: &ExportOptions) -> Result<bool> {
     }
     let state = o.out.join(STATE_FILE);
     if state.exists() {
-        let prev: ExportOptions = serde_json::from_slice(&std::fs::read(&state)?).with_context(|| format!("{} is damaged: delete the folder and export again", state.display()))?;
+        let prev: ExportOptions = serde_json::from_slice(&std::fs::read(&state)?)
+            .with_context(|| format!("{} is damaged: delete the folder and export again", state.display()))?;
         let mut mine = o.clone();
         mine.link = false;
         mine.out = PathBuf::new();
         if prev != mine {
-            bail!("{} holds an export with other options ({}): choose another --out, or delete it", o.out.display(), serde_json::to_string(&prev)?);
+            bail!(
+                "{} holds an export with other options ({}): choose another --out, or delete it",
+                o.out.display(),
+                serde_json::to_string(&prev)?
+            );
         }
         return Ok(true);
     }
@@ -684,7 +697,10 @@ pub async fn run(app: &App, o: &ExportOptions) -> Result<ExportSummary> {
     };
     let samples = Arc::new(samples);
     let bar = indicatif::ProgressBar::new(samples.len() as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("export {bar:40} {pos}/{len} samples {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("export {bar:40} {pos}/{len} samples {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let work = {
         let (out, samples, o, bar) = (out.clone(), samples.clone(), o.clone(), bar.clone());
         tokio::task::spawn_blocking(move || formats::write(&o, &out, &samples, &bar))
@@ -717,8 +733,12 @@ pub async fn run(app: &App, o: &ExportOptions) -> Result<ExportSummary> {
             return Err(e.context(format!("export to {} stopped; run the same command again to resume", o.out.display())));
         }
     };
-    sqlx::query("UPDATE exports SET status = 'done', done = total, finished_at = now(), updated_at = now() WHERE id = $1").bind(export_id).execute(&app.pool).await?;
-    let (reused, replaced, removed) = (out.reused.load(Ordering::Relaxed), out.replaced.load(Ordering::Relaxed), out.removed.load(Ordering::Relaxed));
+    sqlx::query("UPDATE exports SET status = 'done', done = total, finished_at = now(), updated_at = now() WHERE id = $1")
+        .bind(export_id)
+        .execute(&app.pool)
+        .await?;
+    let (reused, replaced, removed) =
+        (out.reused.load(Ordering::Relaxed), out.replaced.load(Ordering::Relaxed), out.removed.load(Ordering::Relaxed));
     if resumed {
         eprintln!(
             "export: resume checked {} files an earlier run left: {reused} kept (size and SHA-256 as expected), {replaced} rewritten; {removed} stale files removed",
@@ -760,12 +780,20 @@ pub fn stats_of(samples: &[Sample]) -> Stats {
             count: 1,
         })
         .collect();
-    let faces: std::collections::HashSet<uuid::Uuid> = samples.iter().flat_map(|s| std::iter::once(s.source_id).chain(s.donor_id)).collect();
+    let faces: std::collections::HashSet<uuid::Uuid> =
+        samples.iter().flat_map(|s| std::iter::once(s.source_id).chain(s.donor_id)).collect();
     Stats::compute(&v, faces.len() as u64)
 }
 
 /// `splits.json`, the charts and the dataset card `README.md`.
-fn card(o: &ExportOptions, out: &Out, samples: &[Sample], seed: u64, ratios: SplitRatios, faces: &BTreeMap<uuid::Uuid, Split>) -> Result<()> {
+fn card(
+    o: &ExportOptions,
+    out: &Out,
+    samples: &[Sample],
+    seed: u64,
+    ratios: SplitRatios,
+    faces: &BTreeMap<uuid::Uuid, Split>,
+) -> Result<()> {
     let assignment: BTreeMap<String, &str> = faces.iter().map(|(k, v)| (k.to_string(), v.name())).collect();
     let splits = serde_json::json!({
         "seed": seed, "ratios": ratios.to_string(), "resplit": o.resplit.is_some(),
@@ -797,7 +825,8 @@ fn card(o: &ExportOptions, out: &Out, samples: &[Sample], seed: u64, ratios: Spl
         let mix: Vec<String> = ms.iter().map(|(m, n)| format!("{m} {:.1} %", 100.0 * *n as f64 / total.max(1) as f64)).collect();
         md += &format!("| {sp} | {total} | {} |\n", mix.join(", "));
     }
-    let whole: Vec<String> = stats.per_method.iter().map(|(m, n)| format!("{m} {:.1} %", 100.0 * *n as f64 / stats.samples.max(1) as f64)).collect();
+    let whole: Vec<String> =
+        stats.per_method.iter().map(|(m, n)| format!("{m} {:.1} %", 100.0 * *n as f64 / stats.samples.max(1) as f64)).collect();
     md += &format!("| all | {} | {} |\n\n", stats.samples, whole.join(", "));
     md += "## Statistics (spec section 6)\n\n```text\n";
     md += &stats.to_text();
@@ -807,10 +836,16 @@ fn card(o: &ExportOptions, out: &Out, samples: &[Sample], seed: u64, ratios: Spl
     }
     md += "## Files\n\n";
     md += match o.format {
-        Format::Hf => "`{split}/images/`, `{split}/masks/` (single-channel PNG, 0/255), `{split}/originals/`, `{split}/metadata.jsonl`. Load with `datasets.load_dataset(\"imagefolder\", data_dir=...)`.\n",
-        Format::Coco => "`{split}/*.png` and `annotations/captions_{split}.json`, `annotations/instances_{split}.json` (masks as COCO RLE). Load with pycocotools.\n",
+        Format::Hf => {
+            "`{split}/images/`, `{split}/masks/` (single-channel PNG, 0/255), `{split}/originals/`, `{split}/metadata.jsonl`. Load with `datasets.load_dataset(\"imagefolder\", data_dir=...)`.\n"
+        }
+        Format::Coco => {
+            "`{split}/*.png` and `annotations/captions_{split}.json`, `annotations/instances_{split}.json` (masks as COCO RLE). Load with pycocotools.\n"
+        }
         Format::Webdataset => "`{split}/{split}-NNNNNN.tar` shards; per sample `KEY.png`, `KEY.mask.png`, `KEY.txt`, `KEY.json`.\n",
-        Format::Mmtt => "`train.json`, `val.json`, `test.json` (records `{image_id, instance_id, caption, img_path, mask_path, multilabel}`), `images/`, `masks/`.\n",
+        Format::Mmtt => {
+            "`train.json`, `val.json`, `test.json` (records `{image_id, instance_id, caption, img_path, mask_path, multilabel}`), `images/`, `masks/`.\n"
+        }
     };
     md += "\n`MANIFEST.sha256` lists every file (`sha256sum -c MANIFEST.sha256`); `splits.json` gives every face's split.\n";
     out.bytes("README.md", md.as_bytes())?;

@@ -7,16 +7,16 @@
 //! [`aligned_face`] is the one way landmarks are found on an aligned 512 face, at import and in
 //! `mmtt landmarks backfill` ([`super::landmarks`]), so both give the same points.
 
-use super::decode::{read_image, DecodeLimits};
+use super::decode::{DecodeLimits, read_image};
+use image::{GrayImage, RgbImage, imageops};
+use mmtt_generators::FACE_SIZE;
 use mmtt_generators::align::AlignTransform;
 use mmtt_generators::detect::{FaceBox, FaceFinder};
-use mmtt_generators::geometry::{binarize, count_set, Pt};
+use mmtt_generators::geometry::{Pt, binarize, count_set};
 use mmtt_generators::landmarks::{Landmarks68, REGION_RULES_VERSION};
 use mmtt_generators::mask::{encode_mask_png, encode_rgb_png};
 use mmtt_generators::parts::Part;
 use mmtt_generators::plan::PartSource;
-use mmtt_generators::FACE_SIZE;
-use image::{imageops, GrayImage, RgbImage};
 use std::path::{Path, PathBuf};
 use walkdir::WalkDir;
 
@@ -104,9 +104,7 @@ pub fn discover(dataset: Dataset, root: &Path) -> anyhow::Result<(Vec<Candidate>
                 let p = e?.path();
                 let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
                 match stem.parse::<u32>() {
-                    Ok(k) if ext_lower(&p) == "jpg" && p.is_file() => {
-                        numbered.push((k, Candidate { original_id: k.to_string(), path: p }))
-                    }
+                    Ok(k) if ext_lower(&p) == "jpg" && p.is_file() => numbered.push((k, Candidate { original_id: k.to_string(), path: p })),
                     _ => others.push((p, "not a CelebA-HQ image name: expected {k}.jpg with k a number".to_string())),
                 }
             }
@@ -255,13 +253,8 @@ fn process_inner(dataset: Dataset, mut cand: Candidate, finder: Option<&FaceFind
         Dataset::CelebAMaskHq => {
             let img = resize_512(&decoded.rgb);
             let k: u32 = cand.original_id.parse().map_err(|_| "bad CelebA-HQ id".to_string())?;
-            let anno = cand
-                .path
-                .parent()
-                .and_then(|p| p.parent())
-                .ok_or("bad path")?
-                .join("CelebAMask-HQ-mask-anno")
-                .join((k / 2000).to_string());
+            let anno =
+                cand.path.parent().and_then(|p| p.parent()).ok_or("bad path")?.join("CelebAMask-HQ-mask-anno").join((k / 2000).to_string());
             let mut parts = Vec::new();
             for part in Part::ALL {
                 let mp = anno.join(format!("{k:05}_{}.png", part.name()));

@@ -38,9 +38,8 @@ pub fn decode_image(bytes: Vec<u8>, limits: DecodeLimits) -> Result<Decoded, Str
     if bytes.is_empty() {
         return Err("empty file: not an image".into());
     }
-    let format = image::guess_format(&bytes).map_err(|_| {
-        "not an image: the content is not JPEG, PNG or WebP (remove the file or convert it)".to_string()
-    })?;
+    let format = image::guess_format(&bytes)
+        .map_err(|_| "not an image: the content is not JPEG, PNG or WebP (remove the file or convert it)".to_string())?;
     if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP) {
         return Err(format!("unsupported image format {format:?}: convert it to JPEG, PNG or WebP"));
     }
@@ -48,9 +47,7 @@ pub fn decode_image(bytes: Vec<u8>, limits: DecodeLimits) -> Result<Decoded, Str
         return Err("truncated JPEG: the file ends before its end-of-image marker (re-copy or re-download it)".into());
     }
     let header = ImageReader::with_format(Cursor::new(&bytes), format);
-    let (w, h) = header
-        .into_dimensions()
-        .map_err(|e| format!("corrupt image header: {e}"))?;
+    let (w, h) = header.into_dimensions().map_err(|e| format!("corrupt image header: {e}"))?;
     if w == 0 || h == 0 {
         return Err("corrupt image: zero width or height".into());
     }

@@ -188,7 +188,13 @@ pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>
     .execute(&app.pool)
     .await?;
     result?;
-    tracing::info!(imported = summary.imported, faces = summary.faces, already_present = summary.already_present, skipped = summary.skipped.len(), "import finished");
+    tracing::info!(
+        imported = summary.imported,
+        faces = summary.faces,
+        already_present = summary.already_present,
+        skipped = summary.skipped.len(),
+        "import finished"
+    );
     Ok(summary)
 }
 

@@ -15,11 +15,11 @@
 //! (`{prefix}_{32 hex digits}`) that names a forgery of this database is that forgery, already
 //! present, and is skipped.
 
-use crate::annotation::{region_labels, word_count, REGION_LABELS};
+use crate::annotation::{REGION_LABELS, region_labels, word_count};
 use crate::app::App;
 use crate::split::Split;
 use crate::store::BlobStore;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use mmtt_generators::mask::{encode_mask_png, encode_rgb_png};
 use serde::Deserialize;
 use std::path::Path;
@@ -77,11 +77,18 @@ fn load_image(root: &Path, rel: &str, what: &str, id: &str) -> Result<image::Dyn
 }
 
 pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
-    let files: Vec<(&str, Split)> =
-        vec![("train.json", Split::Train), ("val.json", Split::Validation), ("validation.json", Split::Validation), ("test.json", Split::Test)];
+    let files: Vec<(&str, Split)> = vec![
+        ("train.json", Split::Train),
+        ("val.json", Split::Validation),
+        ("validation.json", Split::Validation),
+        ("test.json", Split::Test),
+    ];
     let present: Vec<(std::path::PathBuf, Split)> = files.iter().map(|(f, s)| (root.join(f), *s)).filter(|(p, _)| p.is_file()).collect();
     if present.is_empty() {
-        bail!("{} holds none of train.json, val.json, validation.json, test.json: point --root at the MMTT release's folder", root.display());
+        bail!(
+            "{} holds none of train.json, val.json, validation.json, test.json: point --root at the MMTT release's folder",
+            root.display()
+        );
     }
     // the account the release's captions are credited to
     let user: uuid::Uuid = sqlx::query_scalar(
@@ -99,8 +106,9 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
         .await?;
     let mut summary = ReleaseSummary::default();
     for (path, split) in present {
-        let records: Vec<ReleaseRecord> = serde_json::from_slice(&std::fs::read(&path)?)
-            .with_context(|| format!("{} is not a JSON list of {{image_id, instance_id, caption, img_path, mask_path, multilabel}} records", path.display()))?;
+        let records: Vec<ReleaseRecord> = serde_json::from_slice(&std::fs::read(&path)?).with_context(|| {
+            format!("{} is not a JSON list of {{image_id, instance_id, caption, img_path, mask_path, multilabel}} records", path.display())
+        })?;
         eprintln!("import mmtt-release: {} records in {}", records.len(), path.display());
         for r in records {
             let id = r.image_id.trim();
@@ -128,10 +136,11 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
                     continue;
                 }
             }
-            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sources WHERE dataset = 'mmtt-release' AND original_id = $1)")
-                .bind(id)
-                .fetch_one(&app.pool)
-                .await?;
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sources WHERE dataset = 'mmtt-release' AND original_id = $1)")
+                    .bind(id)
+                    .fetch_one(&app.pool)
+                    .await?;
             if exists {
                 summary.already_present += 1;
                 continue;
@@ -144,9 +153,17 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
                 bail!("record {id}: the caption is empty");
             }
             let img = load_image(root, &r.img_path, "image", id)?.to_rgb8();
-            let img = if img.dimensions() != (512, 512) { image::imageops::resize(&img, 512, 512, image::imageops::FilterType::Lanczos3) } else { img };
+            let img = if img.dimensions() != (512, 512) {
+                image::imageops::resize(&img, 512, 512, image::imageops::FilterType::Lanczos3)
+            } else {
+                img
+            };
             let mask = load_image(root, &r.mask_path, "mask", id)?.to_luma8();
-            let mask = if mask.dimensions() != (512, 512) { image::imageops::resize(&mask, 512, 512, image::imageops::FilterType::Nearest) } else { mask };
+            let mask = if mask.dimensions() != (512, 512) {
+                image::imageops::resize(&mask, 512, 512, image::imageops::FilterType::Nearest)
+            } else {
+                mask
+            };
             let mask = image::GrayImage::from_fn(512, 512, |x, y| image::Luma([if mask.get_pixel(x, y).0[0] > 127 { 255 } else { 0 }]));
             let pixels = mask.pixels().filter(|p| p.0[0] > 0).count() as i32;
             if pixels == 0 {
@@ -159,7 +176,8 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
             let mut tx = app.pool.begin().await?;
             crate::db::record_blob(&mut tx, &img_key, &img_png).await?;
             crate::db::record_blob(&mut tx, &mask_key, &mask_png).await?;
-            let (source, plan, item, forgery, ann) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+            let (source, plan, item, forgery, ann) =
+                (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
             sqlx::query(
                 "INSERT INTO sources (id, dataset, original_id, original_path, original_width, original_height, image_hash, width, height, part_source, parts, split, split_key) \
                  VALUES ($1, 'mmtt-release', $2, $3, 512, 512, $4, 512, 512, 'annotated', '{}', $5, $4)",
@@ -172,8 +190,14 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
                 "INSERT INTO mask_plans (id, source_id, purpose, kind, parts, k_drawn, seed, item_seed, rule_version, mask_hash, pixels) \
                  VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, $7, $8)",
             )
-            .bind(plan).bind(source).bind(if family == "swap" { "swap" } else { "inpaint" }).bind(if family == "swap" { "swap" } else { "parts" })
-            .bind(&plan_parts).bind(plan_parts.len() as i16).bind(mask_key.as_str()).bind(pixels)
+            .bind(plan)
+            .bind(source)
+            .bind(if family == "swap" { "swap" } else { "inpaint" })
+            .bind(if family == "swap" { "swap" } else { "parts" })
+            .bind(&plan_parts)
+            .bind(plan_parts.len() as i16)
+            .bind(mask_key.as_str())
+            .bind(pixels)
             .execute(&mut *tx)
             .await?;
             sqlx::query("INSERT INTO forge_items (id, job_id, method, family, target_id, plan_id, seed, status, attempts) VALUES ($1, $2, $3, $4, $5, $6, 0, 'done', 0)")
@@ -197,11 +221,20 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
             .bind(ann).bind(forgery).bind(user).bind(&r.caption).bind(&labels).bind(words as i32).bind(region_labels(&r.caption))
             .execute(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) VALUES ($1, $2, $3, $4, 'import')")
-                .bind(ann).bind(&r.caption).bind(&labels).bind(user)
+            sqlx::query(
+                "INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) VALUES ($1, $2, $3, $4, 'import')",
+            )
+            .bind(ann)
+            .bind(&r.caption)
+            .bind(&labels)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE annotation_tasks SET status = 'accepted', annotator_id = $2 WHERE forgery_id = $1")
+                .bind(forgery)
+                .bind(user)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE annotation_tasks SET status = 'accepted', annotator_id = $2 WHERE forgery_id = $1").bind(forgery).bind(user).execute(&mut *tx).await?;
             tx.commit().await?;
             summary.imported += 1;
             *summary.per_split.entry(split.name().to_string()).or_default() += 1;

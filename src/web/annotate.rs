@@ -8,12 +8,12 @@
 //!   nothing. Elapsed time since the claim is recorded beside it.
 
 use super::auth::{Role, User};
-use super::{render, AppState, FormFields, WebError};
-use crate::annotation::{check_text, region_labels, word_count, TextError, MAX_WORDS, REGION_LABELS};
+use super::{AppState, FormFields, WebError, render};
+use crate::annotation::{MAX_WORDS, REGION_LABELS, TextError, check_text, region_labels, word_count};
 use crate::store::{BlobKey, BlobStore};
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
@@ -33,8 +33,10 @@ pub async fn next(State(state): State<AppState>, user: User) -> Result<Response,
         .await?;
     match task {
         Some(t) => Ok(Redirect::to(&format!("/annotate/{t}")).into_response()),
-        None => Ok(Html(super::pages::message_page(StatusCode::OK, "No task is waiting: every forged image has an annotator. Come back later.")
-            .map_err(|e| WebError::Internal(e.to_string()))?)
+        None => Ok(Html(
+            super::pages::message_page(StatusCode::OK, "No task is waiting: every forged image has an annotator. Come back later.")
+                .map_err(|e| WebError::Internal(e.to_string()))?,
+        )
         .into_response()),
     }
 }
@@ -60,14 +62,21 @@ async fn claim(state: &AppState, user: &User, pick: &str) -> Result<Option<uuid:
 /// a task that is not theirs is simply not found.
 async fn not_held(state: &AppState, user: &User, task: uuid::Uuid) -> WebError {
     let row: Result<Option<(String, Option<uuid::Uuid>)>, _> =
-        sqlx::query_as("SELECT status, annotator_id FROM annotation_tasks WHERE forgery_id = $1").bind(task).fetch_optional(&state.pool).await;
+        sqlx::query_as("SELECT status, annotator_id FROM annotation_tasks WHERE forgery_id = $1")
+            .bind(task)
+            .fetch_optional(&state.pool)
+            .await;
     match row {
         Err(e) => e.into(),
         Ok(Some((status, Some(who)))) if who == user.id => match status.as_str() {
-            "submitted" | "accepted" => WebError::Conflict("this task was already submitted: the form was sent twice or is out of date; nothing was changed".into()),
+            "submitted" | "accepted" => {
+                WebError::Conflict("this task was already submitted: the form was sent twice or is out of date; nothing was changed".into())
+            }
             "skipped" => WebError::Conflict("this task was skipped; nothing was changed".into()),
             "returned" => WebError::Conflict("this task was returned to you for refinement: open it again from \"Next task\"".into()),
-            _ => WebError::Conflict("your hold on this task expired (no heartbeat for too long) and it went back to the queue; nothing was stored".into()),
+            _ => WebError::Conflict(
+                "your hold on this task expired (no heartbeat for too long) and it went back to the queue; nothing was stored".into(),
+            ),
         },
         Ok(_) => WebError::NotFound,
     }
@@ -147,7 +156,16 @@ pub const RULES: [&str; 4] = [
 ];
 
 #[allow(clippy::too_many_arguments)]
-async fn page_for(state: &AppState, user: &User, task: uuid::Uuid, text: String, regions: Option<Vec<&'static str>>, active: f64, comment: Option<String>, error: Option<String>) -> Result<Html<String>, WebError> {
+async fn page_for(
+    state: &AppState,
+    user: &User,
+    task: uuid::Uuid,
+    text: String,
+    regions: Option<Vec<&'static str>>,
+    active: f64,
+    comment: Option<String>,
+    error: Option<String>,
+) -> Result<Html<String>, WebError> {
     let chosen = regions.unwrap_or_else(|| region_labels(&text));
     render(&AnnotatePage {
         chips: chips(&text, &chosen),
@@ -176,7 +194,12 @@ fn csrf_header(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Credits active time: the time since the last heartbeat, at most one interval; extends the lease.
-pub async fn heartbeat(State(state): State<AppState>, user: User, headers: HeaderMap, Path(task): Path<uuid::Uuid>) -> Result<Json<serde_json::Value>, WebError> {
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    Path(task): Path<uuid::Uuid>,
+) -> Result<Json<serde_json::Value>, WebError> {
     user.require(Role::Annotator)?;
     user.check_csrf(csrf_header(&headers))?;
     let row = sqlx::query(
@@ -205,7 +228,13 @@ pub struct DraftBody {
 
 /// Saves the draft; answers with the text's suggested regions and word count (one extractor and
 /// one word count, the server's, for the page and the rules).
-pub async fn draft(State(state): State<AppState>, user: User, headers: HeaderMap, Path(task): Path<uuid::Uuid>, Json(b): Json<DraftBody>) -> Result<Json<serde_json::Value>, WebError> {
+pub async fn draft(
+    State(state): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    Path(task): Path<uuid::Uuid>,
+    Json(b): Json<DraftBody>,
+) -> Result<Json<serde_json::Value>, WebError> {
     user.require(Role::Annotator)?;
     user.check_csrf(csrf_header(&headers))?;
     if b.text.len() > MAX_DRAFT_BYTES {
@@ -231,7 +260,12 @@ pub async fn draft(State(state): State<AppState>, user: User, headers: HeaderMap
 
 /// Submits the explanation. Fields: `csrf`, `text`, and the chosen chips as repeated `region`
 /// fields with `chips=1` (a form without `chips` takes the text's suggestions).
-pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<uuid::Uuid>, RawForm(body): RawForm) -> Result<Response, WebError> {
+pub async fn submit(
+    State(state): State<AppState>,
+    user: User,
+    Path(task): Path<uuid::Uuid>,
+    RawForm(body): RawForm,
+) -> Result<Response, WebError> {
     user.require(Role::Annotator)?;
     let f = FormFields::parse(&body);
     user.check_csrf(f.get("csrf"))?;
@@ -242,7 +276,11 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
     let Ok(row) = held(&state, &user, task).await else { return Err(not_held(&state, &user, task).await) };
     let active: f64 = row.get(0);
     let refuse = async |msg: String| -> Result<Response, WebError> {
-        Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, task, text.clone(), chosen.clone(), active, row.get(4), Some(msg)).await?).into_response())
+        Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            page_for(&state, &user, task, text.clone(), chosen.clone(), active, row.get(4), Some(msg)).await?,
+        )
+            .into_response())
     };
     let words = match check_text(&text) {
         Ok(n) => n,
@@ -312,7 +350,12 @@ pub async fn submit(State(state): State<AppState>, user: User, Path(task): Path<
 
 /// Claims the annotator's next task ahead of time (at most one ahead), so the page can prefetch
 /// its images while the current one is being written. `next` hands it out after this one.
-pub async fn prefetch(State(state): State<AppState>, user: User, headers: HeaderMap, Path(task): Path<uuid::Uuid>) -> Result<Json<serde_json::Value>, WebError> {
+pub async fn prefetch(
+    State(state): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    Path(task): Path<uuid::Uuid>,
+) -> Result<Json<serde_json::Value>, WebError> {
     user.require(Role::Annotator)?;
     user.check_csrf(csrf_header(&headers))?;
     held(&state, &user, task).await?;
@@ -324,10 +367,16 @@ pub async fn prefetch(State(state): State<AppState>, user: User, headers: Header
     .bind(task)
     .fetch_optional(&state.pool)
     .await?;
-    let next = match ahead {
-        Some(t) => Some(t),
-        None => claim(&state, &user, "SELECT forgery_id FROM annotation_tasks WHERE status = 'open' ORDER BY status, forgery_id FOR UPDATE SKIP LOCKED LIMIT 1").await?,
-    };
+    let next =
+        match ahead {
+            Some(t) => Some(t),
+            None => claim(
+                &state,
+                &user,
+                "SELECT forgery_id FROM annotation_tasks WHERE status = 'open' ORDER BY status, forgery_id FOR UPDATE SKIP LOCKED LIMIT 1",
+            )
+            .await?,
+        };
     Ok(Json(serde_json::json!({
         "next": next,
         "images": next.map(|t| ["original", "forged", "mask"].map(|k| format!("/images/{t}/{k}"))),
@@ -340,7 +389,12 @@ pub struct SkipForm {
     reason: String,
 }
 
-pub async fn skip(State(state): State<AppState>, user: User, Path(task): Path<uuid::Uuid>, Form(f): Form<SkipForm>) -> Result<Response, WebError> {
+pub async fn skip(
+    State(state): State<AppState>,
+    user: User,
+    Path(task): Path<uuid::Uuid>,
+    Form(f): Form<SkipForm>,
+) -> Result<Response, WebError> {
     user.require(Role::Annotator)?;
     user.check_csrf(f.csrf.as_deref())?;
     if !["broken_image", "no_visible_forgery"].contains(&f.reason.as_str()) {
@@ -364,7 +418,11 @@ pub async fn skip(State(state): State<AppState>, user: User, Path(task): Path<uu
 
 /// The original, forged image or mask of a task: to the annotator holding it (or who wrote its
 /// annotation), and to reviewers and admins. Content-addressed, so cacheable.
-pub async fn image(State(state): State<AppState>, user: User, Path((task, kind)): Path<(uuid::Uuid, String)>) -> Result<Response, WebError> {
+pub async fn image(
+    State(state): State<AppState>,
+    user: User,
+    Path((task, kind)): Path<(uuid::Uuid, String)>,
+) -> Result<Response, WebError> {
     let col = match kind.as_str() {
         "original" => "original_hash",
         "forged" => "image_hash",
@@ -392,7 +450,11 @@ pub async fn image(State(state): State<AppState>, user: User, Path((task, kind))
     let key: BlobKey = hash.parse().map_err(|_| WebError::Internal("bad blob key".into()))?;
     let bytes = state.store.get(&key).map_err(|e| WebError::Internal(e.to_string()))?;
     Ok((
-        [(header::CONTENT_TYPE, "image/png".to_string()), (header::CACHE_CONTROL, "private, max-age=31536000, immutable".to_string()), (header::ETAG, format!("\"{hash}\""))],
+        [
+            (header::CONTENT_TYPE, "image/png".to_string()),
+            (header::CACHE_CONTROL, "private, max-age=31536000, immutable".to_string()),
+            (header::ETAG, format!("\"{hash}\"")),
+        ],
         bytes,
     )
         .into_response())

@@ -2,8 +2,8 @@
 //! HttpOnly SameSite=Strict cookies, a CSRF token per session, login throttling.
 
 use super::{AppState, WebError};
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::Serialize;
@@ -219,7 +219,8 @@ pub async fn login(state: &AppState, name: &str, password: &str, ip: &str) -> Re
     if recent >= MAX_FAILURES {
         return Ok(Login::Throttled);
     }
-    let row = sqlx::query("SELECT id, password_hash FROM users WHERE name = $1 AND NOT disabled").bind(name).fetch_optional(&state.pool).await?;
+    let row =
+        sqlx::query("SELECT id, password_hash FROM users WHERE name = $1 AND NOT disabled").bind(name).fetch_optional(&state.pool).await?;
     let hash_ok = match &row {
         Some(r) => {
             let h: String = r.get(1);
@@ -239,13 +240,15 @@ pub async fn login(state: &AppState, name: &str, password: &str, ip: &str) -> Re
     }
     let user_id: uuid::Uuid = row.expect("checked").get(0);
     let token = random_token();
-    sqlx::query("INSERT INTO sessions (token_hash, user_id, csrf_token, expires_at) VALUES ($1, $2, $3, now() + make_interval(hours => $4))")
-        .bind(token_hash(&token))
-        .bind(user_id)
-        .bind(random_token())
-        .bind(SESSION_HOURS as i32)
-        .execute(&state.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, user_id, csrf_token, expires_at) VALUES ($1, $2, $3, now() + make_interval(hours => $4))",
+    )
+    .bind(token_hash(&token))
+    .bind(user_id)
+    .bind(random_token())
+    .bind(SESSION_HOURS as i32)
+    .execute(&state.pool)
+    .await?;
     Ok(Login::Ok { token })
 }
 

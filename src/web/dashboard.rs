@@ -4,7 +4,7 @@
 //! fast at dataset scale (128k samples).
 
 use super::auth::{Role, User};
-use super::{render, AppState, WebError};
+use super::{AppState, WebError, render};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
@@ -177,7 +177,16 @@ pub async fn dashboard(State(state): State<AppState>, user: User) -> Result<Html
     let mut annotators = annotator_figures(&state.pool).await?;
     let overall = match annotators.pop() {
         Some(o) => o,
-        None => AnnotatorRow { name: "(all)".into(), annotations: 0, last_24h: 0, per_active_hour: 0.0, median_active_s: 0.0, mean_words: 0.0, return_rate: 0.0, fp_rate: 0.0 },
+        None => AnnotatorRow {
+            name: "(all)".into(),
+            annotations: 0,
+            last_24h: 0,
+            per_active_hour: 0.0,
+            median_active_s: 0.0,
+            mean_words: 0.0,
+            return_rate: 0.0,
+            fp_rate: 0.0,
+        },
     };
     let report = crate::forge::jobs_report(&state.pool).await?;
     let jobs = report
@@ -192,7 +201,10 @@ pub async fn dashboard(State(state): State<AppState>, user: User) -> Result<Html
             let total = n("queued") + n("running") + n("done") + n("failed");
             JobRow {
                 id: j["id"].as_str().unwrap_or_default().chars().take(8).collect(),
-                methods: j["methods"].as_array().map(|m| m.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                methods: j["methods"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
                 created: j["created_at"].as_str().unwrap_or_default().chars().take(19).collect(),
                 done: n("done"),
                 failed: n("failed"),

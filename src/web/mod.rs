@@ -15,10 +15,10 @@ pub mod pages;
 pub mod review;
 
 use crate::store::FsBlobStore;
-use axum::http::{header, Method, StatusCode};
+use axum::Router;
+use axum::http::{Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::MethodRouter;
-use axum::Router;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,7 +100,8 @@ impl IntoResponse for WebError {
         }
         if matches!(self, WebError::Unauthenticated) {
             // pages send people to the login form; scripts see the 401
-            return (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], Html(pages::login_page(None).unwrap_or_default())).into_response();
+            return (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], Html(pages::login_page(None).unwrap_or_default()))
+                .into_response();
         }
         let body = pages::message_page(status, &self.to_string()).unwrap_or_else(|_| self.to_string());
         (status, Html(body)).into_response()

@@ -1,12 +1,12 @@
 //! Login, home, admin users, static assets, message pages.
 
 use super::auth::{self, Role, User, UserName};
-use super::{render, AppState, WebError};
+use super::{AppState, WebError, render};
 use askama::Template;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use sqlx::Row;
 
@@ -65,7 +65,12 @@ pub struct CsrfForm {
     csrf: Option<String>,
 }
 
-pub async fn logout(State(state): State<AppState>, user: User, headers: axum::http::HeaderMap, Form(f): Form<CsrfForm>) -> Result<Response, WebError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    user: User,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, WebError> {
     user.check_csrf(f.csrf.as_deref())?;
     let token = headers
         .get(header::COOKIE)

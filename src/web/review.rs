@@ -7,8 +7,8 @@
 //! its words are highlighted in the text.
 
 use super::auth::{Role, User};
-use super::{render, AppState, FormFields, WebError};
-use crate::annotation::{check_text, region_labels, REGION_LABELS};
+use super::{AppState, FormFields, WebError, render};
+use crate::annotation::{REGION_LABELS, check_text, region_labels};
 use crate::store::{BlobKey, BlobStore};
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
@@ -82,11 +82,8 @@ pub async fn manipulated_parts(state: &AppState, forgery: uuid::Uuid) -> Result<
 
 /// Splits `text` into (segment, flagged) runs, flagging the words of the given labels.
 pub fn highlight(text: &str, flagged: &[&str]) -> Vec<(String, bool)> {
-    let words: Vec<String> = REGION_LABELS
-        .iter()
-        .filter(|(l, _)| flagged.contains(l))
-        .flat_map(|(_, syn)| syn.iter().map(|s| s.to_string()))
-        .collect();
+    let words: Vec<String> =
+        REGION_LABELS.iter().filter(|(l, _)| flagged.contains(l)).flat_map(|(_, syn)| syn.iter().map(|s| s.to_string())).collect();
     let mut out: Vec<(String, bool)> = Vec::new();
     for token in text.split_inclusive(char::is_whitespace) {
         let core: String = token.trim().trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
@@ -121,10 +118,8 @@ pub async fn queue(State(state): State<AppState>, user: User) -> Result<Html<Str
     )
     .fetch_all(&state.pool)
     .await?;
-    let rows = rows
-        .iter()
-        .map(|r| QueueRow { id: r.get(0), method: r.get(1), annotator: r.get(2), words: r.get(3), text: r.get(4) })
-        .collect();
+    let rows =
+        rows.iter().map(|r| QueueRow { id: r.get(0), method: r.get(1), annotator: r.get(2), words: r.get(3), text: r.get(4) }).collect();
     render(&QueuePage { rows })
 }
 
@@ -162,7 +157,13 @@ async fn load(state: &AppState, id: uuid::Uuid) -> Result<Loaded, WebError> {
 }
 
 /// The review page, showing `text` and `chips` (the stored ones, or a refused edit's).
-async fn page_for(state: &AppState, user: &User, id: uuid::Uuid, edit: Option<(String, Vec<&'static str>)>, error: Option<String>) -> Result<Html<String>, WebError> {
+async fn page_for(
+    state: &AppState,
+    user: &User,
+    id: uuid::Uuid,
+    edit: Option<(String, Vec<&'static str>)>,
+    error: Option<String>,
+) -> Result<Html<String>, WebError> {
     let a = load(state, id).await?;
     let (text, chosen) = match edit {
         Some(e) => e,
@@ -192,11 +193,16 @@ fn decided_first() -> WebError {
 /// Refuses a decision made on an out-of-date page or on an annotation that is no longer waiting.
 fn check_fresh(a: &Loaded, f: &FormFields) -> Result<(), WebError> {
     if a.status != "submitted" {
-        return Err(WebError::Conflict(format!("this annotation is {}, not waiting for review: the form is out of date; nothing was changed", a.status)));
+        return Err(WebError::Conflict(format!(
+            "this annotation is {}, not waiting for review: the form is out of date; nothing was changed",
+            a.status
+        )));
     }
     match f.get("version").map(str::parse::<i32>) {
         Some(Ok(v)) if v == a.version => Ok(()),
-        Some(Ok(_)) => Err(WebError::Conflict("the annotation changed since this page was loaded: reload it to see the new version; nothing was changed".into())),
+        Some(Ok(_)) => Err(WebError::Conflict(
+            "the annotation changed since this page was loaded: reload it to see the new version; nothing was changed".into(),
+        )),
         _ => Err(WebError::Unprocessable("the form has no valid `version` field: reload the page".into())),
     }
 }
@@ -209,7 +215,12 @@ pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<uuid
 /// Accept, with the text and chips as edited. Fields: `csrf`, `version` (of the annotation the page
 /// showed), `text` (absent keeps the annotator's), the chips as repeated `region` with `chips=1`
 /// (absent keeps the annotator's), `comment` (optional).
-pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>, RawForm(body): RawForm) -> Result<Response, WebError> {
+pub async fn accept(
+    State(state): State<AppState>,
+    user: User,
+    Path(id): Path<uuid::Uuid>,
+    RawForm(body): RawForm,
+) -> Result<Response, WebError> {
     user.require(Role::Reviewer)?;
     let f = FormFields::parse(&body);
     user.check_csrf(f.get("csrf"))?;
@@ -223,7 +234,10 @@ pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uu
     };
     let words = match check_text(&text) {
         Ok(n) => n,
-        Err(e) => return Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, id, Some((text, regions)), Some(e.to_string())).await?).into_response()),
+        Err(e) => {
+            return Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, id, Some((text, regions)), Some(e.to_string())).await?)
+                .into_response());
+        }
     };
     let action = if text == a.text && regions.iter().copied().eq(a.regions.iter().map(String::as_str)) { "accept" } else { "edit_accept" };
     let mut tx = state.pool.begin().await?;
@@ -252,20 +266,32 @@ pub async fn accept(State(state): State<AppState>, user: User, Path(id): Path<uu
         .bind(f.get("comment").map(str::trim).filter(|c| !c.is_empty()))
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE annotation_tasks SET status = 'accepted', updated_at = now() WHERE forgery_id = $1").bind(a.forgery).execute(&mut *tx).await?;
+    sqlx::query("UPDATE annotation_tasks SET status = 'accepted', updated_at = now() WHERE forgery_id = $1")
+        .bind(a.forgery)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(Redirect::to("/review").into_response())
 }
 
 /// Return to the same annotator with a comment and the previous text. Fields: `csrf`, `version`,
 /// `comment` (required).
-pub async fn send_back(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>, RawForm(body): RawForm) -> Result<Response, WebError> {
+pub async fn send_back(
+    State(state): State<AppState>,
+    user: User,
+    Path(id): Path<uuid::Uuid>,
+    RawForm(body): RawForm,
+) -> Result<Response, WebError> {
     user.require(Role::Reviewer)?;
     let f = FormFields::parse(&body);
     user.check_csrf(f.get("csrf"))?;
     let a = load(&state, id).await?;
     check_fresh(&a, &f)?;
-    let comment = f.get("comment").map(str::trim).filter(|c| !c.is_empty()).ok_or_else(|| WebError::Unprocessable("say what to improve: the comment is empty".into()))?;
+    let comment = f
+        .get("comment")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| WebError::Unprocessable("say what to improve: the comment is empty".into()))?;
     let mut tx = state.pool.begin().await?;
     let n = sqlx::query("UPDATE annotations SET status = 'returned', version = version + 1, updated_at = now() WHERE id = $1 AND status = 'submitted' AND version = $2")
         .bind(id)

@@ -138,13 +138,11 @@ impl Env {
 
 /// Debian's sample face photos (python3-skimage, python-matplotlib-data).
 pub fn sample_faces() -> Vec<PathBuf> {
-    let v: Vec<PathBuf> = [
-        "/usr/lib/python3/dist-packages/skimage/data/astronaut.png",
-        "/usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .collect();
+    let v: Vec<PathBuf> =
+        ["/usr/lib/python3/dist-packages/skimage/data/astronaut.png", "/usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
     for p in &v {
         assert!(p.is_file(), "{} is missing: run scripts/setup.sh (installs python3-skimage and python-matplotlib-data)", p.display());
     }
@@ -176,4 +174,10 @@ pub fn variants(dir: &Path, n: usize) {
         let (w, h) = img.dimensions();
         image::imageops::crop_imm(&img, off, off / 2, w - 40, h - 40).to_image().save(dir.join(format!("v{i:02}.png"))).expect("save");
     }
+}
+
+/// `sha256sum -c MANIFEST.sha256` passes in an export folder.
+pub fn manifest_ok(dir: &Path) {
+    let out = std::process::Command::new("sha256sum").arg("--quiet").arg("-c").arg("MANIFEST.sha256").current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "sha256sum -c in {}: {}", dir.display(), String::from_utf8_lossy(&out.stdout));
 }

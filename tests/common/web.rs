@@ -2,7 +2,7 @@
 //! `spawn_app` (the real router on a loopback port, with an annotator, a second annotator, a
 //! reviewer and an admin), and signed-in HTTP clients.
 
-use mmtt::web::auth::{add_user, Role, UserName};
+use mmtt::web::auth::{Role, UserName, add_user};
 use mmtt::web::{AppState, WebConfig};
 use reqwest::StatusCode;
 use std::sync::Arc;
@@ -58,4 +58,3 @@ pub async fn login(app: &TestApp, name: &str) -> (reqwest::Client, String) {
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
-

@@ -15,7 +15,7 @@
 //!    dilation): the new face's gradients are kept, and its colours meet the target's exactly at
 //!    the mask's edge (conjugate gradients).
 
-use super::{check_input, ForgeError, ForgeInput, Generator};
+use super::{ForgeError, ForgeInput, Generator, check_input};
 use crate::geometry::Pt;
 use crate::landmarks::Landmarks68;
 use image::{GrayImage, RgbImage};

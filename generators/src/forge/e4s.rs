@@ -72,7 +72,10 @@ impl E4s {
         let manifest: E4sManifest = serde_json::from_str(MANIFEST).map_err(|e| ForgeError::Model(format!("e4s manifest: {e}")))?;
         let dir = models_dir.join(&manifest.folder);
         if !dir.is_dir() {
-            return Err(ForgeError::Model(format!("{} is missing: export E4S to the ONNX contract there (see generators/EXPORT.md)", dir.display())));
+            return Err(ForgeError::Model(format!(
+                "{} is missing: export E4S to the ONNX contract there (see generators/EXPORT.md)",
+                dir.display()
+            )));
         }
         let g = |name: &str| Graph::load(&format!("e4s {name}"), &dir, &manifest.graphs[name], device, threads);
         let (parser, generator) = (g("parser")?, g("generator")?);

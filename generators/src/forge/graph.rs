@@ -3,8 +3,8 @@
 //! `f32`/`i64` arrays that are converted to whatever element types the graph declares (so fp16
 //! exports run unchanged, and token ids may be int32 or int64).
 
-use super::onnx::{environment, Device};
 use super::ForgeError;
+use super::onnx::{Device, environment};
 use ndarray::ArrayD;
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};

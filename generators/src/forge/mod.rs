@@ -89,11 +89,7 @@ pub fn composite(original: &RgbImage, generated: &RgbImage, mask: &GrayImage) ->
 
 pub(crate) fn check_input(input: &ForgeInput<'_>) -> Result<(), ForgeError> {
     if input.mask.dimensions() != input.target.dimensions() {
-        return Err(ForgeError::Input(format!(
-            "mask is {:?} but the image is {:?}",
-            input.mask.dimensions(),
-            input.target.dimensions()
-        )));
+        return Err(ForgeError::Input(format!("mask is {:?} but the image is {:?}", input.mask.dimensions(), input.target.dimensions())));
     }
     if !input.mask.pixels().any(|p| p.0[0] > 0) {
         return Err(ForgeError::Input("the mask is empty: nothing to generate".into()));

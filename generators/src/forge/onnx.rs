@@ -11,7 +11,7 @@
 //! - MAT's latent `z` is drawn from the item's seed with SplitMix64 + Box-Muller
 //!   ([`super::SplitMix64::normals`]), so a Python reference reproduces it exactly.
 
-use super::{check_input, ForgeError, ForgeInput, Generator, SplitMix64};
+use super::{ForgeError, ForgeInput, Generator, SplitMix64, check_input};
 use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -104,11 +104,7 @@ pub enum Device {
 pub fn find_onnxruntime() -> Result<PathBuf, ForgeError> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(ForgeError::Model(format!("ORT_DYLIB_PATH={} does not exist", p.display())))
-        };
+        return if p.is_file() { Ok(p) } else { Err(ForgeError::Model(format!("ORT_DYLIB_PATH={} does not exist", p.display()))) };
     }
     let mut dirs: Vec<PathBuf> = Vec::new();
     for venv in [PathBuf::from(".venv"), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv")] {
@@ -208,7 +204,9 @@ impl OnnxGenerator {
                 .iter()
                 .map(|o| {
                     let (ty, shape) = match o.dtype() {
-                        ort::value::ValueType::Tensor { ty, shape, .. } => (format!("{ty:?}").to_lowercase(), shape.iter().copied().collect()),
+                        ort::value::ValueType::Tensor { ty, shape, .. } => {
+                            (format!("{ty:?}").to_lowercase(), shape.iter().copied().collect())
+                        }
                         other => (format!("{other:?}"), vec![]),
                     };
                     (o.name().to_string(), ty, shape)

@@ -42,15 +42,7 @@ pub enum Region {
 }
 
 impl Region {
-    pub const FACE: [Region; 7] = [
-        Region::Skin,
-        Region::Brow,
-        Region::Eye,
-        Region::Nose,
-        Region::Lips,
-        Region::Mouth,
-        Region::Ear,
-    ];
+    pub const FACE: [Region; 7] = [Region::Skin, Region::Brow, Region::Eye, Region::Nose, Region::Lips, Region::Mouth, Region::Ear];
 
     /// The region of a part: both eyes are one region (either eye is the other's counterpart),
     /// likewise both brows, both lips and both ears; non-facial parts are outside.
@@ -63,13 +55,7 @@ impl Region {
             Part::ULip | Part::LLip => Region::Lips,
             Part::Mouth => Region::Mouth,
             Part::LEar | Part::REar => Region::Ear,
-            Part::EyeG
-            | Part::Hair
-            | Part::Hat
-            | Part::EarR
-            | Part::NeckL
-            | Part::Neck
-            | Part::Cloth => Region::Outside,
+            Part::EyeG | Part::Hair | Part::Hat | Part::EarR | Part::NeckL | Part::Neck | Part::Cloth => Region::Outside,
         }
     }
 
@@ -107,11 +93,7 @@ impl FaceLayout {
                 }
             }
         }
-        Ok(FaceLayout {
-            width,
-            height,
-            labels,
-        })
+        Ok(FaceLayout { width, height, labels })
     }
 
     /// The layout of a face: from its part masks when given, else from its landmarks; `None`
@@ -123,9 +105,7 @@ impl FaceLayout {
         height: u32,
     ) -> Result<Option<Self>, ForgeError> {
         let layout = match (parts, landmarks) {
-            (Some(p), _) if p.keys().any(|k| k.is_facial()) => {
-                FaceLayout::from_parts(p, width, height)?
-            }
+            (Some(p), _) if p.keys().any(|k| k.is_facial()) => FaceLayout::from_parts(p, width, height)?,
             (_, Some(l)) => FaceLayout::from_parts(&l.part_masks(width, height), width, height)?,
             _ => return Ok(None),
         };
@@ -170,10 +150,7 @@ impl AlignedDonor {
         for (i, q) in map.into_iter().enumerate() {
             if let Some(q) = q {
                 px[i] = sample(donor, q);
-                let (qx, qy) = (
-                    q.x.floor().clamp(0.0, dw as f64 - 1.0) as u32,
-                    q.y.floor().clamp(0.0, dh as f64 - 1.0) as u32,
-                );
+                let (qx, qy) = (q.x.floor().clamp(0.0, dw as f64 - 1.0) as u32, q.y.floor().clamp(0.0, dh as f64 - 1.0) as u32);
                 labels[i] = donor_layout.at(qx, qy);
                 covered[i] = true;
             }
@@ -185,11 +162,7 @@ impl AlignedDonor {
             let theirs: Vec<usize> = (0..n).filter(|&i| target_layout.labels[i] == r).collect();
             match_stats(&mut px, &mine, &theirs, &target_px);
         }
-        Ok(AlignedDonor {
-            px,
-            labels,
-            covered,
-        })
+        Ok(AlignedDonor { px, labels, covered })
     }
 }
 
@@ -207,10 +180,7 @@ fn match_stats(img: &mut [[f32; 3]], idx: &[usize], ref_idx: &[usize], reference
     };
     for c in 0..3 {
         let (ms, ss) = stats(&mut idx.iter().map(|&i| img[i][c] as f64), idx.len());
-        let (mt, st) = stats(
-            &mut ref_idx.iter().map(|&i| reference[i][c] as f64),
-            ref_idx.len(),
-        );
+        let (mt, st) = stats(&mut ref_idx.iter().map(|&i| reference[i][c] as f64), ref_idx.len());
         // the target's contrast, within a factor 4 of the donor's (a flat donor region is not
         // blown up into noise)
         let k = (st / ss).clamp(0.25, 4.0);
@@ -228,9 +198,7 @@ pub struct PartSwap {
 
 impl Default for PartSwap {
     fn default() -> Self {
-        PartSwap {
-            max_iterations: 600,
-        }
+        PartSwap { max_iterations: 600 }
     }
 }
 
@@ -239,30 +207,17 @@ impl PartSwap {
         check_input(input)?;
         let missing = |w: &str| ForgeError::Input(format!("part-swap needs {w}"));
         let target = input.target;
-        let donor = input
-            .source
-            .ok_or_else(|| missing("a donor face (the source)"))?;
-        let tl = input
-            .target_landmarks
-            .ok_or_else(|| missing("the target's landmarks"))?;
-        let dl = input
-            .source_landmarks
-            .ok_or_else(|| missing("the donor's landmarks"))?;
+        let donor = input.source.ok_or_else(|| missing("a donor face (the source)"))?;
+        let tl = input.target_landmarks.ok_or_else(|| missing("the target's landmarks"))?;
+        let dl = input.source_landmarks.ok_or_else(|| missing("the donor's landmarks"))?;
         let (w, h) = target.dimensions();
         let (dw, dh) = donor.dimensions();
-        let t_layout = FaceLayout::of_face(input.target_parts, Some(tl), w, h)?
-            .ok_or_else(|| missing("a face in the target"))?;
-        let d_layout = FaceLayout::of_face(input.source_parts, Some(dl), dw, dh)?
-            .ok_or_else(|| missing("a face in the donor"))?;
+        let t_layout = FaceLayout::of_face(input.target_parts, Some(tl), w, h)?.ok_or_else(|| missing("a face in the target"))?;
+        let d_layout = FaceLayout::of_face(input.source_parts, Some(dl), dw, dh)?.ok_or_else(|| missing("a face in the donor"))?;
         // the warp reaches a little beyond the mask so the blend's boundary sees donor pixels too
         let region = dilate(input.mask, 2.0);
         let aligned = AlignedDonor::new(target, &t_layout, tl, donor, &d_layout, dl, &region)?;
-        Ok(poisson_blend(
-            target,
-            &aligned.px,
-            input.mask,
-            self.max_iterations,
-        ))
+        Ok(poisson_blend(target, &aligned.px, input.mask, self.max_iterations))
     }
 }
 
@@ -304,11 +259,7 @@ mod tests {
         parts.insert(Part::REye, eye);
         let l = FaceLayout::from_parts(&parts, 4, 4).unwrap();
         assert_eq!(l.at(0, 0), Region::Outside);
-        assert_eq!(
-            l.at(3, 3),
-            Region::Outside,
-            "hair comes after the eyes in CelebAMask-HQ's order"
-        );
+        assert_eq!(l.at(3, 3), Region::Outside, "hair comes after the eyes in CelebAMask-HQ's order");
         assert_eq!(l.at(1, 1), Region::Skin);
         let wrong = FaceLayout::from_parts(&parts, 5, 5);
         assert!(matches!(wrong, Err(ForgeError::Input(m)) if m.contains("skin part mask")));
@@ -319,10 +270,7 @@ mod tests {
         let mut img = vec![[10.0f32, 10.0, 10.0], [30.0, 30.0, 30.0]];
         let reference = vec![[100.0f32, 0.0, 0.0], [140.0, 0.0, 0.0]];
         match_stats(&mut img, &[0, 1], &[0, 1], &reference);
-        assert!(
-            (img[0][0] - 100.0).abs() < 1e-3 && (img[1][0] - 140.0).abs() < 1e-3,
-            "{img:?}"
-        );
+        assert!((img[0][0] - 100.0).abs() < 1e-3 && (img[1][0] - 140.0).abs() < 1e-3, "{img:?}");
         // a flat reference divides the contrast by 4 at most
         assert!((img[1][1] - img[0][1] - 5.0).abs() < 1e-3, "{img:?}");
     }

@@ -50,11 +50,7 @@ pub struct PatchInpaint {
 
 impl Default for PatchInpaint {
     fn default() -> Self {
-        PatchInpaint {
-            patch_radius: 3,
-            em_steps: 3,
-            sweeps: 3,
-        }
+        PatchInpaint { patch_radius: 3, em_steps: 3, sweeps: 3 }
     }
 }
 
@@ -82,12 +78,7 @@ impl Level {
     fn down(&self) -> Level {
         let (w, h) = ((self.w + 1) / 2, (self.h + 1) / 2);
         let n = (w * h) as usize;
-        let (mut px, mut hole, mut label, mut ok) = (
-            vec![[0.0; 3]; n],
-            vec![false; n],
-            vec![0u8; n],
-            vec![false; n],
-        );
+        let (mut px, mut hole, mut label, mut ok) = (vec![[0.0; 3]; n], vec![false; n], vec![0u8; n], vec![false; n]);
         for y in 0..h {
             for x in 0..w {
                 let mut acc = [0.0f32; 3];
@@ -114,28 +105,13 @@ impl Level {
                 ok[o] = all_ok && !any_hole;
                 // the most frequent region of the four, the first one on ties
                 let first = self.label[self.idx((2 * x).min(self.w - 1), (2 * y).min(self.h - 1))];
-                label[o] = (0..8u8).fold(first, |best, c| {
-                    if votes[c as usize] > votes[best as usize & 7] {
-                        c
-                    } else {
-                        best
-                    }
-                });
+                label[o] = (0..8u8).fold(first, |best, c| if votes[c as usize] > votes[best as usize & 7] { c } else { best });
                 if k > 0.0 {
                     px[o] = acc.map(|v| v / k);
                 }
             }
         }
-        Level {
-            w,
-            h,
-            tw: (self.tw + 1) / 2,
-            dx: self.dx / 2,
-            px,
-            hole,
-            label,
-            ok,
-        }
+        Level { w, h, tw: (self.tw + 1) / 2, dx: self.dx / 2, px, hole, label, ok }
     }
 }
 
@@ -188,23 +164,14 @@ impl Sources {
                 l.ok[i] && (x < l.tw || g.from_donor[l.label[i] as usize & 7])
             })
             .collect();
-        Sources {
-            hole: Integral::new(l, |i| l.hole[i]),
-            bad: Integral::new(l, |i| !l.ok[i]),
-            centre_ok,
-        }
+        Sources { hole: Integral::new(l, |i| l.hole[i]), bad: Integral::new(l, |i| !l.ok[i]), centre_ok }
     }
 }
 
 impl PatchInpaint {
     fn valid_source(&self, l: &Level, s: &Sources, x: i32, y: i32) -> bool {
         let r = self.patch_radius;
-        x >= r
-            && y >= r
-            && x < l.w - r
-            && y < l.h - r
-            && s.centre_ok[l.idx(x, y)]
-            && s.bad.count(x - r, y - r, x + r, y + r) == 0
+        x >= r && y >= r && x < l.w - r && y < l.h - r && s.centre_ok[l.idx(x, y)] && s.bad.count(x - r, y - r, x + r, y + r) == 0
     }
 
     fn dist(&self, l: &Level, g: &Guide, t: (i32, i32), s: (i32, i32), best: f32) -> f32 {
@@ -228,20 +195,11 @@ impl PatchInpaint {
 
     /// One level: EM steps of PatchMatch + voting. `nnf` maps target centres to source centres.
     /// Returns `false` when the level has no allowed exemplar patch (nothing was done).
-    fn solve_level(
-        &self,
-        l: &mut Level,
-        g: &Guide,
-        nnf: &mut Vec<(i32, i32)>,
-        rng: &mut SplitMix64,
-        em_steps: usize,
-    ) -> bool {
+    fn solve_level(&self, l: &mut Level, g: &Guide, nnf: &mut Vec<(i32, i32)>, rng: &mut SplitMix64, em_steps: usize) -> bool {
         let r = self.patch_radius;
         let src = Sources::new(l, g);
-        let sources: Vec<(i32, i32)> = (r..l.h - r)
-            .flat_map(|y| (r..l.w - r).map(move |x| (x, y)))
-            .filter(|&(x, y)| self.valid_source(l, &src, x, y))
-            .collect();
+        let sources: Vec<(i32, i32)> =
+            (r..l.h - r).flat_map(|y| (r..l.w - r).map(move |x| (x, y))).filter(|&(x, y)| self.valid_source(l, &src, x, y)).collect();
         if sources.is_empty() {
             return false;
         }
@@ -260,10 +218,7 @@ impl PatchInpaint {
             if !self.valid_source(l, &src, nnf[i].0, nnf[i].1) {
                 // the same place on the aligned donor when its region is copied from there
                 let beside = (x + l.dx, y);
-                nnf[i] = if l.dx > 0
-                    && g.from_donor[l.label[i] as usize & 7]
-                    && self.valid_source(l, &src, beside.0, beside.1)
-                {
+                nnf[i] = if l.dx > 0 && g.from_donor[l.label[i] as usize & 7] && self.valid_source(l, &src, beside.0, beside.1) {
                     beside
                 } else {
                     sources[(rng.next_u64() % sources.len() as u64) as usize]
@@ -278,11 +233,8 @@ impl PatchInpaint {
             for sweep in 0..self.sweeps {
                 let fwd = sweep % 2 == 0;
                 let step: i32 = if fwd { 1 } else { -1 };
-                let order: Box<dyn Iterator<Item = &(i32, i32)>> = if fwd {
-                    Box::new(targets.iter())
-                } else {
-                    Box::new(targets.iter().rev())
-                };
+                let order: Box<dyn Iterator<Item = &(i32, i32)>> =
+                    if fwd { Box::new(targets.iter()) } else { Box::new(targets.iter().rev()) };
                 for &(x, y) in order {
                     let i = l.idx(x, y);
                     // propagation from the previous neighbours in scan order
@@ -359,21 +311,13 @@ impl PatchInpaint {
             h: h as i32,
             tw: w as i32,
             dx: 0,
-            px: input
-                .target
-                .pixels()
-                .map(|p| [p.0[0] as f32, p.0[1] as f32, p.0[2] as f32])
-                .collect(),
+            px: input.target.pixels().map(|p| [p.0[0] as f32, p.0[1] as f32, p.0[2] as f32]).collect(),
             hole: input.mask.pixels().map(|p| p.0[0] > 0).collect(),
             label: vec![0; (w * h) as usize],
             ok: vec![false; (w * h) as usize],
         };
-        let mut g = Guide {
-            labelled: false,
-            from_donor: [false; 8],
-        };
-        let Some(layout) = FaceLayout::of_face(input.target_parts, input.target_landmarks, w, h)?
-        else {
+        let mut g = Guide { labelled: false, from_donor: [false; 8] };
+        let Some(layout) = FaceLayout::of_face(input.target_parts, input.target_landmarks, w, h)? else {
             for (ok, hole) in l.ok.iter_mut().zip(&l.hole) {
                 *ok = !hole;
             }
@@ -381,11 +325,7 @@ impl PatchInpaint {
         };
         g.labelled = true;
         // the landmark-derived ear bands often lie over hair or background: exemplars only for ears
-        let ears = layout
-            .labels
-            .iter()
-            .zip(&l.hole)
-            .any(|(r, h)| *h && *r == Region::Ear);
+        let ears = layout.labels.iter().zip(&l.hole).any(|(r, h)| *h && *r == Region::Ear);
         let allowed = |r: Region| r.is_face() && (ears || r != Region::Ear);
         for i in 0..l.label.len() {
             l.label[i] = layout.labels[i] as u8;
@@ -405,14 +345,11 @@ impl PatchInpaint {
                 }
             }
         }
-        let needs: Vec<usize> = (1..8)
-            .filter(|&c| in_hole[c] > 0 && 4 * intact[c] < in_hole[c])
-            .collect();
+        let needs: Vec<usize> = (1..8).filter(|&c| in_hole[c] > 0 && 4 * intact[c] < in_hole[c]).collect();
         let donor = match (input.source, input.source_landmarks, input.target_landmarks) {
             (Some(d), Some(dl), Some(tl)) if !needs.is_empty() => {
                 let (dw, dh) = d.dimensions();
-                FaceLayout::of_face(input.source_parts, Some(dl), dw, dh)?
-                    .map(|dlayout| (d, dl, tl, dlayout))
+                FaceLayout::of_face(input.source_parts, Some(dl), dw, dh)?.map(|dlayout| (d, dl, tl, dlayout))
             }
             _ => None,
         };
@@ -459,10 +396,7 @@ impl PatchInpaint {
         let (w, h) = input.target.dimensions();
         let r = self.patch_radius;
         if (w as i32) < 4 * r + 2 || (h as i32) < 4 * r + 2 {
-            return Err(ForgeError::Input(format!(
-                "image {w}x{h} is too small for {0}x{0} patches",
-                2 * r + 1
-            )));
+            return Err(ForgeError::Input(format!("image {w}x{h} is too small for {0}x{0} patches", 2 * r + 1)));
         }
         let (base, guide) = self.canvas(input)?;
         let mut levels = vec![base];
@@ -509,8 +443,7 @@ impl PatchInpaint {
             if guide.labelled {
                 let face = mean(&|i| in_target(i) && l.ok[i]).unwrap_or(all);
                 for (c, f) in fill.iter_mut().enumerate() {
-                    *f = mean(&|i| in_target(i) && l.ok[i] && l.label[i] as usize == c)
-                        .unwrap_or(face);
+                    *f = mean(&|i| in_target(i) && l.ok[i] && l.label[i] as usize == c).unwrap_or(face);
                 }
             }
             for i in 0..l.px.len() {
@@ -519,21 +452,13 @@ impl PatchInpaint {
                 }
                 let c = l.label[i] as usize & 7;
                 let (x, y) = (i as i32 % l.w, i as i32 / l.w);
-                l.px[i] = if l.dx > 0 && guide.from_donor[c] {
-                    l.px[l.idx((x + l.dx).min(l.w - 1), y)]
-                } else {
-                    fill[c]
-                };
+                l.px[i] = if l.dx > 0 && guide.from_donor[c] { l.px[l.idx((x + l.dx).min(l.w - 1), y)] } else { fill[c] };
             }
         }
         let mut nnf: Vec<(i32, i32)> = Vec::new();
         let mut solved_finest = false;
         for li in (0..levels.len()).rev() {
-            let steps = if li == 0 {
-                self.em_steps.clamp(1, 2)
-            } else {
-                self.em_steps + 1
-            };
+            let steps = if li == 0 { self.em_steps.clamp(1, 2) } else { self.em_steps + 1 };
             let solved = self.solve_level(&mut levels[li], &guide, &mut nnf, &mut rng, steps);
             if li == 0 {
                 solved_finest = solved;

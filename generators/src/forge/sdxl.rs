@@ -27,9 +27,9 @@
 //! ([`super::graph`]). The UNet session's memory (resident memory taken by its creation) is
 //! reported in the provenance.
 
-use super::graph::{rss_bytes, Data, Graph, GraphSpec};
+use super::graph::{Data, Graph, GraphSpec, rss_bytes};
 use super::onnx::Device;
-use super::{check_input, ForgeError, ForgeInput, Generator, SplitMix64};
+use super::{ForgeError, ForgeInput, Generator, SplitMix64, check_input};
 use ndarray::{Array4, ArrayD, Axis, IxDyn};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -116,7 +116,7 @@ fn special(cfg: &serde_json::Value, key: &str) -> Option<String> {
 impl ClipTokenizer {
     pub fn load(dir: &Path) -> Result<Self, ForgeError> {
         use tokenizers::models::bpe::BPE;
-        use tokenizers::normalizers::{Lowercase, Replace, Sequence as NormSeq, NFC};
+        use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormSeq};
         use tokenizers::pre_tokenizers::byte_level::ByteLevel;
         use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
         use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -148,7 +148,8 @@ impl ClipTokenizer {
                 .build()
                 .map_err(|e| tok_err(dir, e))?;
             let mut tk = tokenizers::Tokenizer::new(bpe);
-            let ws = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ").map_err(|e| tok_err(dir, e))?;
+            let ws =
+                Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ").map_err(|e| tok_err(dir, e))?;
             tk.with_normalizer(Some(NormalizerWrapper::from(NormSeq::new(vec![NFC.into(), ws.into(), Lowercase.into()]))));
             let split = Split::new(
                 SplitPattern::Regex(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+".into()),
@@ -156,7 +157,10 @@ impl ClipTokenizer {
                 true,
             )
             .map_err(|e| tok_err(dir, e))?;
-            tk.with_pre_tokenizer(Some(PreTokenizerWrapper::from(PreSeq::new(vec![split.into(), ByteLevel::new(false, true, false).into()]))));
+            tk.with_pre_tokenizer(Some(PreTokenizerWrapper::from(PreSeq::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ]))));
             tk
         };
         let id = |s: &str| tk.token_to_id(s).ok_or_else(|| tok_err(dir, format!("special token {s} is not in the vocabulary")));
@@ -376,21 +380,37 @@ impl Sdxl {
         }
         let sched_path = dir.join("scheduler/scheduler_config.json");
         let sched_text = std::fs::read_to_string(&sched_path).map_err(|e| ForgeError::Model(format!("{}: {e}", sched_path.display())))?;
-        let scheduler: SchedulerConfig = serde_json::from_str(&sched_text).map_err(|e| ForgeError::Model(format!("{}: {e}", sched_path.display())))?;
+        let scheduler: SchedulerConfig =
+            serde_json::from_str(&sched_text).map_err(|e| ForgeError::Model(format!("{}: {e}", sched_path.display())))?;
         scheduler.check()?;
-        let tokenizers = [ClipTokenizer::load(&dir.join(&manifest.tokenizers[0]))?, ClipTokenizer::load(&dir.join(&manifest.tokenizers[1]))?];
+        let tokenizers =
+            [ClipTokenizer::load(&dir.join(&manifest.tokenizers[0]))?, ClipTokenizer::load(&dir.join(&manifest.tokenizers[1]))?];
         let g = |name: &str| -> Result<Graph, ForgeError> {
             let spec = manifest.graphs.get(name).ok_or_else(|| ForgeError::Model(format!("sdxl manifest lacks graph {name}")))?;
             Graph::load(&format!("sdxl {name}"), &dir, spec, device, threads)
         };
-        let (text_encoder, text_encoder_2, vae_encoder, vae_decoder) = (g("text_encoder")?, g("text_encoder_2")?, g("vae_encoder")?, g("vae_decoder")?);
+        let (text_encoder, text_encoder_2, vae_encoder, vae_decoder) =
+            (g("text_encoder")?, g("text_encoder_2")?, g("vae_encoder")?, g("vae_decoder")?);
         let before = rss_bytes();
         let unet = g("unet")?;
         let unet_rss_bytes = rss_bytes().saturating_sub(before);
         let options = manifest.defaults.clone();
         Ok(Sdxl {
-            manifest, dir, tokenizers, text_encoder, text_encoder_2, unet, vae_encoder, vae_decoder, scheduler, device, threads, unet_rss_bytes,
-            used: options.clone(), options, text_cache: None,
+            manifest,
+            dir,
+            tokenizers,
+            text_encoder,
+            text_encoder_2,
+            unet,
+            vae_encoder,
+            vae_decoder,
+            scheduler,
+            device,
+            threads,
+            unet_rss_bytes,
+            used: options.clone(),
+            options,
+            text_cache: None,
         })
     }
 
@@ -412,12 +432,17 @@ impl Sdxl {
             let n = v.len() / 2;
             ArrayD::from_shape_vec(IxDyn(&[2, n]), v).map_err(|e| ForgeError::Model(e.to_string()))
         };
-        let (h1n, h2n, pn) = (self.manifest.text_hidden_outputs[0].clone(), self.manifest.text_hidden_outputs[1].clone(), self.manifest.pooled_output.clone());
+        let (h1n, h2n, pn) = (
+            self.manifest.text_hidden_outputs[0].clone(),
+            self.manifest.text_hidden_outputs[1].clone(),
+            self.manifest.pooled_output.clone(),
+        );
         let h1 = self.text_encoder.run(vec![("input_ids", Data::I64(ids(&self.tokenizers[0])?))], &[&h1n])?.remove(0);
         let mut o2 = self.text_encoder_2.run(vec![("input_ids", Data::I64(ids(&self.tokenizers[1])?))], &[&h2n, &pn])?;
         let pooled = o2.remove(1);
         let h2 = o2.remove(0);
-        let hidden = ndarray::concatenate(Axis(2), &[h1.view(), h2.view()]).map_err(|e| ForgeError::Model(format!("text embeddings: {e}")))?;
+        let hidden =
+            ndarray::concatenate(Axis(2), &[h1.view(), h2.view()]).map_err(|e| ForgeError::Model(format!("text embeddings: {e}")))?;
         self.text_cache = Some((key, hidden.clone(), pooled.clone()));
         Ok((hidden, pooled))
     }
@@ -467,7 +492,8 @@ impl Sdxl {
         // 2. prompts
         let (hidden, pooled) = self.encode_prompts(&opts.prompt, &opts.negative_prompt)?;
         let s = size as f32;
-        let time_ids = ArrayD::from_shape_vec(IxDyn(&[2, 6]), [s, s, 0.0, 0.0, s, s, s, s, 0.0, 0.0, s, s].to_vec()).map_err(|e| ForgeError::Model(e.to_string()))?;
+        let time_ids = ArrayD::from_shape_vec(IxDyn(&[2, 6]), [s, s, 0.0, 0.0, s, s, s, s, 0.0, 0.0, s, s].to_vec())
+            .map_err(|e| ForgeError::Model(e.to_string()))?;
         // 3. latents of the image and the masked image
         let image_lat = self.encode_image(image, size)?;
         let masked_lat = self.encode_image(masked, size)?;
@@ -568,11 +594,7 @@ impl Sdxl {
             for j in 0..n_lat {
                 let eps = uncond[j] + opts.guidance * (cond[j] - uncond[j]);
                 let x = latents[j];
-                let pred = if v_pred {
-                    eps * (-sigma / (sigma * sigma + 1.0).sqrt()) + x / (sigma * sigma + 1.0)
-                } else {
-                    x - sigma * eps
-                };
+                let pred = if v_pred { eps * (-sigma / (sigma * sigma + 1.0).sqrt()) + x / (sigma * sigma + 1.0) } else { x - sigma * eps };
                 let d = (x - pred) / sigma;
                 latents[j] = x + d * dt;
             }
@@ -583,7 +605,10 @@ impl Sdxl {
             .into_dyn();
         let dec = self.vae_decoder.run(vec![("latent_sample", Data::F32(z))], &["sample"])?.remove(0);
         if dec.shape() != [1, 3, size, size] {
-            return Err(ForgeError::Model(format!("sdxl vae_decoder: sample has shape {:?}, expected [1, 3, {size}, {size}]", dec.shape())));
+            return Err(ForgeError::Model(format!(
+                "sdxl vae_decoder: sample has shape {:?}, expected [1, 3, {size}, {size}]",
+                dec.shape()
+            )));
         }
         let unit: Vec<f32> = dec.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
         let small = downscale_box(&unit, 3, size, size, k);

@@ -4,7 +4,7 @@
 //! pycocoevalcap's raw scales; METEOR ([`super::meteor`]) with Meteor's data (the CLI refuses to
 //! run all metrics without it; `--metrics ngram` reports METEOR `null`).
 
-use super::{bleu, cider, meteor, rouge, tokenize::tokenize, EvalError};
+use super::{EvalError, bleu, cider, meteor, rouge, tokenize::tokenize};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
@@ -44,12 +44,16 @@ impl CaptionSet {
             One(String),
             List(Vec<String>),
         }
-        let r: BTreeMap<String, Vec<String>> = serde_json::from_str(refs).map_err(|e| EvalError::Input(format!("references: expected a JSON object of id -> list of caption strings: {e}")))?;
-        let mut p: BTreeMap<String, Pred> = serde_json::from_str(preds).map_err(|e| EvalError::Input(format!("predictions: expected a JSON object of id -> caption string: {e}")))?;
+        let r: BTreeMap<String, Vec<String>> = serde_json::from_str(refs)
+            .map_err(|e| EvalError::Input(format!("references: expected a JSON object of id -> list of caption strings: {e}")))?;
+        let mut p: BTreeMap<String, Pred> = serde_json::from_str(preds)
+            .map_err(|e| EvalError::Input(format!("predictions: expected a JSON object of id -> caption string: {e}")))?;
         let only_r: Vec<&String> = r.keys().filter(|k| !p.contains_key(*k)).collect();
         let only_p: Vec<&String> = p.keys().filter(|k| !r.contains_key(*k)).collect();
         if !only_r.is_empty() || !only_p.is_empty() {
-            let show = |v: &[&String]| v.iter().take(20).map(|s| s.as_str()).collect::<Vec<_>>().join(", ") + if v.len() > 20 { ", ..." } else { "" };
+            let show = |v: &[&String]| {
+                v.iter().take(20).map(|s| s.as_str()).collect::<Vec<_>>().join(", ") + if v.len() > 20 { ", ..." } else { "" }
+            };
             return Err(EvalError::Input(format!(
                 "the files must name the same ids: {} only in the references [{}], {} only in the predictions [{}]",
                 only_r.len(),
@@ -78,7 +82,8 @@ impl CaptionSet {
 
     /// Corpus METEOR alone (pycocoevalcap's PTB tokenization, then Meteor 1.5).
     pub fn meteor(&self, data: &meteor::MeteorData) -> Result<f64, EvalError> {
-        let tokenized: Vec<(String, Vec<String>)> = self.items.par_iter().map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect())).collect();
+        let tokenized: Vec<(String, Vec<String>)> =
+            self.items.par_iter().map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect())).collect();
         Ok(meteor::score(data, &tokenized)?.0)
     }
 
@@ -94,7 +99,8 @@ impl CaptionSet {
         std::thread::scope(|scope| {
             let lexicon = meteor_data.map(|d| scope.spawn(move || meteor::Lexicon::load(d)));
             let t = std::time::Instant::now();
-            let tokenized: Vec<(String, Vec<String>)> = self.items.par_iter().map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect())).collect();
+            let tokenized: Vec<(String, Vec<String>)> =
+                self.items.par_iter().map(|(_, (h, rs))| (tokenize(h), rs.iter().map(|r| tokenize(r)).collect())).collect();
             phases.push(("tokenize (PTBTokenizer and its filter)".into(), t.elapsed().as_secs_f64()));
             let mut scores = ngram_scores(&tokenized, phases);
             if let (Some(d), Some(l)) = (meteor_data, lexicon) {
@@ -128,9 +134,15 @@ fn ngram_scores(tokenized: &[(String, Vec<String>)], phases: &mut meteor::Phases
         items.push((hv, rv));
     }
     let narrow = (vocab.len() as u32) < bleu::NARROW_IDS;
-    let counts: Vec<(bleu::Sorted, Vec<bleu::Sorted>)> =
-        items.par_iter().map(|(h, rs)| (bleu::sorted_counts_with(h, narrow), rs.iter().map(|r| bleu::sorted_counts_with(r, narrow)).collect())).collect();
-    let comps: Vec<bleu::Comps> = items.par_iter().zip(&counts).map(|((h, rs), (hc, rcs))| bleu::comps(h.len(), hc, &rs.iter().map(Vec::len).collect::<Vec<_>>(), rcs)).collect();
+    let counts: Vec<(bleu::Sorted, Vec<bleu::Sorted>)> = items
+        .par_iter()
+        .map(|(h, rs)| (bleu::sorted_counts_with(h, narrow), rs.iter().map(|r| bleu::sorted_counts_with(r, narrow)).collect()))
+        .collect();
+    let comps: Vec<bleu::Comps> = items
+        .par_iter()
+        .zip(&counts)
+        .map(|((h, rs), (hc, rcs))| bleu::comps(h.len(), hc, &rs.iter().map(Vec::len).collect::<Vec<_>>(), rcs))
+        .collect();
     let (b, _) = bleu::score(&comps);
     phases.push(("BLEU-1..4 (words to ids, n-gram counts, BLEU)".into(), t.elapsed().as_secs_f64()));
     let t = std::time::Instant::now();
@@ -139,5 +151,13 @@ fn ngram_scores(tokenized: &[(String, Vec<String>)], phases: &mut meteor::Phases
     let t = std::time::Instant::now();
     let (c, _) = cider::score(&counts);
     phases.push(("CIDEr".into(), t.elapsed().as_secs_f64()));
-    CaptionScores { bleu1: b[0], bleu2: b[1], bleu3: b[2], bleu4: b[3], meteor: None, rouge_l: rouges.iter().sum::<f64>() / rouges.len() as f64, cider: c }
+    CaptionScores {
+        bleu1: b[0],
+        bleu2: b[1],
+        bleu3: b[2],
+        bleu4: b[3],
+        meteor: None,
+        rouge_l: rouges.iter().sum::<f64>() / rouges.len() as f64,
+        cider: c,
+    }
 }

@@ -6,7 +6,7 @@
 //!
 //! Vectors are sorted lists of (packed n-gram, weight), compared by merging.
 
-use super::bleu::{order, Sorted, N};
+use super::bleu::{N, Sorted, order};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap as HashMap;
 

@@ -42,17 +42,20 @@ fn parse_set(id: &str, v: &serde_json::Value, labels: &[&str]) -> Result<Vec<boo
     let mut set = vec![false; labels.len()];
     for x in arr {
         let name = x.as_str().ok_or_else(|| EvalError::Input(format!("id `{id}`: {x} is not a label name")))?;
-        let i = labels.iter().position(|l| *l == name.trim().to_lowercase()).ok_or_else(|| {
-            EvalError::Input(format!("id `{id}`: unknown label `{name}`; the labels are {}", labels.join(", ")))
-        })?;
+        let i = labels
+            .iter()
+            .position(|l| *l == name.trim().to_lowercase())
+            .ok_or_else(|| EvalError::Input(format!("id `{id}`: unknown label `{name}`; the labels are {}", labels.join(", "))))?;
         set[i] = true;
     }
     Ok(set)
 }
 
 pub fn evaluate(gt: &str, pred: &str, labels: &[&str]) -> Result<LabelScores, EvalError> {
-    let g: serde_json::Map<String, serde_json::Value> = serde_json::from_str(gt).map_err(|e| EvalError::Input(format!("ground truth: not a JSON object: {e}")))?;
-    let p: serde_json::Map<String, serde_json::Value> = serde_json::from_str(pred).map_err(|e| EvalError::Input(format!("predictions: not a JSON object: {e}")))?;
+    let g: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(gt).map_err(|e| EvalError::Input(format!("ground truth: not a JSON object: {e}")))?;
+    let p: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(pred).map_err(|e| EvalError::Input(format!("predictions: not a JSON object: {e}")))?;
     let only_g: Vec<&String> = g.keys().filter(|k| !p.contains_key(*k)).collect();
     let only_p: Vec<&String> = p.keys().filter(|k| !g.contains_key(*k)).collect();
     if !only_g.is_empty() || !only_p.is_empty() || g.is_empty() {

@@ -151,7 +151,8 @@ pub fn evaluate(gt: &Path, pred: &Path, threshold: u8) -> Result<MaskScores, Eva
     let no_pred: Vec<&String> = g.iter().filter(|n| !ps.contains(n)).collect();
     let no_gt: Vec<&String> = p.iter().filter(|n| !gs.contains(n)).collect();
     if !no_pred.is_empty() || !no_gt.is_empty() {
-        let show = |v: &[&String]| v.iter().take(20).map(|s| s.as_str()).collect::<Vec<_>>().join(", ") + if v.len() > 20 { ", ..." } else { "" };
+        let show =
+            |v: &[&String]| v.iter().take(20).map(|s| s.as_str()).collect::<Vec<_>>().join(", ") + if v.len() > 20 { ", ..." } else { "" };
         return Err(EvalError::Input(format!(
             "masks must come in same-named pairs: {} ground-truth masks have no prediction [{}], {} predictions have no ground truth [{}]",
             no_pred.len(),

@@ -5,9 +5,9 @@
 //! (`{"image_id", "caption", "mask_path"}`; `pred_caption`/`prediction` and `pred_mask_path` are
 //! accepted too). Mask paths are relative to their base folders.
 
-use super::captions::{CaptionScores, CaptionSet};
-use super::masks::{evaluate_pairs, MaskScores};
 use super::EvalError;
+use super::captions::{CaptionScores, CaptionSet};
+use super::masks::{MaskScores, evaluate_pairs};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,8 +25,16 @@ fn field<'a>(v: &'a serde_json::Value, names: &[&str]) -> Option<&'a str> {
     names.iter().find_map(|n| v.get(*n).and_then(|x| x.as_str()))
 }
 
-pub fn evaluate(gt_json: &str, pred_jsonl: &str, gt_base: &Path, pred_base: &Path, threshold: u8, meteor: Option<&super::meteor::MeteorData>) -> Result<Report, EvalError> {
-    let gt: Vec<serde_json::Value> = serde_json::from_str(gt_json).map_err(|e| EvalError::Input(format!("ground truth: not a JSON list of release records: {e}")))?;
+pub fn evaluate(
+    gt_json: &str,
+    pred_jsonl: &str,
+    gt_base: &Path,
+    pred_base: &Path,
+    threshold: u8,
+    meteor: Option<&super::meteor::MeteorData>,
+) -> Result<Report, EvalError> {
+    let gt: Vec<serde_json::Value> =
+        serde_json::from_str(gt_json).map_err(|e| EvalError::Input(format!("ground truth: not a JSON list of release records: {e}")))?;
     let mut refs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut gt_masks: BTreeMap<String, String> = BTreeMap::new();
     for (i, r) in gt.iter().enumerate() {
@@ -38,16 +46,19 @@ pub fn evaluate(gt_json: &str, pred_jsonl: &str, gt_base: &Path, pred_base: &Pat
     }
     let mut preds: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (n, line) in pred_jsonl.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| EvalError::Input(format!("predictions line {}: not JSON: {e}", n + 1)))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| EvalError::Input(format!("predictions line {}: not JSON: {e}", n + 1)))?;
         let id = field(&v, &["image_id"]).ok_or_else(|| EvalError::Input(format!("predictions line {}: no image_id", n + 1)))?;
-        let cap = field(&v, &["caption", "pred_caption", "prediction"]).ok_or_else(|| EvalError::Input(format!("prediction {id}: no caption")))?;
+        let cap = field(&v, &["caption", "pred_caption", "prediction"])
+            .ok_or_else(|| EvalError::Input(format!("prediction {id}: no caption")))?;
         let mask = field(&v, &["mask_path", "pred_mask_path"]).ok_or_else(|| EvalError::Input(format!("prediction {id}: no mask_path")))?;
         if preds.insert(id.to_string(), (cap.to_string(), mask.to_string())).is_some() {
             return Err(EvalError::Input(format!("prediction {id} appears twice")));
         }
     }
     let refs_json = serde_json::to_string(&refs).map_err(|e| EvalError::Input(e.to_string()))?;
-    let preds_json = serde_json::to_string(&preds.iter().map(|(k, (c, _))| (k, c)).collect::<BTreeMap<_, _>>()).map_err(|e| EvalError::Input(e.to_string()))?;
+    let preds_json = serde_json::to_string(&preds.iter().map(|(k, (c, _))| (k, c)).collect::<BTreeMap<_, _>>())
+        .map_err(|e| EvalError::Input(e.to_string()))?;
     // the same id check (and message) as `eval captions`
     let captions = CaptionSet::parse(&refs_json, &preds_json)?.score(meteor)?;
     let pairs: Vec<(PathBuf, PathBuf)> = gt_masks.iter().map(|(id, m)| (gt_base.join(m), pred_base.join(&preds[id].1))).collect();

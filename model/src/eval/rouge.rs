@@ -33,9 +33,5 @@ pub fn score(hyp: &[u32], refs: &[Vec<u32>]) -> f64 {
         pmax = pmax.max(l / c.len() as f64);
         rmax = rmax.max(l / t.len() as f64);
     }
-    if pmax != 0.0 && rmax != 0.0 {
-        ((1.0 + BETA * BETA) * pmax * rmax) / (rmax + BETA * BETA * pmax)
-    } else {
-        0.0
-    }
+    if pmax != 0.0 && rmax != 0.0 { ((1.0 + BETA * BETA) * pmax * rmax) / (rmax + BETA * BETA * pmax) } else { 0.0 }
 }

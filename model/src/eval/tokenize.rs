@@ -187,7 +187,8 @@ fn is_word_char(c: char) -> bool {
         // µ º ª are letters
         return c.is_alphabetic();
     }
-    c.is_alphabetic() || (c.is_numeric() && !(0x2150..=0x218F).contains(&u) && !(0x2070..=0x209F).contains(&u) && !(0x2460..=0x24FF).contains(&u))
+    c.is_alphabetic()
+        || (c.is_numeric() && !(0x2150..=0x218F).contains(&u) && !(0x2070..=0x209F).contains(&u) && !(0x2460..=0x24FF).contains(&u))
 }
 
 /// How `latexQuotes` writes a quote character that is not a probable left quote.
@@ -244,7 +245,15 @@ pub fn unicode_pass(text: &str) -> Cow<'_, str> {
             // soft hyphens are removed from words; alone the lexer makes `-` (removed too)
             '\u{00AD}' => {}
             // other spaces, zero-width space, BOM, direction marks, line separators
-            '\u{00A0}' | '\u{2000}'..='\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{3000}' | '\u{FEFF}' | '\u{2028}' | '\u{2029}' | '\u{0085}' => out.push(' '),
+            '\u{00A0}'
+            | '\u{2000}'..='\u{200B}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{3000}'
+            | '\u{FEFF}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{0085}' => out.push(' '),
             // SPMDASH and the ellipsis: tokens the filter removes
             '\u{2013}' | '\u{2014}' | '\u{2015}' | '\u{0096}' | '\u{0097}' => out.push_str(" -- "),
             '\u{2026}' => out.push_str(" ... "),
@@ -271,7 +280,9 @@ pub fn unicode_pass(text: &str) -> Cow<'_, str> {
             '\u{20AC}' | '\u{00A4}' | '\u{20A0}' | '\u{0080}' => raw(&mut out, "$"),
             '\u{00A3}' => raw(&mut out, "#"),
             '\u{00A2}' => raw(&mut out, "cents"),
-            '\u{00A5}' | '\u{060B}' | '\u{0E3F}' | '\u{20A4}' | '\u{FFE0}' | '\u{FFE1}' | '\u{FFE5}' | '\u{FFE6}' => raw(&mut out, &c.to_string()),
+            '\u{00A5}' | '\u{060B}' | '\u{0E3F}' | '\u{20A4}' | '\u{FFE0}' | '\u{FFE1}' | '\u{FFE5}' | '\u{FFE6}' => {
+                raw(&mut out, &c.to_string())
+            }
             '\u{00BC}' => raw(&mut out, "1/4"),
             '\u{00BD}' => raw(&mut out, "1/2"),
             '\u{00BE}' => raw(&mut out, "3/4"),
@@ -289,7 +300,8 @@ pub fn unicode_pass(text: &str) -> Cow<'_, str> {
 }
 
 /// Tokens pycocoevalcap removes after tokenizing.
-pub const PUNCTUATIONS: [&str; 17] = ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"];
+pub const PUNCTUATIONS: [&str; 17] =
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"];
 
 /// The assimilations the lexer splits (`splitAssimilations`) when the whole word is one:
 /// `cannot` -> `can not`, `gonna gotta lemme gimme wanna` -> `gon na` ...
@@ -313,11 +325,7 @@ fn push_word(lower: String, out: &mut Vec<String>) {
 
 /// A run of hyphens as the lexer writes it: `-`, `--`, 3 or 4 are `--`, more stay as they are.
 fn hyphens(run: &str) -> String {
-    if (3..=4).contains(&run.len()) {
-        "--".into()
-    } else {
-        run.into()
-    }
+    if (3..=4).contains(&run.len()) { "--".into() } else { run.into() }
 }
 
 /// Splits a lowercased word before its clitic: `n't` after a word of ASCII letters not ending
@@ -365,7 +373,8 @@ fn split_apostrophe(s: &str) -> Option<usize> {
     let letter = |c: &char| c.is_alphanumeric() && !is_mark(*c);
     let letters_after = after.iter().take_while(|c| letter(c)).count();
     let first = before[0];
-    if before.len() == 1 && ("dDoOlL".contains(first) || (first.is_ascii_uppercase() && first != 'I' && first != 'Y')) && letters_after >= 2 {
+    if before.len() == 1 && ("dDoOlL".contains(first) || (first.is_ascii_uppercase() && first != 'I' && first != 'Y')) && letters_after >= 2
+    {
         return None;
     }
     let last = before[before.len() - 1];
@@ -442,15 +451,7 @@ fn split_chunk(chunk: &str, out: &mut Vec<String>) {
                     s.clear();
                     continue;
                 }
-                if c == '\'' {
-                    if is_clitic_like(&s) {
-                        None
-                    } else {
-                        Some("`".to_string())
-                    }
-                } else {
-                    Some("'".to_string())
-                }
+                if c == '\'' { if is_clitic_like(&s) { None } else { Some("`".to_string()) } } else { Some("'".to_string()) }
             }
             '.' if s.starts_with("...") && s.len() > 3 => {
                 let run = s.bytes().take_while(|&b| b == b'.').count().min(5);
@@ -613,7 +614,10 @@ fn split_chunk(chunk: &str, out: &mut Vec<String>) {
             // can't -> ca n't, won't -> wo n't, don’t -> do n't
             out.push(a);
             out.push(b);
-        } else if let Some((a, b)) = lower.rsplit_once(['\'', '\u{2019}', '\u{2018}']).filter(|(a, b)| *b == "t" && a.trim_end_matches(is_mark).ends_with('n') && !a.is_ascii()) {
+        } else if let Some((a, b)) = lower
+            .rsplit_once(['\'', '\u{2019}', '\u{2018}'])
+            .filter(|(a, b)| *b == "t" && a.trim_end_matches(is_mark).ends_with('n') && !a.is_ascii())
+        {
             // `n’t` after a word with other letters than ASCII: no clitic, the quote stands alone
             out.push(a.to_string());
             out.push(if lower.contains('\u{2018}') { "`".into() } else { "'".into() });
@@ -660,8 +664,10 @@ fn is_abbreviation(s: &str) -> bool {
         return true;
     }
     let l = body.to_lowercase();
-    matches!(l.as_str(), "mr" | "mrs" | "ms" | "dr" | "prof" | "st" | "jr" | "sr" | "vs" | "etc" | "inc" | "co" | "corp" | "ltd" | "no" | "fig" | "approx")
-        || (body.chars().count() == 1 && body.chars().all(char::is_alphabetic))
+    matches!(
+        l.as_str(),
+        "mr" | "mrs" | "ms" | "dr" | "prof" | "st" | "jr" | "sr" | "vs" | "etc" | "inc" | "co" | "corp" | "ltd" | "no" | "fig" | "approx"
+    ) || (body.chars().count() == 1 && body.chars().all(char::is_alphabetic))
 }
 
 /// PTB tokens of one caption, lowercased (punctuation tokens not yet removed).
@@ -737,25 +743,46 @@ mod tests {
     const JAR: [(&str, &str); 27] = [
         ("He said \u{201c}hello\u{201d} and \u{2018}bye\u{2019} \u{2014} ok \u{2013} fine", "he said hello and bye ok fine"),
         ("He said \u{201c}hello.\u{201d}", "he said hello"),
-        ("don\u{2019}t won\u{2019}t can\u{2019}t it\u{2019}s they\u{2019}re I\u{2019}m I\u{2019}ll we\u{2019}ve he\u{2019}d", "do n't wo n't ca n't it 's they 're i 'm i 'll we 've he 'd"),
+        (
+            "don\u{2019}t won\u{2019}t can\u{2019}t it\u{2019}s they\u{2019}re I\u{2019}m I\u{2019}ll we\u{2019}ve he\u{2019}d",
+            "do n't wo n't ca n't it 's they 're i 'm i 'll we 've he 'd",
+        ),
         ("the eye\u{2019}s edge, the eyes\u{2019} edges", "the eye 's edge the eyes edges"),
         ("don\u{2018}t don`t", "do n`t do n`t"),
         ("\u{2018}tis \u{2019}twas 'tis 'twas 'Tis 'TWAS 'twasn't", "tis twas 't is 't was 't is 't was 't was n't"),
-        ("Cannot CANNOT cannotx cannot. cannot, (cannot) \u{201c}cannot\u{201d} cannot's Cannot-do", "can not can not cannotx can not can not -lrb- can not -rrb- can not cannot 's cannot-do"),
-        ("gonna gotta lemme gimme wanna Gonna WANNA gonnabe wannabe gonna. wanna, gimme!", "gon na got ta lem me gim me wan na gon na wan na gonnabe wannabe gon na wan na gim me"),
+        (
+            "Cannot CANNOT cannotx cannot. cannot, (cannot) \u{201c}cannot\u{201d} cannot's Cannot-do",
+            "can not can not cannotx can not can not -lrb- can not -rrb- can not cannot 's cannot-do",
+        ),
+        (
+            "gonna gotta lemme gimme wanna Gonna WANNA gonnabe wannabe gonna. wanna, gimme!",
+            "gon na got ta lem me gim me wan na gon na wan na gonnabe wannabe gon na wan na gim me",
+        ),
         ("more'n d'ye", "more 'n d'ye"),
         ("a\u{2014}b a\u{2013}b a \u{2014} b a \u{2013} b \u{2014}a b\u{2014} \u{2015} \u{2014}\u{2014}", "a b a b a b a b a b"),
         ("a--b a -- b --a b-- a---b a----b a-----b ------ - -a a-", "a b a b a b a b a b a ----- b ------ a a"),
-        ("wait... wait\u{2026}now ...and \u{2026} x wait.... wait...... wait . . . x e.g.\u{2026} etc\u{2026}", "wait wait now and x wait wait wait x e.g. etc"),
+        (
+            "wait... wait\u{2026}now ...and \u{2026} x wait.... wait...... wait . . . x e.g.\u{2026} etc\u{2026}",
+            "wait wait now and x wait wait wait x e.g. etc",
+        ),
         ("a|b a||b a|||b ||| || | x ||| y a|||. |a|", "a | b a | | b a | | | b | | | | | | x | | | y a | | | | a |"),
         ("café naïve Ærø ß straße İstanbul ΣΣ ΟΔΟΣ", "café naïve ærø ß straße i\u{307}stanbul σς οδος"),
-        ("Привет МИР 日本語のテキスト 한국어 عربي ह\u{93f}न\u{94d}द\u{940} שלום", "привет мир 日本語のテキスト 한국어 عربي ह\u{93f}न\u{94d}द\u{940} שלום"),
+        (
+            "Привет МИР 日本語のテキスト 한국어 عربي ह\u{93f}न\u{94d}द\u{940} שלום",
+            "привет мир 日本語のテキスト 한국어 عربي ह\u{93f}न\u{94d}द\u{940} שלום",
+        ),
         ("e\u{301} combining a\u{308}b \u{300}x", "e\u{301} combining a\u{308}b \u{300}x"),
         ("\u{1f600} \u{1f642} emoji\u{1f600}word \u{1f44d}\u{1f3fd} x\u{200d}y \u{2764}\u{fe0f} \u{1d400}bc", "emoji word x y \u{2764} bc"),
         ("non\u{a0}breaking a\u{2009}b a\u{3000}b a\u{202f}b a\u{200b}b a\u{feff}b a\u{200e}b", "non breaking a b a b a b a b a b a b"),
         ("soft\u{ad}hyphen \u{ad} x\u{ad}", "softhyphen x"),
-        ("\u{ab}guillemets\u{bb} \u{2039}single\u{203a} \u{201e}low quote\u{201c} \u{201a}low\u{2018} \u{201b}reversed\u{201f}", "guillemets single \u{201e} low quote \u{201a} low reversed \u{201f}"),
-        ("\u{201c}\u{2018}nested\u{2019}\u{201d} \u{201c}\u{201c}double\u{201d}\u{201d} nose\u{2019}s\u{201d} eyes\u{2019}\u{201d}", "``` nested ''' ```` double '''' nose 's eyes '''"),
+        (
+            "\u{ab}guillemets\u{bb} \u{2039}single\u{203a} \u{201e}low quote\u{201c} \u{201a}low\u{2018} \u{201b}reversed\u{201f}",
+            "guillemets single \u{201e} low quote \u{201a} low reversed \u{201f}",
+        ),
+        (
+            "\u{201c}\u{2018}nested\u{2019}\u{201d} \u{201c}\u{201c}double\u{201d}\u{201d} nose\u{2019}s\u{201d} eyes\u{2019}\u{201d}",
+            "``` nested ''' ```` double '''' nose 's eyes '''",
+        ),
         ("\u{2019}90s '90s \u{2018}90s '85 'em 'till 'cause", "\u{2019}90s '90s 90s '85 'em 'till 'cause"),
         ("o\u{2019}clock l\u{2019}amour", "o\u{2019}clock l\u{2019}amour"),
         (
@@ -767,12 +794,19 @@ mod tests {
             "a \u{2022} b \u{2022} item \u{b7} dot \u{2122} \u{a9} \u{ae} 5 \u{b0} \u{263a} \u{2713} \u{2212} 5 a \u{2212} b",
         ),
         ("x\u{2010}y \u{2010} x\u{2011} \u{2012}x \u{2160} \u{2032}", "x\u{2010}y x x \u{2032}"),
-        ("\u{201c}The nose\u{2019}s edge\u{201d}, it\u{2019}s odd\u{2026} \u{2014} isn\u{2019}t it?", "the nose 's edge it 's odd is n't it"),
+        (
+            "\u{201c}The nose\u{2019}s edge\u{201d}, it\u{2019}s odd\u{2026} \u{2014} isn\u{2019}t it?",
+            "the nose 's edge it 's odd is n't it",
+        ),
     ];
 
     #[test]
     fn equals_the_jar_on_unicode_punctuation_split_words_and_bars() {
-        let bad: Vec<String> = JAR.iter().filter(|(i, w)| tokenize(i) != *w).map(|(i, w)| format!("{i:?}\n  jar:  {w:?}\n  mmtt: {:?}", tokenize(i))).collect();
+        let bad: Vec<String> = JAR
+            .iter()
+            .filter(|(i, w)| tokenize(i) != *w)
+            .map(|(i, w)| format!("{i:?}\n  jar:  {w:?}\n  mmtt: {:?}", tokenize(i)))
+            .collect();
         assert!(bad.is_empty(), "{} of {} differ:\n{}", bad.len(), JAR.len(), bad.join("\n"));
     }
 
@@ -783,10 +817,16 @@ mod tests {
 
     #[test]
     fn known_cases() {
-        assert_eq!(tokenize("The iris shape is irregular, and this is a strong sign of editing."), "the iris shape is irregular and this is a strong sign of editing");
+        assert_eq!(
+            tokenize("The iris shape is irregular, and this is a strong sign of editing."),
+            "the iris shape is irregular and this is a strong sign of editing"
+        );
         assert_eq!(tokenize("The pupils clearly show visible blending... line."), "the pupils clearly show visible blending line");
         assert_eq!(tokenize("typical of GAN-generated faces."), "typical of gan-generated faces");
-        assert_eq!(tokenize("It doesn't match; the eye's edge (left) is 1.5 px off!"), "it does n't match the eye 's edge -lrb- left -rrb- is 1.5 px off");
+        assert_eq!(
+            tokenize("It doesn't match; the eye's edge (left) is 1.5 px off!"),
+            "it does n't match the eye 's edge -lrb- left -rrb- is 1.5 px off"
+        );
         assert_eq!(tokenize("Look at the front teeth: they fade."), "look at the front teeth they fade");
         assert_eq!(tokenize("\"Fake\" smile"), "fake smile");
     }

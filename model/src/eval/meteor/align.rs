@@ -110,7 +110,8 @@ impl Layout {
         slot[self.n2 + self.w1 + i / 32] >> (i % 32) & 1 == 1
     }
     fn is_used(&self, slot: &[u32], m: &Match) -> bool {
-        (m.start..m.start + m.length).any(|i| self.used2(slot, i)) || (m.match_start..m.match_start + m.match_length).any(|j| self.used1(slot, j))
+        (m.start..m.start + m.length).any(|i| self.used2(slot, i))
+            || (m.match_start..m.match_start + m.match_length).any(|j| self.used1(slot, j))
     }
     fn set_used(&self, slot: &mut [u32], m: &Match) {
         for i in m.start..m.start + m.length {
@@ -226,18 +227,10 @@ pub fn align(w1: &[&Word], w2: &[&Word], para: &impl Paraphrases) -> Counts {
     for m in best.iter().flatten() {
         let md = m.module as usize;
         for j in m.match_start..m.match_start + m.match_length {
-            if w1[j].function {
-                c.function1[md] += 1
-            } else {
-                c.content1[md] += 1
-            }
+            if w1[j].function { c.function1[md] += 1 } else { c.content1[md] += 1 }
         }
         for j in m.start..m.start + m.length {
-            if w2[j].function {
-                c.function2[md] += 1
-            } else {
-                c.content2[md] += 1
-            }
+            if w2[j].function { c.function2[md] += 1 } else { c.content2[md] += 1 }
         }
     }
     c.chunks = count_chunks(&best);

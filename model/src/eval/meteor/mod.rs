@@ -17,7 +17,7 @@ pub mod normalize;
 pub mod paracache;
 
 use super::EvalError;
-use normalize::{java_tokens, java_trim, Normalizer};
+use normalize::{Normalizer, java_tokens, java_trim};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::io::Read;
@@ -100,7 +100,11 @@ impl MeteorData {
             let Ok(rd) = std::fs::read_dir(&root) else {
                 continue;
             };
-            let mut pythons: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python"))).collect();
+            let mut pythons: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python")))
+                .collect();
             pythons.sort();
             for py in pythons.iter().rev() {
                 for sp in ["site-packages", "dist-packages"] {
@@ -123,7 +127,10 @@ impl MeteorData {
         let looked = if std::env::var_os("MMTT_METEOR_DATA").is_some_and(|d| d.is_empty()) {
             "MMTT_METEOR_DATA is set and empty, so mmtt looked nowhere".to_string()
         } else {
-            let roots: Vec<String> = Self::search_roots().iter().map(|r| format!("  {}/python*/{{site,dist}}-packages/pycocoevalcap/meteor", r.display())).collect();
+            let roots: Vec<String> = Self::search_roots()
+                .iter()
+                .map(|r| format!("  {}/python*/{{site,dist}}-packages/pycocoevalcap/meteor", r.display()))
+                .collect();
             format!("MMTT_METEOR_DATA is unset; mmtt looked in\n{}", roots.join("\n"))
         };
         Err(EvalError::Input(format!(
@@ -239,11 +246,7 @@ impl Stats {
         let frag = if self.perfect() { 0.0 } else { self.chunks / ((self.test_matches() + self.ref_matches()) / 2.0) };
         let pen = GAMMA * frag.powf(BETA);
         let s = fmean * (1.0 - pen);
-        if s.is_nan() {
-            0.0
-        } else {
-            s.max(0.0)
-        }
+        if s.is_nan() { 0.0 } else { s.max(0.0) }
     }
 }
 
@@ -257,7 +260,10 @@ struct JarData {
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> EvalError {
-    EvalError::Input(format!("{}: cannot read Meteor's data ({e}); reinstall pycocoevalcap==1.2 or point --meteor-data at a complete copy", path.display()))
+    EvalError::Input(format!(
+        "{}: cannot read Meteor's data ({e}); reinstall pycocoevalcap==1.2 or point --meteor-data at a complete copy",
+        path.display()
+    ))
 }
 
 /// Text entries of the jar (a zip archive).
@@ -266,7 +272,10 @@ fn jar_entries<const N: usize>(jar: &Path, names: [&str; N]) -> Result<[String; 
     let mut z = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(|e| io_err(jar, e))?;
     let mut out: [String; N] = std::array::from_fn(|_| String::new());
     for (name, s) in names.iter().zip(out.iter_mut()) {
-        z.by_name(name).map_err(|e| io_err(jar, format!("{name}: {e}")))?.read_to_string(s).map_err(|e| io_err(jar, format!("{name}: {e}")))?;
+        z.by_name(name)
+            .map_err(|e| io_err(jar, format!("{name}: {e}")))?
+            .read_to_string(s)
+            .map_err(|e| io_err(jar, format!("{name}: {e}")))?;
     }
     Ok(out)
 }
@@ -278,7 +287,8 @@ fn load_normalizer(jar: &Path) -> Result<Normalizer, EvalError> {
 
 impl JarData {
     fn load(jar: &Path) -> Result<Self, EvalError> {
-        let [function_words, exceptions, syn] = jar_entries(jar, ["function/english.words", "synonym/english.exceptions", "synonym/english.synsets"])?;
+        let [function_words, exceptions, syn] =
+            jar_entries(jar, ["function/english.words", "synonym/english.exceptions", "synonym/english.synsets"])?;
         let function_words = function_words.lines().map(str::to_string).collect();
         let mut bases: HashMap<String, Vec<String>> = HashMap::default();
         let mut lines = exceptions.lines();
@@ -316,7 +326,10 @@ impl JarData {
     /// `SynonymDictionary.morph`, including its "ful" quirk (the suffix is not removed before
     /// the search but is appended to the result).
     fn morph(&self, s: &str) -> String {
-        const SUFX: [&str; 20] = ["s", "ses", "xes", "zes", "ches", "shes", "men", "ies", "s", "ies", "es", "es", "ed", "ed", "ing", "ing", "er", "est", "er", "est"];
+        const SUFX: [&str; 20] = [
+            "s", "ses", "xes", "zes", "ches", "shes", "men", "ies", "s", "ies", "es", "es", "ed", "ed", "ing", "ing", "er", "est", "er",
+            "est",
+        ];
         const ADDR: [&str; 20] = ["", "s", "x", "z", "ch", "sh", "man", "y", "", "y", "e", "", "e", "", "e", "", "", "", "e", "e"];
         let ful = if s.ends_with("ful") { "ful" } else { "" };
         if s.ends_with("ss") || s.encode_utf16().count() <= 2 {
@@ -501,7 +514,12 @@ pub type Phases = Vec<(String, f64)>;
 /// [`score`], with the [`Lexicon`] when the caller read it already, adding its phases to
 /// `phases`: the lexicon (when read here), normalizing, the paraphrase table and resolving the
 /// words (side by side: both, and the wall time of the two), aligning.
-pub fn score_timed(data: &MeteorData, lexicon: Option<Lexicon>, items: &[(String, Vec<String>)], phases: &mut Phases) -> Result<(f64, Vec<f64>), EvalError> {
+pub fn score_timed(
+    data: &MeteorData,
+    lexicon: Option<Lexicon>,
+    items: &[(String, Vec<String>)],
+    phases: &mut Phases,
+) -> Result<(f64, Vec<f64>), EvalError> {
     let timing = std::env::var_os("MMTT_METEOR_TIMING").is_some();
     let (lexicon, segs) = match lexicon {
         Some(l) => (l, items.par_iter().map(|(h, rs)| stdio_split(h, rs)).collect::<Vec<_>>()),
@@ -514,7 +532,8 @@ pub fn score_timed(data: &MeteorData, lexicon: Option<Lexicon>, items: &[(String
     let t0 = std::time::Instant::now();
     let Lexicon { normalizer, jar, .. } = lexicon;
     let norm = |s: &str| -> Vec<String> { java_tokens(&normalizer.normalize(s).to_lowercase()).map(str::to_string).collect() };
-    let segs: Vec<(Vec<String>, Vec<Vec<String>>)> = segs.par_iter().map(|(h, rs)| (norm(h), rs.iter().map(|r| norm(r)).collect())).collect();
+    let segs: Vec<(Vec<String>, Vec<Vec<String>>)> =
+        segs.par_iter().map(|(h, rs)| (norm(h), rs.iter().map(|r| norm(r)).collect())).collect();
     phases.push(("METEOR: normalize (its -norm rules)".into(), t0.elapsed().as_secs_f64()));
     let t_load = std::time::Instant::now();
     let mut vocab: HashMap<String, u32> = HashMap::default();
@@ -540,7 +559,16 @@ pub fn score_timed(data: &MeteorData, lexicon: Option<Lexicon>, items: &[(String
                     jar.stem_syn(w, &mut syn);
                     syn.sort_unstable();
                     syn.dedup();
-                    (Word { id, hash: java_hash(w), stem_hash: java_hash(&stem(w)), synonyms: Vec::new(), function: jar.function_words.contains(w.as_str()) }, syn)
+                    (
+                        Word {
+                            id,
+                            hash: java_hash(w),
+                            stem_hash: java_hash(&stem(w)),
+                            synonyms: Vec::new(),
+                            function: jar.function_words.contains(w.as_str()),
+                        },
+                        syn,
+                    )
                 })
                 .collect::<Vec<(Word, Vec<i32>)>>();
             Ok((resolved, t.elapsed().as_secs_f64()))
@@ -637,7 +665,14 @@ mod tests {
     #[test]
     fn scoring_follows_compute_metrics() {
         // identical 3-word segments without function words: precision = recall = 1, no penalty
-        let s = Stats { test_len: 3.0, ref_len: 3.0, content1: [3.0, 0.0, 0.0, 0.0], content2: [3.0, 0.0, 0.0, 0.0], chunks: 1.0, ..Default::default() };
+        let s = Stats {
+            test_len: 3.0,
+            ref_len: 3.0,
+            content1: [3.0, 0.0, 0.0, 0.0],
+            content2: [3.0, 0.0, 0.0, 0.0],
+            chunks: 1.0,
+            ..Default::default()
+        };
         assert_eq!(s.score(), 1.0);
         // two chunks over three matches: penalty 0.6 * (2/3)^0.2
         let t = Stats { chunks: 2.0, ..s.clone() };
@@ -651,6 +686,9 @@ mod tests {
 
     #[test]
     fn segments_are_split_like_the_stdio_protocol() {
-        assert_eq!(stdio_split("a  b ||| c", &["r1".into(), "r2 ||| r3".into()]), ("a b c".into(), vec!["r1".into(), "r2".into(), "r3".into()]));
+        assert_eq!(
+            stdio_split("a  b ||| c", &["r1".into(), "r2 ||| r3".into()]),
+            ("a b c".into(), vec!["r1".into(), "r2".into(), "r3".into()])
+        );
     }
 }

@@ -108,7 +108,10 @@ impl Normalizer {
         // each rule runs only where its trigger character occurs (a rule cannot match without it)
         let has = |s: &str, cs: &[char]| s.contains(cs);
         let mut s = format!(" {line} ");
-        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r' | '.' | '\'' | '`' | ',' | '-' | '\u{2018}' | '\u{2019}');
+        let plain = |c: char| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r' | '.' | '\'' | '`' | ',' | '-' | '\u{2018}' | '\u{2019}')
+        };
         if !s.chars().all(plain) {
             s = self.sep_other.replace_all(&s, " ${1} ").into_owned();
         }

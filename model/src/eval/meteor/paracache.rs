@@ -16,7 +16,7 @@
 //! paraphrase's. A run reads the groups of its captions' words (every word of an entry it can
 //! use is one of them, the rarest too) and adds what it keeps in table order.
 
-use super::{io_err, ParaTable};
+use super::{ParaTable, io_err};
 use crate::eval::EvalError;
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
 use std::hash::Hasher;
@@ -90,7 +90,9 @@ pub fn load_in(dir: Option<&Path>, table: &Path, vocab: &HashMap<String, u32>) -
     }
     match read(&path, size, mtime, vocab)? {
         Some(t) => Ok((t, Source::Built)),
-        None => Err(EvalError::Input(format!("{}: the paraphrase cache just written does not read back; remove it and retry", path.display()))),
+        None => {
+            Err(EvalError::Input(format!("{}: the paraphrase cache just written does not read back; remove it and retry", path.display())))
+        }
     }
 }
 
@@ -266,7 +268,12 @@ fn read(path: &Path, size: u64, mtime: u64, vocab: &HashMap<String, u32>) -> Res
     };
     let file_len = f.metadata().map_err(|e| io_err(path, e))?.len();
     let mut header = [0u8; HEADER];
-    if f.read_exact_at(&mut header, 0).is_err() || &header[..8] != MAGIC || le_u32(&header, 8) != VERSION || le_u64(&header, 16) != size || le_u64(&header, 24) != mtime {
+    if f.read_exact_at(&mut header, 0).is_err()
+        || &header[..8] != MAGIC
+        || le_u32(&header, 8) != VERSION
+        || le_u64(&header, 16) != size
+        || le_u64(&header, 24) != mtime
+    {
         return Ok(None);
     }
     let n = le_u64(&header, 32) as usize;
@@ -335,7 +342,8 @@ fn read(path: &Path, size: u64, mtime: u64, vocab: &HashMap<String, u32>) -> Res
             }
             p.clear();
             q.clear();
-            let ok = vals[i + 2..i + 2 + pl].iter().all(|w| map.get(w).map(|&id| p.push(id)).is_some()) && vals[i + 2 + pl..end].iter().all(|w| map.get(w).map(|&id| q.push(id)).is_some());
+            let ok = vals[i + 2..i + 2 + pl].iter().all(|w| map.get(w).map(|&id| p.push(id)).is_some())
+                && vals[i + 2 + pl..end].iter().all(|w| map.get(w).map(|&id| q.push(id)).is_some());
             if ok {
                 kept.push((vals[i], p.clone(), q.clone()));
             }
