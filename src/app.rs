@@ -1,7 +1,7 @@
 //! The running context of one `mmtt` command: database pool, blob store, data directory.
 
-use crate::db::{self, cluster};
-use crate::store::FsBlobStore;
+use crate::storage::db::{self, cluster};
+use crate::storage::store::FsBlobStore;
 use anyhow::{Context, Result};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `mmtt generate`: one forgery from files, outside any job (what IOPaint's `run` does for
 //! inpainting users), also the Rust side of the ONNX parity tests (`--raw`).
 
-use crate::import::decode::{DecodeLimits, read_image};
+use crate::dataset::import::decode::{DecodeLimits, read_image};
 use anyhow::{Context, Result, anyhow, bail};
 use image::GrayImage;
 use mmtt_generators::detect::FaceFinder;

@@ -4,10 +4,10 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mmtt::app::App;
-use mmtt::db::cluster;
-use mmtt::import::{self, ImportOptions, datasets::Dataset, decode::DecodeLimits};
-use mmtt::masks;
-use mmtt::store::BlobStore;
+use mmtt::storage::db::cluster;
+use mmtt::dataset::import::{self, ImportOptions, datasets::Dataset, decode::DecodeLimits};
+use mmtt::dataset::masks;
+use mmtt::storage::store::BlobStore;
 use mmtt_generators::detect::FaceFinder;
 use mmtt_generators::forge::onnx::Device;
 use mmtt_generators::plan::{self, PartSource};
@@ -213,7 +213,7 @@ enum Command {
     /// Export accepted triplets as a dataset (hf, coco, webdataset, mmtt); resumes when re-run.
     Export {
         #[arg(long, value_enum)]
-        format: mmtt::export::Format,
+        format: mmtt::dataset::export::Format,
         #[arg(long)]
         out: PathBuf,
         /// Submitted, not yet reviewed annotations too.
@@ -280,7 +280,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, value_enum, default_value = "forged")]
-        state: mmtt::synthetic::SyntheticState,
+        state: mmtt::devtools::synthetic::SyntheticState,
         /// Add synthetic rows to a database that holds real data.
         #[arg(long)]
         force: bool,
@@ -505,11 +505,11 @@ enum BenchAction {
     },
 }
 
-fn worker_options(cli: &Cli, w: &WorkerArgs, device: Device, until_empty: bool, job: Option<uuid::Uuid>) -> mmtt::forge::WorkerOptions {
-    mmtt::forge::WorkerOptions {
+fn worker_options(cli: &Cli, w: &WorkerArgs, device: Device, until_empty: bool, job: Option<uuid::Uuid>) -> mmtt::jobs::forge::WorkerOptions {
+    mmtt::jobs::forge::WorkerOptions {
         name: w.name.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
         device,
-        models_dir: w.models.clone().unwrap_or_else(|| mmtt::forge::default_models_dir(&cli.data_dir)),
+        models_dir: w.models.clone().unwrap_or_else(|| mmtt::jobs::forge::default_models_dir(&cli.data_dir)),
         threads: w.threads,
         lease: std::time::Duration::from_secs(w.lease_seconds.max(1)),
         until_empty,
@@ -639,7 +639,7 @@ enum ProjectAction {
         #[arg(long)]
         seed: u64,
         #[arg(long, default_value = "8:1:1")]
-        ratios: mmtt::split::SplitRatios,
+        ratios: mmtt::storage::split::SplitRatios,
     },
 }
 
@@ -896,8 +896,8 @@ async fn run(cli: Cli) -> Result<()> {
             let faces = faces.clone();
             let seed = *seed;
             with_app!(cli, |app| {
-                mmtt::demo::run(app, faces.as_deref(), seed).await?;
-                let accounts = mmtt::demo::demo_accounts(app).await?;
+                mmtt::devtools::demo::run(app, faces.as_deref(), seed).await?;
+                let accounts = mmtt::devtools::demo::demo_accounts(app).await?;
                 println!("\naccounts (passwords are new on every run):");
                 for (name, role, password) in &accounts {
                     println!("  {role:<10} {name:<16} password {password}");
@@ -911,12 +911,12 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Fixtures { action: FixturesAction::Celebamask { photos, out } } => {
-            let m = mmtt::fixtures::celebamask(photos, out).context("building the CelebAMask-HQ fixture")?;
+            let m = mmtt::devtools::fixtures::celebamask(photos, out).context("building the CelebAMask-HQ fixture")?;
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
         }
         Command::Fixtures { action: FixturesAction::Ffhq { photos, out } } => {
-            let written = mmtt::fixtures::ffhq(photos, out).context("building the FFHQ fixture")?;
+            let written = mmtt::devtools::fixtures::ffhq(photos, out).context("building the FFHQ fixture")?;
             println!("{}", serde_json::to_string(&written)?);
             Ok(())
         }
@@ -943,7 +943,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Some("paper") => true,
                 Some(other) => anyhow::bail!("unknown --mix `{other}`: the only mix is `paper`"),
             };
-            let req = mmtt::forge::ForgeRequest {
+            let req = mmtt::jobs::forge::ForgeRequest {
                 methods: method.clone(),
                 count: *count,
                 seed: *seed,
@@ -975,14 +975,14 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             };
             with_app!(cli, |app| {
-                let e = mmtt::forge::enqueue(app, &req).await?;
+                let e = mmtt::jobs::forge::enqueue(app, &req).await?;
                 println!("job {}: {} items queued {:?}", e.job_id, e.queued, e.by_method);
                 for u in &e.unavailable {
                     println!("  {u}");
                 }
                 if *wait {
                     let o = worker_options(&cli, worker, (*device).into(), true, Some(e.job_id));
-                    let s = mmtt::forge::run_worker(app, o).await?;
+                    let s = mmtt::jobs::forge::run_worker(app, o).await?;
                     println!("forged {} ({} failed attempts)", s.done, s.failed_attempts);
                 }
                 if *json {
@@ -994,13 +994,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Worker { worker, until_empty, device } => {
             let o = worker_options(&cli, worker, (*device).into(), *until_empty, None);
             with_app!(cli, |app| {
-                let s = mmtt::forge::run_worker(app, o).await?;
+                let s = mmtt::jobs::forge::run_worker(app, o).await?;
                 println!("worker done: {} forged, {} failed attempts", s.done, s.failed_attempts);
                 Ok(())
             })
         }
         Command::Jobs { json } => with_app!(cli, |app| {
-            let report = mmtt::forge::jobs_report(&app.pool).await?;
+            let report = mmtt::jobs::forge::jobs_report(&app.pool).await?;
             if *json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -1038,7 +1038,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }),
         Command::Forgeries { action: ForgeriesAction::List { json } } => with_app!(cli, |app| {
-            let list = mmtt::forge::list(app).await?;
+            let list = mmtt::jobs::forge::list(app).await?;
             if *json {
                 println!("{}", serde_json::to_string(&list)?);
             } else {
@@ -1058,7 +1058,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }),
         Command::Generate { method, image, mask, source, seed, out, raw, models, device, threads, options, mask_out } => {
-            let models = models.clone().unwrap_or_else(|| mmtt::forge::default_models_dir(&cli.data_dir));
+            let models = models.clone().unwrap_or_else(|| mmtt::jobs::forge::default_models_dir(&cli.data_dir));
             let options = match options {
                 Some(t) => Some(
                     serde_json::from_str::<serde_json::Value>(t).map_err(|e| anyhow::anyhow!("--options must be a JSON object: {e}"))?,
@@ -1080,18 +1080,18 @@ async fn run(cli: Cli) -> Result<()> {
                 mask_out: mask_out.clone(),
             })
         }
-        Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::bench::forge(models.clone(), *n, *threads),
-        Command::Bench { action: BenchAction::Masks { n } } => mmtt::bench::masks(*n),
+        Command::Bench { action: BenchAction::Forge { models, n, threads } } => mmtt::devtools::bench::forge(models.clone(), *n, *threads),
+        Command::Bench { action: BenchAction::Masks { n } } => mmtt::devtools::bench::masks(*n),
         Command::Bench { action: BenchAction::Captions { n, refs, preds, meteor_runs } } => {
-            mmtt::bench::captions(*n, refs.clone(), preds.clone(), *meteor_runs)
+            mmtt::devtools::bench::captions(*n, refs.clone(), preds.clone(), *meteor_runs)
         }
         Command::Bench { action: BenchAction::Export { out } } => with_app!(cli, |app| {
-            let r = mmtt::export::bench(app, out).await?;
+            let r = mmtt::dataset::export::bench(app, out).await?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }),
         Command::Bench { action: BenchAction::Web { clients, rounds, json } } => with_app!(cli, |app| {
-            let r = mmtt::bench_web::run(app, &mmtt::bench_web::WebBenchArgs { clients: *clients, rounds: *rounds }).await?;
+            let r = mmtt::devtools::bench_web::run(app, &mmtt::devtools::bench_web::WebBenchArgs { clients: *clients, rounds: *rounds }).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -1154,7 +1154,7 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             ..
         } => {
-            let mut o = mmtt::export::ExportOptions::new(*format, out.clone());
+            let mut o = mmtt::dataset::export::ExportOptions::new(*format, out.clone());
             o.include_unreviewed = *include_unreviewed;
             o.methods = methods.clone();
             o.datasets = datasets.clone();
@@ -1162,13 +1162,13 @@ async fn run(cli: Cli) -> Result<()> {
             o.originals = !*no_originals;
             o.shard_bytes = *shard_size;
             if *resplit {
-                let r: mmtt::split::SplitRatios = ratios.parse()?;
+                let r: mmtt::storage::split::SplitRatios = ratios.parse()?;
                 o.resplit = Some((seed.ok_or_else(|| anyhow::anyhow!("--resplit needs --seed"))?, r));
             } else if seed.is_some() {
                 anyhow::bail!("--seed only applies with --resplit");
             }
             with_app!(cli, |app| {
-                let r = mmtt::export::run(app, &o).await?;
+                let r = mmtt::dataset::export::run(app, &o).await?;
                 if *json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -1193,12 +1193,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Stats { json, include_unreviewed, charts } => with_app!(cli, |app| {
             let t = std::time::Instant::now();
-            let scope = mmtt::stats::Scope {
+            let scope = mmtt::dataset::stats::Scope {
                 statuses: if *include_unreviewed { vec!["accepted".into(), "submitted".into()] } else { vec![] },
                 ..Default::default()
             };
-            let (samples, faces) = mmtt::stats::load(&app.pool, &scope).await?;
-            let st = mmtt::stats::Stats::compute(&samples, faces);
+            let (samples, faces) = mmtt::dataset::stats::load(&app.pool, &scope).await?;
+            let st = mmtt::dataset::stats::Stats::compute(&samples, faces);
             if let Some(dir) = charts {
                 std::fs::create_dir_all(dir)?;
                 for (name, svg) in st.charts()? {
@@ -1250,23 +1250,23 @@ async fn run(cli: Cli) -> Result<()> {
                     return Ok(());
                 }
                 EvalAction::Labels { gt, pred } => {
-                    let labels: Vec<&str> = mmtt::annotation::REGION_LABELS.iter().map(|(l, _)| *l).collect();
+                    let labels: Vec<&str> = mmtt::dataset::annotation::REGION_LABELS.iter().map(|(l, _)| *l).collect();
                     serde_json::to_value(mmtt_model::eval::labels::evaluate(&read_text(gt)?, &read_text(pred)?, &labels)?)?
                 }
             };
             print_scores(&v)
         }
         Command::Regions { text, vector } => {
-            let labels = mmtt::annotation::region_labels(text);
+            let labels = mmtt::dataset::annotation::region_labels(text);
             if *vector {
-                println!("{}", serde_json::json!({"regions": labels, "multilabel": mmtt::annotation::multilabel(text)}));
+                println!("{}", serde_json::json!({"regions": labels, "multilabel": mmtt::dataset::annotation::multilabel(text)}));
             } else {
                 println!("{}", serde_json::to_string(&labels)?);
             }
             Ok(())
         }
         Command::SeedSynthetic { samples, seed, state, force } => with_app!(cli, |app| {
-            let n = mmtt::synthetic::seed(app, *samples, *seed, *state, *force).await?;
+            let n = mmtt::devtools::synthetic::seed(app, *samples, *seed, *state, *force).await?;
             println!("seeded {n} synthetic samples ({state:?})");
             Ok(())
         }),
@@ -1290,9 +1290,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Project { action } => {
             with_app!(cli, |app| {
                 if let ProjectAction::SetSplit { seed, ratios } = action {
-                    mmtt::db::set_split(&app.pool, *seed, *ratios).await?;
+                    mmtt::storage::db::set_split(&app.pool, *seed, *ratios).await?;
                 }
-                let s = mmtt::db::settings(&app.pool).await?;
+                let s = mmtt::storage::db::settings(&app.pool).await?;
                 println!("split seed {}, ratios {} (train:validation:test)", s.split_seed, s.split_ratios);
                 Ok(())
             })

@@ -166,7 +166,7 @@ fn three_roles_do_their_job_in_a_real_browser() {
         assert_eq!(js(&ann, "return document.querySelectorAll('.stage')[0].style.transform").await, same[0], "typing 0/+/- in the text box must not zoom");
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert_eq!(js(&ann, "return document.getElementById('mask').style.opacity").await, "0.35", "typing f must not start the flicker");
-        let words = mmtt::annotation::word_count(&text);
+        let words = mmtt::dataset::annotation::word_count(&text);
         wait_for(&ann, &format!("return document.getElementById('words').textContent === '{words}'"), "the live word count", 5).await;
         wait_for(&ann, &format!("return document.querySelector('#chips input[value={true_label}]').checked && document.querySelector('#chips input[value={fp_label}]').checked"), "chips suggested from the text", 10).await;
         wait_for(&ann, "return document.getElementById('saved').textContent === 'draft saved'", "the draft save", 10).await;

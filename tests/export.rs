@@ -92,7 +92,7 @@ fn all_four_formats_are_read_back_by_the_real_clients() {
                         let id = r["image_id"].as_str().unwrap();
                         assert!(["sd_", "mat_", "e4s_"].iter().any(|p| id.starts_with(p)), "{id}");
                         let text = truth[r["id"].as_str().unwrap()].1.clone();
-                        let want: Vec<u8> = mmtt::annotation::multilabel(&text).to_vec();
+                        let want: Vec<u8> = mmtt::dataset::annotation::multilabel(&text).to_vec();
                         let got: Vec<u8> = r["multilabel"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
                         assert_eq!(got, want, "multilabel from the reference extractor");
                     }
@@ -296,7 +296,7 @@ fn statistics_match_independent_counts_and_the_release_round_trips() {
         env.db.query(async |p| sqlx::query_scalar("SELECT text FROM annotations WHERE status = 'accepted'").fetch_all(p).await.unwrap());
     let mut want: BTreeMap<String, u64> = BTreeMap::new();
     for t in &texts {
-        for l in mmtt::annotation::region_labels(t) {
+        for l in mmtt::dataset::annotation::region_labels(t) {
             *want.entry(l.to_string()).or_default() += 1;
         }
     }

@@ -76,7 +76,7 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
 
 /// The export's temp names (`.NAME.part-PID`) under `dir`.
 fn temp_files(dir: &Path) -> Vec<String> {
-    tree(dir).into_keys().filter(|rel| mmtt::export::is_temp_name(rel.rsplit('/').next().unwrap())).collect()
+    tree(dir).into_keys().filter(|rel| mmtt::dataset::export::is_temp_name(rel.rsplit('/').next().unwrap())).collect()
 }
 
 /// Flips bytes in the middle of a file, keeping its size.
@@ -260,7 +260,7 @@ fn an_export_killed_midway_resumes_to_the_uninterrupted_files() {
             assert!(child.try_wait().unwrap().is_none(), "{fmt}: the export cannot end while it waits on the FIFO");
             let t = if dir.exists() { tree_names(&dir) } else { vec![] };
             let done = t.iter().filter(|n| n.ends_with(".tar") || n.ends_with(".png")).count();
-            let partial = t.iter().filter(|n| mmtt::export::is_temp_name(n.rsplit('/').next().unwrap())).count();
+            let partial = t.iter().filter(|n| mmtt::dataset::export::is_temp_name(n.rsplit('/').next().unwrap())).count();
             // webdataset: the FIFO's shard is a partial file; hf/mmtt: the other images are done
             let ready = if fmt == "webdataset" { partial > 0 && done > 0 } else { done >= 2 * truth.len() / 3 };
             if ready {

@@ -78,13 +78,13 @@ fn photos_import_reports_bad_inputs_and_is_idempotent() {
     // splits: the pure function of the project's seed and the stored image's hash
     let settings: (i64, Vec<i32>) =
         env.db.query(async |p| sqlx::query_as("SELECT split_seed, split_ratios FROM project_settings").fetch_one(p).await.unwrap());
-    let ratios = mmtt::split::SplitRatios::new([settings.1[0] as u32, settings.1[1] as u32, settings.1[2] as u32]).unwrap();
+    let ratios = mmtt::storage::split::SplitRatios::new([settings.1[0] as u32, settings.1[1] as u32, settings.1[2] as u32]).unwrap();
     assert_eq!(ratios.values(), [8, 1, 1]);
     let splits: Vec<(String, String, String)> =
         env.db.query(async |p| sqlx::query_as("SELECT split, split_key, image_hash FROM sources").fetch_all(p).await.unwrap());
     for (split, key, hash) in &splits {
         assert_eq!(key, hash);
-        assert_eq!(split, mmtt::split::assign(settings.0 as u64, ratios, key).name());
+        assert_eq!(split, mmtt::storage::split::assign(settings.0 as u64, ratios, key).name());
     }
     let refused = env.mmtt(&["project", "set-split", "--seed", "5"]);
     assert!(!refused.status.success());

@@ -9,8 +9,8 @@
 
 use super::auth::{Role, User};
 use super::{AppState, FormFields, WebError, render};
-use crate::annotation::{MAX_WORDS, REGION_LABELS, TextError, check_text, region_labels, word_count};
-use crate::store::{BlobKey, BlobStore};
+use crate::dataset::annotation::{MAX_WORDS, REGION_LABELS, TextError, check_text, region_labels, word_count};
+use crate::storage::store::{BlobKey, BlobStore};
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
 use axum::http::{HeaderMap, StatusCode, header};

@@ -188,7 +188,7 @@ pub async fn dashboard(State(state): State<AppState>, user: User) -> Result<Html
             fp_rate: 0.0,
         },
     };
-    let report = crate::forge::jobs_report(&state.pool).await?;
+    let report = crate::jobs::forge::jobs_report(&state.pool).await?;
     let jobs = report
         .as_array()
         .map(|a| a.as_slice())
@@ -253,8 +253,8 @@ fn svg_data_uri(svg: &str) -> String {
 pub async fn stats(State(state): State<AppState>, user: User) -> Result<Html<String>, WebError> {
     user.require(Role::Admin)?;
     let t = std::time::Instant::now();
-    let (samples, faces) = crate::stats::load(&state.pool, &crate::stats::Scope::default()).await?;
-    let st = crate::stats::Stats::compute(&samples, faces);
+    let (samples, faces) = crate::dataset::stats::load(&state.pool, &crate::dataset::stats::Scope::default()).await?;
+    let st = crate::dataset::stats::Stats::compute(&samples, faces);
     let charts = st.charts()?.into_iter().map(|(n, svg)| (n.trim_end_matches(".svg").to_string(), svg_data_uri(&svg))).collect();
     render(&StatsPage { name: user.name.clone(), text: st.to_text(), charts, elapsed_ms: t.elapsed().as_secs_f64() * 1e3 })
 }

@@ -14,7 +14,7 @@ pub mod dashboard;
 pub mod pages;
 pub mod review;
 
-use crate::store::FsBlobStore;
+use crate::storage::store::FsBlobStore;
 use axum::Router;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};

@@ -8,8 +8,8 @@
 
 use super::auth::{Role, User};
 use super::{AppState, FormFields, WebError, render};
-use crate::annotation::{REGION_LABELS, check_text, region_labels};
-use crate::store::{BlobKey, BlobStore};
+use crate::dataset::annotation::{REGION_LABELS, check_text, region_labels};
+use crate::storage::store::{BlobKey, BlobStore};
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
 use axum::http::StatusCode;

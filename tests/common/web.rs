@@ -26,8 +26,8 @@ pub fn world() -> super::Env {
 }
 
 pub async fn spawn_app(env: &super::Env, config: WebConfig) -> TestApp {
-    let pool = mmtt::db::connect_url(&env.db.url).await.expect("db");
-    let store = Arc::new(mmtt::store::FsBlobStore::open(env.data.path().join("blobs")).unwrap());
+    let pool = mmtt::storage::db::connect_url(&env.db.url).await.expect("db");
+    let store = Arc::new(mmtt::storage::store::FsBlobStore::open(env.data.path().join("blobs")).unwrap());
     let state = AppState::new(pool.clone(), store, config);
     let served = state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,7 +6,7 @@
 
 pub mod cluster;
 
-use crate::split::SplitRatios;
+use crate::storage::split::SplitRatios;
 use anyhow::{Context, Result};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
@@ -125,7 +125,7 @@ pub async fn set_split(pool: &PgPool, seed: u64, ratios: SplitRatios) -> Result<
 /// Records a stored PNG blob (idempotent). Call after `BlobStore::put` returned, inside the
 /// transaction that references the blob, so a row never exists without its file. The size is
 /// read from the PNG header.
-pub async fn record_blob(conn: &mut sqlx::PgConnection, key: &crate::store::BlobKey, png: &[u8]) -> Result<()> {
+pub async fn record_blob(conn: &mut sqlx::PgConnection, key: &crate::storage::store::BlobKey, png: &[u8]) -> Result<()> {
     let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(png), image::ImageFormat::Png)
         .into_dimensions()
         .map(|(w, h)| (Some(w as i32), Some(h as i32)))

@@ -15,10 +15,10 @@
 //! (`{prefix}_{32 hex digits}`) that names a forgery of this database is that forgery, already
 //! present, and is skipped.
 
-use crate::annotation::{REGION_LABELS, region_labels, word_count};
+use crate::dataset::annotation::{REGION_LABELS, region_labels, word_count};
 use crate::app::App;
-use crate::split::Split;
-use crate::store::BlobStore;
+use crate::storage::split::Split;
+use crate::storage::store::BlobStore;
 use anyhow::{Context, Result, anyhow, bail};
 use mmtt_generators::mask::{encode_mask_png, encode_rgb_png};
 use serde::Deserialize;
@@ -174,8 +174,8 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
             let labels: Vec<&str> = REGION_LABELS.iter().zip(&r.multilabel).filter(|(_, v)| **v == 1).map(|((l, _), _)| *l).collect();
             let (method, family) = method_of(id);
             let mut tx = app.pool.begin().await?;
-            crate::db::record_blob(&mut tx, &img_key, &img_png).await?;
-            crate::db::record_blob(&mut tx, &mask_key, &mask_png).await?;
+            crate::storage::db::record_blob(&mut tx, &img_key, &img_png).await?;
+            crate::storage::db::record_blob(&mut tx, &mask_key, &mask_png).await?;
             let (source, plan, item, forgery, ann) =
                 (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
             sqlx::query(

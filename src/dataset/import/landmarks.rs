@@ -18,7 +18,7 @@
 
 use super::datasets::{Dataset, LandmarkSearch};
 use crate::app::App;
-use crate::store::{BlobKey, BlobStore};
+use crate::storage::store::{BlobKey, BlobStore};
 use anyhow::{Context, Result};
 use mmtt_generators::FACE_SIZE;
 use mmtt_generators::detect::FaceFinder;

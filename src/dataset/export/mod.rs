@@ -22,9 +22,9 @@ pub mod formats;
 pub mod rle;
 
 use crate::app::App;
-use crate::split::{self, Split, SplitRatios};
-use crate::stats::{StatSample, Stats};
-use crate::store::{BlobKey, FsBlobStore};
+use crate::storage::split::{self, Split, SplitRatios};
+use crate::dataset::stats::{StatSample, Stats};
+use crate::storage::store::{BlobKey, FsBlobStore};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -168,7 +168,7 @@ pub async fn select(app: &App, o: &ExportOptions) -> Result<(Vec<Sample>, u64, S
     .bind(&o.datasets)
     .fetch_all(&app.pool)
     .await?;
-    let settings = crate::db::settings(&app.pool).await?;
+    let settings = crate::storage::db::settings(&app.pool).await?;
     let (seed, ratios) = o.resplit.unwrap_or((settings.split_seed, settings.split_ratios));
     use sqlx::Row;
     let mut samples = Vec::with_capacity(rows.len());
@@ -235,7 +235,7 @@ pub async fn select(app: &App, o: &ExportOptions) -> Result<(Vec<Sample>, u64, S
 /// Image ids: imported samples keep the authors' `image_id` (unique in the database: a unique
 /// index on `forgeries.release_image_id`); the platform's are `{prefix}_{forgery id as 32 hex
 /// digits}`. The import refuses an authors' id that is this shape for a forgery of the same
-/// database ([`crate::import::release`]), and forgery ids are fresh random UUIDs, so the two
+/// database ([`crate::dataset::import::release`]), and forgery ids are fresh random UUIDs, so the two
 /// kinds cannot meet; the check below refuses an export where they would anyway.
 /// Instance ids: imported samples keep theirs; the platform's samples are numbered per split in
 /// id order from 0 (as before imports existed), skipping every integer an imported sample of
@@ -258,7 +258,7 @@ pub fn assign_release_ids(samples: &mut [Sample]) -> Result<()> {
     }
     let mut seen: std::collections::HashMap<&str, uuid::Uuid> = std::collections::HashMap::new();
     for s in samples.iter() {
-        if !crate::import::release::safe_image_id(&s.image_id) {
+        if !crate::dataset::import::release::safe_image_id(&s.image_id) {
             bail!("forgery {}: its image id `{}` cannot name a file (re-import the release with valid ids)", s.id, s.image_id);
         }
         if let Some(other) = seen.insert(&s.image_id, s.id) {
@@ -797,7 +797,7 @@ fn card(
     let assignment: BTreeMap<String, &str> = faces.iter().map(|(k, v)| (k.to_string(), v.name())).collect();
     let splits = serde_json::json!({
         "seed": seed, "ratios": ratios.to_string(), "resplit": o.resplit.is_some(),
-        "rule": "split = mmtt::split::assign(seed, ratios, SHA-256 of the face's stored image); donors share their target's split",
+        "rule": "split = mmtt::storage::split::assign(seed, ratios, SHA-256 of the face's stored image); donors share their target's split",
         "faces": assignment,
     });
     out.bytes("splits.json", &serde_json::to_vec_pretty(&splits)?)?;
@@ -860,7 +860,7 @@ pub async fn bench(app: &App, dir: &Path) -> Result<serde_json::Value> {
     }
     std::fs::create_dir_all(dir)?;
     let t = std::time::Instant::now();
-    let (samples, faces) = crate::stats::load(&app.pool, &crate::stats::Scope::default()).await?;
+    let (samples, faces) = crate::dataset::stats::load(&app.pool, &crate::dataset::stats::Scope::default()).await?;
     let st = Stats::compute(&samples, faces);
     let stats_ms = t.elapsed().as_secs_f64() * 1e3;
     let charts = st.charts()?;

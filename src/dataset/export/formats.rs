@@ -2,8 +2,8 @@
 //! parallel (rayon), and counts finished samples in [`Out::done`].
 
 use super::{ExportOptions, Format, Out, Sample};
-use crate::annotation::multilabel;
-use crate::split::Split;
+use crate::dataset::annotation::multilabel;
+use crate::storage::split::Split;
 use anyhow::{Context, Result, anyhow};
 use rayon::prelude::*;
 use std::io::Write;
@@ -128,7 +128,7 @@ fn webdataset(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar:
     for s in part {
         let txt = s.text.clone();
         let json = serde_json::to_string(&record(s))?;
-        let len = |k: &crate::store::BlobKey| {
+        let len = |k: &crate::storage::store::BlobKey| {
             std::fs::metadata(store.path_of(k)).map(|m| m.len()).map_err(|e| anyhow!("store file of {}: {e}", s.id))
         };
         let bytes = tar_size(len(&s.image)?) + tar_size(len(&s.mask)?) + tar_size(txt.len() as u64) + tar_size(json.len() as u64);

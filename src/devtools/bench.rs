@@ -93,7 +93,7 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
         rows.push(serde_json::json!({"method": name, "mmtt_images_per_s": ours, "python_images_per_s": theirs, "ratio": ours / theirs, "threads": threads}));
     }
     // the built-in generators on real faces
-    let faces: Vec<PathBuf> = crate::demo::SAMPLE_FACES.iter().map(|(p, _)| PathBuf::from(p)).filter(|p| p.is_file()).collect();
+    let faces: Vec<PathBuf> = crate::devtools::demo::SAMPLE_FACES.iter().map(|(p, _)| PathBuf::from(p)).filter(|p| p.is_file()).collect();
     if faces.len() == 2 {
         let finder = mmtt_generators::detect::FaceFinder::load()?;
         let mut aligned = Vec::new();

@@ -140,7 +140,7 @@ pub fn discover(dataset: Dataset, root: &Path) -> anyhow::Result<(Vec<Candidate>
 
 /// The photo's stable id: SHA-256 of its bytes (so the same photo is found under any path).
 pub fn photo_id(bytes: &[u8]) -> String {
-    format!("sha256:{}", crate::store::BlobKey::of(bytes))
+    format!("sha256:{}", crate::storage::store::BlobKey::of(bytes))
 }
 
 fn resize_512(img: &RgbImage) -> RgbImage {

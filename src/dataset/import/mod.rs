@@ -14,8 +14,8 @@ pub mod landmarks;
 pub mod release;
 
 use crate::app::App;
-use crate::split;
-use crate::store::BlobStore;
+use crate::storage::split;
+use crate::storage::store::BlobStore;
 use anyhow::{Context, Result};
 use datasets::{Candidate, Dataset, FaceRecord, Outcome};
 use decode::DecodeLimits;
@@ -141,7 +141,7 @@ pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>
             let _ = tx.blocking_send(out);
         });
     });
-    let settings = crate::db::settings(&app.pool).await?;
+    let settings = crate::storage::db::settings(&app.pool).await?;
     let result: Result<()> = async {
         while let Some(out) = rx.recv().await {
             match out {
@@ -207,7 +207,7 @@ async fn store_item(
     original_size: (u32, u32),
     faces: &[FaceRecord],
     run_id: uuid::Uuid,
-    settings: crate::db::Settings,
+    settings: crate::storage::db::Settings,
 ) -> Result<bool> {
     let store = app.store.clone();
     let mut keys = Vec::new();
@@ -218,7 +218,7 @@ async fn store_item(
     }
     let mut tx = app.pool.begin().await?;
     for (f, (img_key, part_keys)) in faces.iter().zip(&keys) {
-        crate::db::record_blob(&mut tx, img_key, &f.image_png).await?;
+        crate::storage::db::record_blob(&mut tx, img_key, &f.image_png).await?;
         let split_key = img_key.as_str().to_string();
         let split = split::assign(settings.split_seed, settings.split_ratios, &split_key);
         let parts: Vec<String> = f.parts.iter().map(|(p, ..)| p.name().to_string()).collect();
@@ -258,7 +258,7 @@ async fn store_item(
             return Ok(false);
         }
         for ((part, png, pixels, origin), key) in f.parts.iter().zip(part_keys) {
-            crate::db::record_blob(&mut tx, key, png).await?;
+            crate::storage::db::record_blob(&mut tx, key, png).await?;
             sqlx::query("INSERT INTO source_parts (source_id, part, mask_hash, pixels, origin) VALUES ($1, $2, $3, $4, $5)")
                 .bind(id)
                 .bind(part.name())

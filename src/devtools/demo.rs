@@ -4,8 +4,8 @@
 //! `python-matplotlib-data`'s grace_hopper.jpg), plus any `--faces DIR`.
 
 use crate::app::App;
-use crate::import::{self, ImportOptions, datasets::Dataset, decode::DecodeLimits};
-use crate::masks;
+use crate::dataset::import::{self, ImportOptions, datasets::Dataset, decode::DecodeLimits};
+use crate::dataset::masks;
 use anyhow::Result;
 use mmtt_generators::detect::FaceFinder;
 use sqlx::Row;
@@ -54,7 +54,7 @@ pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
     // patch-inpaint, the swap mask by classic-swap
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sources").fetch_one(&app.pool).await?;
     for method in ["part-swap", "patch-inpaint", "classic-swap"] {
-        let req = crate::forge::ForgeRequest {
+        let req = crate::jobs::forge::ForgeRequest {
             methods: vec![method.to_string()],
             count: n as u64,
             seed,
@@ -64,24 +64,24 @@ pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
             max_attempts: 2,
             params: serde_json::json!({}),
         };
-        let e = crate::forge::enqueue(app, &req).await?;
+        let e = crate::jobs::forge::enqueue(app, &req).await?;
         for u in &e.unavailable {
             println!("  {u}");
         }
-        let o = crate::forge::WorkerOptions {
+        let o = crate::jobs::forge::WorkerOptions {
             name: format!("demo-{}", std::process::id()),
             device: req.device,
-            models_dir: crate::forge::default_models_dir(&app.data_dir),
+            models_dir: crate::jobs::forge::default_models_dir(&app.data_dir),
             threads: 0,
             lease: std::time::Duration::from_secs(600),
             until_empty: true,
             job: Some(e.job_id),
             progress: false,
         };
-        let s = crate::forge::run_worker(app, o).await?;
+        let s = crate::jobs::forge::run_worker(app, o).await?;
         println!("{method}: {} forgeries made", s.done);
     }
-    let forgeries = crate::forge::list(app).await?;
+    let forgeries = crate::jobs::forge::list(app).await?;
     println!("\nforgeries (original | forgery | mask):");
     let fdir = app.data_dir.join("forgeries");
     for f in &forgeries {

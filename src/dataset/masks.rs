@@ -6,7 +6,7 @@
 //! planning twice with the same seed adds nothing, and an interrupted run resumes.
 
 use crate::app::App;
-use crate::store::{BlobKey, BlobStore};
+use crate::storage::store::{BlobKey, BlobStore};
 use anyhow::{Context, Result, anyhow, bail};
 use image::{GrayImage, Rgb, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -137,7 +137,7 @@ pub async fn plan_all(app: &App, seed: u64, dataset: Option<&str>, progress: boo
             let mut tx = app.pool.begin().await?;
             for (purpose, m, item_seed, png, pixels) in &p.masks {
                 let key = app.store.put(png)?;
-                crate::db::record_blob(&mut tx, &key, png.as_slice()).await?;
+                crate::storage::db::record_blob(&mut tx, &key, png.as_slice()).await?;
                 let names: Vec<&str> = m.parts.iter().map(|p| p.name()).collect();
                 sqlx::query(
                     "INSERT INTO mask_plans (id, source_id, purpose, kind, parts, k_drawn, seed, item_seed, rule_version, mask_hash, pixels) \

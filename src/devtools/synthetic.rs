@@ -6,8 +6,8 @@
 //! database holding real (non-synthetic) sources is refused unless `--force`.
 
 use crate::app::App;
-use crate::split;
-use crate::store::BlobStore;
+use crate::storage::split;
+use crate::storage::store::BlobStore;
 use anyhow::{Result, bail};
 use image::{GrayImage, RgbImage};
 use mmtt_generators::forge::SplitMix64;
@@ -57,7 +57,7 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
             "this database holds {real} real sources: seed-synthetic is for benchmark and test databases (pass --force to add synthetic rows anyway)"
         );
     }
-    let settings = crate::db::settings(&app.pool).await?;
+    let settings = crate::storage::db::settings(&app.pool).await?;
     let mut originals = Vec::new();
     let mut forged = Vec::new();
     let mut masks = Vec::new();
@@ -75,12 +75,12 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
         let mut tx = app.pool.begin().await?;
         for png in [&o, &fo, &m] {
             let key = app.store.put(png)?;
-            crate::db::record_blob(&mut tx, &key, png).await?;
+            crate::storage::db::record_blob(&mut tx, &key, png).await?;
         }
         tx.commit().await?;
-        originals.push(crate::store::BlobKey::of(&o).to_string());
-        forged.push(crate::store::BlobKey::of(&fo).to_string());
-        masks.push((crate::store::BlobKey::of(&m).to_string(), n));
+        originals.push(crate::storage::store::BlobKey::of(&o).to_string());
+        forged.push(crate::storage::store::BlobKey::of(&fo).to_string());
+        masks.push((crate::storage::store::BlobKey::of(&m).to_string(), n));
     }
     let job = uuid::Uuid::new_v4();
     sqlx::query("INSERT INTO forge_jobs (id, requested, seed, plan_seed, methods, params) VALUES ($1, $2, $3, $3, '{synthetic-swap,synthetic-transformer,synthetic-diffusion}', '{\"synthetic\": true}')")
@@ -144,10 +144,10 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
             let k = 1 + (rng.next_u64() % 5) as usize;
             let start = (rng.next_u64() % PARTS.len() as u64) as usize;
             let parts: Vec<String> = (0..k).map(|j| PARTS[(start + j * 2) % PARTS.len()].to_string()).collect();
-            c.regions.push(crate::annotation::region_labels(t).join(","));
+            c.regions.push(crate::dataset::annotation::region_labels(t).join(","));
             c.fp.push(crate::web::review::false_positive_labels(t, &[], &parts).join(","));
             c.parts.push(parts.join(","));
-            c.words.push(crate::annotation::word_count(t) as i32);
+            c.words.push(crate::dataset::annotation::word_count(t) as i32);
             c.active.push(60.0 + (rng.next_u64() % 240) as f64);
             c.annotator.push(annotators.get((i % 5) as usize).copied().unwrap_or_default());
         }

@@ -5,7 +5,7 @@
 //! A sample is a forgery with its plan's parts and, when it has one, its annotation's word count
 //! and the region labels its text mentions (the reference extractor, stored with the text).
 
-use crate::annotation::REGION_LABELS;
+use crate::dataset::annotation::REGION_LABELS;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -148,7 +148,7 @@ impl Stats {
             o += &format!("  {l:<10} {n:>8}\n");
         }
         o += "\nMethod mix per split\n";
-        for sp in crate::split::Split::ALL.map(crate::split::Split::name) {
+        for sp in crate::storage::split::Split::ALL.map(crate::storage::split::Split::name) {
             let Some(ms) = self.per_split_method.get(sp) else { continue };
             let total: u64 = ms.values().sum();
             o += &format!(

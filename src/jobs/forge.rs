@@ -20,8 +20,8 @@
 //! encodes and stores the results.
 
 use crate::app::App;
-use crate::masks;
-use crate::store::{BlobKey, BlobStore};
+use crate::dataset::masks;
+use crate::storage::store::{BlobKey, BlobStore};
 use anyhow::{Context, Result, anyhow, bail};
 use image::RgbImage;
 use mmtt_generators::FACE_SIZE;
@@ -582,9 +582,9 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                         tx.rollback().await?;
                         continue;
                     }
-                    crate::db::record_blob(&mut tx, &key, png.as_slice()).await?;
+                    crate::storage::db::record_blob(&mut tx, &key, png.as_slice()).await?;
                     if let Some(p) = &own_png {
-                        crate::db::record_blob(&mut tx, &mask_key, p.as_slice()).await?;
+                        crate::storage::db::record_blob(&mut tx, &mask_key, p.as_slice()).await?;
                     }
                     sqlx::query(
                         "INSERT INTO forgeries (id, item_id, method, target_id, donor_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings) \
