@@ -12,5 +12,8 @@ if [ "$(id -u)" -eq 0 ] && [ -z "${DATABASE_URL:-}" ] && [ -z "${MMTT_DATA_DIR:-
   data="/var/lib/mmtt-demo"
   echo "demo: the postgres user cannot enter $PWD; using --data-dir $data" >&2
 fi
-cargo build --locked --quiet --bin mmtt
+# the same command (and so the same feature set) as scripts/test.sh: after the tests, nothing is
+# compiled again (`cargo build --bin mmtt` alone would build the dependency tree a second time,
+# without the dev-dependencies' features); it also builds target/debug/mmtt
+cargo test --workspace --locked --quiet --no-run
 exec target/debug/mmtt --data-dir "$data" demo "$@"

@@ -16,6 +16,12 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# scripts/test.sh checks formatting and lints
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null; then rustup component add rustfmt clippy >&2; else
+    echo "setup: cargo fmt or cargo clippy is missing: install the rustfmt and clippy components" >&2; exit 1; fi
+fi
+
 PACKAGES=(pkg-config libdlib-dev libdlib-data libblas-dev liblapack-dev libopenblas-dev
           python3-skimage python-matplotlib-data python3-venv postgresql postgresql-client
           chromium chromium-driver fonts-dejavu-core openjdk-17-jre-headless)

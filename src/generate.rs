@@ -5,11 +5,9 @@ use crate::dataset::import::decode::{DecodeLimits, read_image};
 use anyhow::{Context, Result, anyhow, bail};
 use image::GrayImage;
 use mmtt_generators::detect::FaceFinder;
-use mmtt_generators::forge::classic_swap::ClassicSwap;
-use mmtt_generators::forge::onnx::{Device, OnnxGenerator};
-use mmtt_generators::forge::part_swap::PartSwap;
-use mmtt_generators::forge::patch_inpaint::PatchInpaint;
-use mmtt_generators::forge::{ForgeInput, Generator, composite};
+use mmtt_generators::forge::runtime::Device;
+use mmtt_generators::forge::{ForgeInput, RawOutput, composite};
+use mmtt_generators::registry::{DonorUse, Method};
 use std::path::PathBuf;
 
 pub struct GenerateArgs {
@@ -40,8 +38,9 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         let p = mask_rgb.get_pixel(x, y).0;
         image::Luma([if p.iter().any(|&v| v > 0) { 255 } else { 0 }])
     });
-    let face_aware = matches!(a.method.as_str(), "patch-inpaint" | "part-swap");
-    let (source, tl, sl) = if matches!(a.method.as_str(), "classic-swap" | "e4s" | "part-swap") || (face_aware && a.source.is_some()) {
+    let method: Method = a.method.parse()?;
+    let face_aware = method.uses_parts();
+    let (source, tl, sl) = if method.donor() == DonorUse::Required || (face_aware && a.source.is_some()) {
         let src_path = a.source.as_ref().ok_or_else(|| anyhow!("{} needs --source FACE (the donor face)", a.method))?;
         let src = read_image(src_path, limits).map_err(|r| anyhow!("{}: {r}", src_path.display()))?.rgb;
         let finder = FaceFinder::load()?;
@@ -74,41 +73,11 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         seed: a.seed,
         options: a.options.as_ref(),
     };
-    let mut own_mask: Option<GrayImage> = None;
-    let (generated, raw) = match a.method.as_str() {
-        "sdxl" => {
-            let mut g = mmtt_generators::forge::sdxl::Sdxl::load(&a.models, a.device, a.threads)?;
-            let opts = g.options.with(a.options.as_ref())?;
-            let out = g.run(&input, &opts)?;
-            (mmtt_generators::forge::onnx::to_rgb(out.width, out.height, &out.hwc), out.hwc)
-        }
-        "e4s" => {
-            let mut g = mmtt_generators::forge::e4s::E4s::load(&a.models, a.device, a.threads)?;
-            let (img, own) = g.swap(&input)?;
-            if let Some(p) = &a.mask_out {
-                own.save_with_format(p, image::ImageFormat::Png).with_context(|| format!("cannot write {}", p.display()))?;
-            }
-            own_mask = Some(own);
-            let raw = img.as_raw().iter().map(|&v| v as f32).collect();
-            (img, raw)
-        }
-        "mat" | "lama" => {
-            let mut g = OnnxGenerator::load_builtin(&a.method, &a.models, a.device, a.threads)?;
-            let (w, h, hwc) = g.run_raw(&input)?;
-            (mmtt_generators::forge::onnx::to_rgb(w, h, &hwc), hwc)
-        }
-        "patch-inpaint" | "classic-swap" | "part-swap" => {
-            let mut g: Box<dyn Generator> = match a.method.as_str() {
-                "patch-inpaint" => Box::new(PatchInpaint::default()),
-                "part-swap" => Box::new(PartSwap::default()),
-                _ => Box::new(ClassicSwap::default()),
-            };
-            let img = g.generate(&input)?;
-            let raw = img.as_raw().iter().map(|&v| v as f32).collect();
-            (img, raw)
-        }
-        other => bail!("unknown method `{other}`: known methods are classic-swap, e4s, patch-inpaint, part-swap, mat, lama, sdxl"),
-    };
+    let mut g = method.load(&a.models, a.device, a.threads)?;
+    let RawOutput { image: generated, hwc: raw, mask: own_mask } = g.generate_raw(&input)?;
+    if let (Some(p), Some(own)) = (&a.mask_out, &own_mask) {
+        own.save_with_format(p, image::ImageFormat::Png).with_context(|| format!("cannot write {}", p.display()))?;
+    }
     let forged = composite(&target, &generated, own_mask.as_ref().unwrap_or(&mask));
     forged.save_with_format(&a.out, image::ImageFormat::Png).with_context(|| format!("cannot write {}", a.out.display()))?;
     if let Some(p) = &a.raw {

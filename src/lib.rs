@@ -9,11 +9,14 @@
 //! - [`devtools`]: demo, fixtures, synthetic data, benchmarks; nothing in the product uses it.
 //! - [`app`]: one command's context (database pool, blob store, data directory).
 //! - [`generate`]: `mmtt generate`, one forgery from files, without the database.
+//!
+//! The command line sits on top, in the binary (`src/main.rs`, `src/cli/`): one module per
+//! command group, parsing arguments and calling the functions above; nothing here calls it.
 
 pub mod app;
 pub mod dataset;
 pub mod devtools;
+pub mod generate;
 pub mod jobs;
 pub mod storage;
-pub mod generate;
 pub mod web;

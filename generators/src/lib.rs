@@ -8,9 +8,15 @@
 //! - [`detect`]: dlib face detection and landmark prediction (the only module that touches dlib).
 //! - [`plan`]: the MMTT mask rules (k parts, full face, swap) with stable seeded sampling.
 //! - [`mask`]: encoding/decoding of the 0/255 single-channel mask PNGs.
+//! - [`forge`]: the forgery generators (the [`forge::Generator`] trait, the platform's composite,
+//!   the classical built-ins `patch-inpaint`, `part-swap`, `classic-swap`, and the ONNX Runtime
+//!   ones `mat`, `lama`, `sdxl`, `e4s`).
+//! - [`registry`]: every method by name, with its family, needs and constructor: the one place
+//!   the platform's job queue, `mmtt generate` and the benchmarks look methods up.
 //!
-//! No I/O besides loading dlib models; storage belongs to the `mmtt` binary. Later issues add the
-//! forgery generators here.
+//! No database and no storage (those belong to the `mmtt` crate); the only I/O is reading dlib's
+//! and the generators' model files. Only [`detect`] touches dlib; only `forge::{runtime, onnx,
+//! graph}` touch ONNX Runtime.
 
 pub mod align;
 pub mod detect;
@@ -20,6 +26,7 @@ pub mod landmarks;
 pub mod mask;
 pub mod parts;
 pub mod plan;
+pub mod registry;
 
 /// Side of every stored face image and mask.
 pub const FACE_SIZE: u32 = 512;

@@ -39,6 +39,27 @@ pub enum PartSource {
     Landmarks,
 }
 
+impl PartSource {
+    /// The stored name (`sources.part_source`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartSource::Annotated => "annotated",
+            PartSource::Landmarks => "landmarks",
+        }
+    }
+}
+
+impl std::str::FromStr for PartSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "annotated" => Ok(PartSource::Annotated),
+            "landmarks" => Ok(PartSource::Landmarks),
+            other => Err(format!("unknown part source `{other}`: annotated or landmarks")),
+        }
+    }
+}
+
 /// What a mask is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,10 +69,27 @@ pub enum Purpose {
 }
 
 impl Purpose {
-    pub fn name(self) -> &'static str {
+    /// The stored name (`mask_plans.purpose`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Purpose::Inpaint => "inpaint",
             Purpose::Swap => "swap",
+        }
+    }
+
+    /// The same as [`Purpose::as_str`].
+    pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl std::str::FromStr for Purpose {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "inpaint" => Ok(Purpose::Inpaint),
+            "swap" => Ok(Purpose::Swap),
+            other => Err(format!("unknown mask purpose `{other}`: inpaint or swap")),
         }
     }
 }
@@ -69,11 +107,29 @@ pub enum MaskKind {
 }
 
 impl MaskKind {
-    pub fn name(self) -> &'static str {
+    /// The stored name (`mask_plans.kind`).
+    pub fn as_str(self) -> &'static str {
         match self {
             MaskKind::Parts => "parts",
             MaskKind::FullFace => "full_face",
             MaskKind::Swap => "swap",
+        }
+    }
+
+    /// The same as [`MaskKind::as_str`].
+    pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl std::str::FromStr for MaskKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "parts" => Ok(MaskKind::Parts),
+            "full_face" => Ok(MaskKind::FullFace),
+            "swap" => Ok(MaskKind::Swap),
+            other => Err(format!("unknown mask kind `{other}`: parts, full_face or swap")),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! ForgeryTalker evaluation (and, with later issues, training): the paper's metrics computed
-//! exactly as the reference tools compute them, in Rust, without Java or Python at run time.
+//! ForgeryTalker evaluation: the paper's metrics computed exactly as the reference tools compute
+//! them, in Rust, without Java or Python at run time. (No model and no training code yet: the
+//! crate holds what scores a model's predictions.)
 //!
 //! - [`eval::tokenize`]: the PTBTokenizer behaviour pycocoevalcap relies on, and its punctuation
 //!   filter.

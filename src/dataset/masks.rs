@@ -7,7 +7,8 @@
 
 use crate::app::App;
 use crate::storage::store::{BlobKey, BlobStore};
-use anyhow::{Context, Result, anyhow, bail};
+use crate::storage::tables::mask_plans::{self, NewMaskPlan};
+use anyhow::{Context, Result, anyhow};
 use image::{GrayImage, Rgb, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use mmtt_generators::FACE_SIZE;
@@ -45,11 +46,7 @@ struct Planned {
 }
 
 fn parse_part_source(s: &str) -> Result<PartSource> {
-    match s {
-        "annotated" => Ok(PartSource::Annotated),
-        "landmarks" => Ok(PartSource::Landmarks),
-        other => bail!("unknown part source {other} in the database"),
-    }
+    s.parse().map_err(|e| anyhow::anyhow!("{e} (in the database)"))
 }
 
 /// Merges the given parts' stored masks.
@@ -139,23 +136,20 @@ pub async fn plan_all(app: &App, seed: u64, dataset: Option<&str>, progress: boo
                 let key = app.store.put(png)?;
                 crate::storage::db::record_blob(&mut tx, &key, png.as_slice()).await?;
                 let names: Vec<&str> = m.parts.iter().map(|p| p.name()).collect();
-                sqlx::query(
-                    "INSERT INTO mask_plans (id, source_id, purpose, kind, parts, k_drawn, seed, item_seed, rule_version, mask_hash, pixels) \
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (source_id, purpose, seed, rule_version) DO NOTHING",
-                )
-                .bind(uuid::Uuid::new_v4())
-                .bind(p.id)
-                .bind(purpose.name())
-                .bind(m.kind.name())
-                .bind(&names)
-                .bind(m.k_drawn as i16)
-                .bind(seed as i64)
-                .bind(*item_seed as i64)
-                .bind(MASK_RULES_VERSION)
-                .bind(key.as_str())
-                .bind(*pixels as i32)
-                .execute(&mut *tx)
-                .await?;
+                let plan = NewMaskPlan {
+                    id: uuid::Uuid::new_v4(),
+                    source_id: p.id,
+                    purpose: *purpose,
+                    kind: m.kind,
+                    parts: &names,
+                    k_drawn: m.k_drawn as i16,
+                    seed: seed as i64,
+                    item_seed: *item_seed as i64,
+                    rule_version: MASK_RULES_VERSION,
+                    mask_hash: key.as_str(),
+                    pixels: *pixels as i32,
+                };
+                mask_plans::insert(&mut tx, &plan).await?;
             }
             tx.commit().await?;
             summary.planned += 1;
@@ -175,12 +169,7 @@ pub struct StoredStats {
 }
 
 fn parse_kind(s: &str) -> Result<MaskKind> {
-    Ok(match s {
-        "parts" => MaskKind::Parts,
-        "full_face" => MaskKind::FullFace,
-        "swap" => MaskKind::Swap,
-        other => bail!("unknown mask kind {other} in the database"),
-    })
+    s.parse().map_err(|e| anyhow::anyhow!("{e} (in the database)"))
 }
 
 pub async fn stats(app: &App, seed: Option<u64>) -> Result<StoredStats> {
@@ -303,10 +292,10 @@ pub async fn preview(app: &App, source: uuid::Uuid, seed: Option<u64>, out: &Pat
     }
     let newest_seed = plans.first().map(|r| r.get::<i64, _>(4));
     for r in plans.iter().filter(|r| Some(r.get::<i64, _>(4)) == newest_seed) {
-        let purpose: &str = r.get(0);
+        let purpose: Purpose = r.get::<&str, _>(0).parse().map_err(anyhow::Error::msg)?;
         let mk: BlobKey = r.get::<String, _>(1).parse()?;
         let m = decode_mask_png(&app.store.get(&mk)?, FACE_SIZE)?;
-        if purpose == "inpaint" {
+        if purpose == Purpose::Inpaint {
             for (x, y, p) in m.enumerate_pixels() {
                 if p.0[0] > 0 {
                     let px = canvas.get_pixel_mut(x + FACE_SIZE, y);

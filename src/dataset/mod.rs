@@ -7,4 +7,5 @@ pub mod annotation;
 pub mod export;
 pub mod import;
 pub mod masks;
+pub mod sources;
 pub mod stats;

@@ -6,6 +6,7 @@
 //! and the region labels its text mentions (the reference extractor, stored with the text).
 
 use crate::dataset::annotation::REGION_LABELS;
+use crate::storage::status::AnnotationStatus;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -235,7 +236,7 @@ pub fn bar_chart(title: &str, bars: &[(String, f64)], y_label: &str) -> Result<S
 /// source datasets (empty: all).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Scope {
-    pub statuses: Vec<String>,
+    pub statuses: Vec<AnnotationStatus>,
     pub methods: Vec<String>,
     pub datasets: Vec<String>,
 }
@@ -244,7 +245,8 @@ pub struct Scope {
 /// accepted, unless the scope names statuses), and the number of distinct faces they use. Both
 /// queries run at once.
 pub async fn load(pool: &sqlx::PgPool, scope: &Scope) -> Result<(Vec<StatSample>, u64)> {
-    let caption_statuses: Vec<String> = if scope.statuses.is_empty() { vec!["accepted".into()] } else { scope.statuses.clone() };
+    let statuses = AnnotationStatus::texts(&scope.statuses);
+    let caption_statuses = if scope.statuses.is_empty() { vec![AnnotationStatus::Accepted.as_str()] } else { statuses.clone() };
     // the filters, shared by both queries ($1 statuses, $2 methods, $3 datasets)
     const FILTER: &str = "(cardinality($1::text[]) = 0 OR EXISTS (SELECT 1 FROM annotations x WHERE x.forgery_id = f.id AND x.status = ANY($1))) \
          AND (cardinality($2::text[]) = 0 OR f.method = ANY($2)) \
@@ -254,7 +256,7 @@ pub async fn load(pool: &sqlx::PgPool, scope: &Scope) -> Result<(Vec<StatSample>
          FROM forgeries f JOIN mask_plans p ON p.id = f.plan_id LEFT JOIN annotations a ON a.forgery_id = f.id \
          WHERE {FILTER} GROUP BY 1, 2, 3, 4, 5"
     )))
-    .bind(&scope.statuses)
+    .bind(&statuses)
     .bind(&scope.methods)
     .bind(&scope.datasets)
     .bind(&caption_statuses)
@@ -262,7 +264,7 @@ pub async fn load(pool: &sqlx::PgPool, scope: &Scope) -> Result<(Vec<StatSample>
     let faces = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM (SELECT f.target_id FROM forgeries f WHERE {FILTER} UNION SELECT f.donor_id FROM forgeries f WHERE f.donor_id IS NOT NULL AND {FILTER}) x"
     )))
-    .bind(&scope.statuses)
+    .bind(&statuses)
     .bind(&scope.methods)
     .bind(&scope.datasets)
     .fetch_one(pool);

@@ -7,8 +7,9 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use image::{GrayImage, RgbImage};
-use mmtt_generators::forge::onnx::{BUILTIN_MANIFESTS, Device, OnnxGenerator};
-use mmtt_generators::forge::{ForgeInput, Generator};
+use mmtt_generators::forge::ForgeInput;
+use mmtt_generators::forge::runtime::Device;
+use mmtt_generators::registry::{Implementation, Method};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -52,8 +53,9 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
     };
     let (img, mask) = bench_input();
     let mut rows = Vec::new();
-    for (name, text) in BUILTIN_MANIFESTS {
-        let mut g = OnnxGenerator::load_builtin(name, &models, Device::Cpu, threads)?;
+    for method in Method::ALL.into_iter().filter(|m| m.implementation() == Implementation::OnnxManifest) {
+        let (name, text) = (method.as_str(), method.manifest_text().unwrap_or_default());
+        let mut g = method.load(&models, Device::Cpu, threads)?;
         let input = ForgeInput {
             target: &img,
             mask: &mask,
@@ -113,14 +115,9 @@ pub fn forge(models: Option<PathBuf>, n: usize, threads: usize) -> Result<()> {
         );
         let swap_mask = mmtt_generators::landmarks::merge_parts(&parts, &mmtt_generators::parts::Part::FACE_REGION, 512, 512, 8.0);
         let reps = n.min(5);
-        for (method, mut g, mask) in [
-            (
-                "patch-inpaint",
-                Box::new(mmtt_generators::forge::patch_inpaint::PatchInpaint::default()) as Box<dyn Generator>,
-                &inpaint_mask,
-            ),
-            ("classic-swap", Box::new(mmtt_generators::forge::classic_swap::ClassicSwap::default()) as Box<dyn Generator>, &swap_mask),
-        ] {
+        for (method, mask) in [(Method::PatchInpaint, &inpaint_mask), (Method::ClassicSwap, &swap_mask)] {
+            let mut g = method.load(&models, Device::Cpu, threads)?;
+            let method = method.as_str();
             let input = ForgeInput {
                 target: &aligned[0].0,
                 mask,

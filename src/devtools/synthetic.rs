@@ -8,6 +8,7 @@
 use crate::app::App;
 use crate::storage::split;
 use crate::storage::store::BlobStore;
+use crate::storage::tables::{annotation_tasks, forgeries, mask_plans};
 use anyhow::{Result, bail};
 use image::{GrayImage, RgbImage};
 use mmtt_generators::forge::SplitMix64;
@@ -165,19 +166,7 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
         .bind(&c.key)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO mask_plans (id, source_id, purpose, kind, parts, k_drawn, seed, item_seed, rule_version, mask_hash, pixels) \
-             SELECT id, sid, 'inpaint', 'parts', string_to_array(pa, ','), cardinality(string_to_array(pa, ',')), $4, 0, 1, mh, px \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $5::int[], $6::text[]) AS t(id, sid, mh, px, pa)",
-        )
-        .bind(&c.plan)
-        .bind(&c.source)
-        .bind(&c.mask)
-        .bind(seed as i64)
-        .bind(&c.pixels)
-        .bind(&c.parts)
-        .execute(&mut *tx)
-        .await?;
+        mask_plans::insert_part_plans_bulk(&mut tx, seed as i64, &c.plan, &c.source, &c.mask, &c.pixels, &c.parts).await?;
         sqlx::query(
             "INSERT INTO forge_items (id, job_id, method, family, target_id, plan_id, seed, status, attempts) \
              SELECT id, $1, me, fa, sid, pid, $4, 'done', 1 FROM UNNEST($2::uuid[], $3::uuid[], $5::uuid[], $6::text[], $7::text[]) AS t(id, sid, pid, me, fa)",
@@ -185,14 +174,19 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
         .bind(job).bind(&c.item).bind(&c.source).bind(seed as i64).bind(&c.plan).bind(&c.method).bind(&c.family)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO forgeries (id, item_id, method, target_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings) \
-             SELECT id, iid, me, sid, pid, sp, fh, mh, oh, $8, '{\"generator\": \"synthetic\"}', '{}' \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $9::text[], $10::text[]) AS t(id, iid, sid, pid, sp, fh, mh, oh, me)",
-        )
-        .bind(&c.forgery).bind(&c.item).bind(&c.source).bind(&c.plan).bind(&c.split).bind(&c.forged).bind(&c.mask).bind(seed as i64).bind(&c.original).bind(&c.method)
-        .execute(&mut *tx)
-        .await?;
+        let batch = forgeries::SyntheticBatch {
+            seed: seed as i64,
+            ids: &c.forgery,
+            item_ids: &c.item,
+            target_ids: &c.source,
+            plan_ids: &c.plan,
+            splits: &c.split,
+            image_hashes: &c.forged,
+            mask_hashes: &c.mask,
+            original_hashes: &c.original,
+            methods: &c.method,
+        };
+        forgeries::insert_synthetic_bulk(&mut tx, &batch).await?;
         if state == SyntheticState::Accepted {
             let ann: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
             sqlx::query(
@@ -208,10 +202,7 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
                 .bind(&ann)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE annotation_tasks SET status = 'accepted', annotator_id = a.annotator_id FROM annotations a WHERE a.forgery_id = annotation_tasks.forgery_id AND a.id = ANY($1)")
-                .bind(&ann)
-                .execute(&mut *tx)
-                .await?;
+            annotation_tasks::mark_accepted_for_annotations(&mut tx, &ann).await?;
         }
         tx.commit().await?;
         done += n;

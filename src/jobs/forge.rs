@@ -22,16 +22,15 @@
 use crate::app::App;
 use crate::dataset::masks;
 use crate::storage::store::{BlobKey, BlobStore};
+use crate::storage::tables::forgeries::NewForgery;
 use anyhow::{Context, Result, anyhow, bail};
 use image::RgbImage;
 use mmtt_generators::FACE_SIZE;
-use mmtt_generators::forge::classic_swap::ClassicSwap;
-use mmtt_generators::forge::onnx::{Device, OnnxGenerator};
-use mmtt_generators::forge::part_swap::PartSwap;
-use mmtt_generators::forge::patch_inpaint::PatchInpaint;
+use mmtt_generators::forge::runtime::Device;
 use mmtt_generators::forge::{ForgeInput, Generator, PartMasks, composite};
 use mmtt_generators::landmarks::Landmarks68;
 use mmtt_generators::mask::{decode_mask_png, encode_rgb_png};
+use mmtt_generators::registry::{DonorUse, Family, Method, PAPER_MIX};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -39,27 +38,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Methods mmtt knows, with their family (the paper's three kinds of forgery).
-pub const METHODS: [(&str, &str); 7] = [
-    ("classic-swap", "swap"),
-    ("e4s", "swap"),
-    ("patch-inpaint", "inpaint"),
-    ("part-swap", "inpaint"),
-    ("mat", "transformer"),
-    ("lama", "inpaint"),
-    ("sdxl", "diffusion"),
-];
-
-/// The paper's counts: face swap (E4S) 44,343; transformer inpainting (MAT) 37,440; diffusion
-/// inpainting (SDXL) 46,520.
-pub const PAPER_MIX: [(&str, u64); 3] = [("swap", 44_343), ("transformer", 37_440), ("diffusion", 46_520)];
-
-pub fn family_of(method: &str) -> Result<&'static str> {
-    METHODS
-        .iter()
-        .find(|(m, _)| *m == method)
-        .map(|(_, f)| *f)
-        .ok_or_else(|| anyhow!("unknown method `{method}`: known methods are classic-swap, e4s, patch-inpaint, part-swap, mat, lama, sdxl"))
+/// The method named `method` (an error listing the known ones otherwise); the registry
+/// (`mmtt_generators::registry`) knows what each needs.
+pub fn method_of(method: &str) -> Result<Method> {
+    Ok(method.parse()?)
 }
 
 /// Splits `n` by the paper's proportions (largest remainder).
@@ -124,20 +106,9 @@ struct Candidate {
     landmarks: bool,
 }
 
-/// Methods that need the target's 68 landmarks: a source without them is not a target of theirs.
-fn needs_landmarks(method: &str) -> bool {
-    matches!(method, "classic-swap" | "e4s" | "part-swap")
-}
-
-/// Methods whose donor must have landmarks (they align the donor's face to the target's):
-/// the swaps, `part-swap`, and `patch-inpaint` (whose donor is optional).
-fn donor_needs_landmarks(method: &str) -> bool {
-    needs_landmarks(method) || method == "patch-inpaint"
-}
-
 /// Enqueues a forgery job. Masks are planned first for sources that have none for `plan_seed`.
 pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
-    let families: Vec<(String, &'static str, u64)> = if req.mix_paper {
+    let families: Vec<(Method, Family, u64)> = if req.mix_paper {
         if req.methods.len() != 3 {
             bail!(
                 "--mix paper takes three methods in the paper's order (swap, transformer, diffusion), e.g. --method classic-swap,mat,patch-inpaint"
@@ -146,19 +117,20 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
         let counts = paper_counts(req.count);
         let mut v = Vec::new();
         for (i, m) in req.methods.iter().enumerate() {
-            family_of(m)?;
+            let m = method_of(m)?;
             let fam = PAPER_MIX[i].0;
-            if (fam == "swap") != (family_of(m)? == "swap") {
+            if !m.can_stand_for(fam) {
                 bail!("--mix paper: `{m}` cannot stand for the {fam} family");
             }
-            v.push((m.clone(), fam, counts[i]));
+            v.push((m, fam, counts[i]));
         }
         v
     } else {
         if req.methods.len() != 1 {
             bail!("give one --method, or three with --mix paper");
         }
-        vec![(req.methods[0].clone(), family_of(&req.methods[0])?, req.count)]
+        let m = method_of(&req.methods[0])?;
+        vec![(m, m.family(), req.count)]
     };
     masks::plan_all(app, req.plan_seed, None, false).await?;
     let job_id = uuid::Uuid::new_v4();
@@ -188,15 +160,15 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
     let mut out = Enqueued { job_id, queued: 0, by_method: HashMap::new(), unavailable: vec![] };
     let mut used_targets: std::collections::HashSet<uuid::Uuid> = Default::default();
     for (method, family, want) in families {
-        let purpose = if family == "swap" { "swap" } else { "inpaint" };
+        let purpose = family.purpose().as_str();
         let mut order: Vec<&Candidate> = all.iter().collect();
-        order.sort_by_key(|c| rank(req.seed ^ fnv(&method), &c.key));
+        order.sort_by_key(|c| rank(req.seed ^ fnv(method.as_str()), &c.key));
         let mut queued = 0u64;
         for c in order {
             if queued >= want {
                 break;
             }
-            if used_targets.contains(&c.id) || (needs_landmarks(&method) && !c.landmarks) {
+            if used_targets.contains(&c.id) || (method.needs_landmarks() && !c.landmarks) {
                 continue;
             }
             let plan: Option<uuid::Uuid> = sqlx::query_scalar(
@@ -208,13 +180,13 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
             .fetch_optional(&app.pool)
             .await?;
             let Some(plan) = plan else { continue };
-            let donor = if family == "swap" || donor_use(&method).is_some() {
-                match pick_donor(&all, c, req.seed, donor_needs_landmarks(&method)) {
+            let donor = if family == Family::Swap || method.donor() != DonorUse::None {
+                match pick_donor(&all, c, req.seed, method.donor_needs_landmarks()) {
                     Some(d) => Some(d),
                     // patch-inpaint copies from a donor only where a region has no counterpart left
-                    None if donor_use(&method) == Some(false) => None,
+                    None if method.donor() == DonorUse::Optional => None,
                     None => {
-                        let with = if donor_needs_landmarks(&method) { " with landmarks" } else { "" };
+                        let with = if method.donor_needs_landmarks() { " with landmarks" } else { "" };
                         out.unavailable.push(format!("source {}: no donor face{with} in its {} split", c.id, c.split));
                         continue;
                     }
@@ -229,8 +201,8 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
             )
             .bind(uuid::Uuid::new_v4())
             .bind(job_id)
-            .bind(&method)
-            .bind(family)
+            .bind(method.as_str())
+            .bind(family.as_str())
             .bind(c.id)
             .bind(donor)
             .bind(plan)
@@ -249,28 +221,17 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
                 "{method}: {queued} of {want} queued (no more sources without a {method} forgery for plan seed {})",
                 req.plan_seed
             ));
-            if needs_landmarks(&method) && without_landmarks > 0 {
+            if method.needs_landmarks() && without_landmarks > 0 {
                 out.unavailable.push(format!(
                     "{method}: {without_landmarks} sources have no landmarks and cannot be its targets; `mmtt landmarks backfill` searches those never searched"
                 ));
             }
         }
         // a method may stand for two families of the paper's mix (e.g. patch-inpaint twice)
-        *out.by_method.entry(method.clone()).or_default() += queued;
+        *out.by_method.entry(method.as_str().to_string()).or_default() += queued;
         out.queued += queued;
     }
     Ok(out)
-}
-
-/// Inpainting methods that take a donor face of the target's split: `Some(true)` when they need
-/// one (`part-swap` transplants its parts), `Some(false)` when they use one where they can
-/// (`patch-inpaint`, for regions with no counterpart left in the target).
-fn donor_use(method: &str) -> Option<bool> {
-    match method {
-        "part-swap" => Some(true),
-        "patch-inpaint" => Some(false),
-        _ => None,
-    }
 }
 
 fn fnv(s: &str) -> u64 {
@@ -404,7 +365,7 @@ async fn load_item(app: &App, c: ClaimRow) -> Result<Claimed> {
         }
         None => None,
     };
-    let parts = if matches!(method.as_str(), "patch-inpaint" | "part-swap") {
+    let parts = if method.parse::<Method>().is_ok_and(Method::uses_parts) {
         let donor_parts = match donor_id {
             Some(d) => Some(load_parts(app, d).await?),
             None => None,
@@ -435,15 +396,8 @@ async fn load_item(app: &App, c: ClaimRow) -> Result<Claimed> {
 }
 
 fn make_generator(method: &str, o: &WorkerOptions) -> std::result::Result<Box<dyn Generator>, String> {
-    Ok(match method {
-        "patch-inpaint" => Box::new(PatchInpaint::default()),
-        "classic-swap" => Box::new(ClassicSwap::default()),
-        "part-swap" => Box::new(PartSwap::default()),
-        "mat" | "lama" => Box::new(OnnxGenerator::load_builtin(method, &o.models_dir, o.device, o.threads).map_err(|e| e.to_string())?),
-        "sdxl" => Box::new(mmtt_generators::forge::sdxl::Sdxl::load(&o.models_dir, o.device, o.threads).map_err(|e| e.to_string())?),
-        "e4s" => Box::new(mmtt_generators::forge::e4s::E4s::load(&o.models_dir, o.device, o.threads).map_err(|e| e.to_string())?),
-        other => return Err(format!("unknown method {other}")),
-    })
+    let m: Method = method.parse().map_err(|_| format!("unknown method {method}"))?;
+    m.load(&o.models_dir, o.device, o.threads).map_err(|e| e.to_string())
 }
 
 async fn fail_item(app: &App, item: uuid::Uuid, worker: &str, reason: &str) -> Result<()> {
@@ -586,25 +540,24 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                     if let Some(p) = &own_png {
                         crate::storage::db::record_blob(&mut tx, &mask_key, p.as_slice()).await?;
                     }
-                    sqlx::query(
-                        "INSERT INTO forgeries (id, item_id, method, target_id, donor_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings) \
-                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (item_id) DO NOTHING",
-                    )
-                    .bind(uuid::Uuid::new_v4())
-                    .bind(c.item_id)
-                    .bind(&c.method)
-                    .bind(c.target_id)
-                    .bind(c.donor_id)
-                    .bind(c.plan_id)
-                    .bind(&c.split)
-                    .bind(key.as_str())
-                    .bind(mask_key.as_str())
-                    .bind(c.original_key.as_str())
-                    .bind(c.seed as i64)
-                    .bind(&provenance)
-                    .bind(&timings)
-                    .execute(&mut *tx)
-                    .await?;
+                    let forgery = NewForgery {
+                        id: uuid::Uuid::new_v4(),
+                        item_id: c.item_id,
+                        method: &c.method,
+                        target_id: c.target_id,
+                        donor_id: c.donor_id,
+                        plan_id: c.plan_id,
+                        split: &c.split,
+                        image_hash: key.as_str(),
+                        mask_hash: mask_key.as_str(),
+                        original_hash: c.original_key.as_str(),
+                        seed: c.seed as i64,
+                        provenance: &provenance,
+                        timings: &timings,
+                        release_image_id: None,
+                        release_instance_id: None,
+                    };
+                    crate::storage::tables::forgeries::insert(&mut tx, &forgery).await?;
                     tx.commit().await?;
                     summary.done += 1;
                     if o.progress {

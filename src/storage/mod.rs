@@ -1,7 +1,16 @@
-//! Storage: everything that persists. PostgreSQL (connection, migrations, settings, the private
-//! cluster), the content-addressed blob store, and the train/validation/test split fixed when a
-//! source is stored. Owns no workflow: it may not call into `dataset`, `jobs`, `web` or `devtools`.
+//! Storage: everything that persists, and nothing that decides what to store.
+//!
+//! - [`db`]: PostgreSQL (connection, embedded migrations, project settings, the private cluster).
+//! - [`store`]: the content-addressed blob store.
+//! - [`split`]: the train/validation/test split, fixed when a source is stored.
+//! - [`status`]: the stored statuses that several parts share, as enums.
+//! - [`tables`]: the one writer of each table that several parts fill.
+//!
+//! Owns no workflow: it may not call into `dataset`, `jobs`, `web` or `devtools` (it uses only
+//! the generators crate's plain types, such as a mask plan's purpose).
 
 pub mod db;
 pub mod split;
+pub mod status;
 pub mod store;
+pub mod tables;

@@ -15,7 +15,7 @@
 //!    item's mask; the platform composites with it.
 
 use super::graph::{Data, Graph, GraphSpec};
-use super::onnx::Device;
+use super::runtime::Device;
 use super::{ForgeError, ForgeInput, Generator};
 use crate::align::AlignTransform;
 use crate::geometry::Pt;

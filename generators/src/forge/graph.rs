@@ -4,7 +4,7 @@
 //! exports run unchanged, and token ids may be int32 or int64).
 
 use super::ForgeError;
-use super::onnx::{Device, environment};
+use super::runtime::Device;
 use ndarray::ArrayD;
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
@@ -88,33 +88,6 @@ fn port_matches(p: &Port, (n, t, s): &(String, String, Vec<i64>)) -> bool {
         && s.iter().zip(&p.shape).all(|(a, w)| *a == -1 || *w == -1 || a == w)
 }
 
-/// Makes a session for `path` on `device` (CUDA or a clear error, never a silent CPU fallback);
-/// every ONNX generator's sessions are made here.
-pub fn session(path: &Path, device: Device, threads: usize) -> Result<Session, ForgeError> {
-    let env = environment()?;
-    let m = |e: ort::Error| ForgeError::Model(e.to_string());
-    let mut builder = Session::builder(env).map_err(m)?;
-    if threads > 0 {
-        builder = builder.with_intra_threads(threads).map_err(|e| ForgeError::Model(e.to_string()))?;
-    }
-    if device == Device::Cuda {
-        use ort::ep::ExecutionProvider;
-        if !ort::ep::CUDA::is_available().unwrap_or(false) {
-            return Err(ForgeError::Model(
-                "--device cuda was asked for, but this ONNX Runtime has no usable CUDA provider: install \
-                 onnxruntime-gpu==1.31.1 (needs CUDA 13 and cuDNN 9) or use --device cpu"
-                    .into(),
-            ));
-        }
-        // TF32 off: forgeries must not depend on the card (with TF32 an H200 moved the tiny SDXL
-        // pipeline's output by up to 0.12 on the 0..1 scale against the CPU)
-        builder = builder
-            .with_execution_providers([ort::ep::CUDA::default().with_tf32(false).build().error_on_failure()])
-            .map_err(|e| ForgeError::Model(format!("the CUDA provider failed to start: {e}")))?;
-    }
-    builder.commit_from_file(path).map_err(|e| ForgeError::Model(format!("{}: {e}", path.display())))
-}
-
 impl Graph {
     /// Loads `dir/spec.file` and checks it: every declared input present with an accepted type
     /// and shape and no undeclared input, every declared output present. A mismatch lists the
@@ -127,7 +100,7 @@ impl Graph {
                 path.display()
             )));
         }
-        let session = session(&path, device, threads)?;
+        let session = super::runtime::session(&path, device, threads)?;
         let (ins, outs) = (signature(session.inputs()), signature(session.outputs()));
         let inputs_ok = ins.len() == spec.inputs.len() && spec.inputs.iter().all(|p| ins.iter().any(|a| port_matches(p, a)));
         let outputs_ok = spec.outputs.iter().all(|p| outs.iter().any(|a| port_matches(p, a)));

@@ -18,6 +18,7 @@
 //! - [`e4s`]: E4S face swap over ONNX Runtime (parser and swap generator graphs, alignment,
 //!   paste-back, its own face-region mask).
 //! - [`graph`]: one checked ONNX graph of a multi-graph pipeline.
+//! - [`runtime`]: ONNX Runtime's loading, environment and sessions (shared by [`onnx`] and [`graph`]).
 
 pub mod classic_swap;
 pub mod e4s;
@@ -25,6 +26,7 @@ pub mod graph;
 pub mod onnx;
 pub mod part_swap;
 pub mod patch_inpaint;
+pub mod runtime;
 pub mod sdxl;
 
 use crate::landmarks::Landmarks68;
@@ -61,6 +63,15 @@ pub enum ForgeError {
     Model(String),
 }
 
+/// [`Generator::generate_raw`]'s answer.
+pub struct RawOutput {
+    pub image: RgbImage,
+    /// float32 HWC, 0..255, before rounding.
+    pub hwc: Vec<f32>,
+    /// The generator's own mask (E4S), which replaces the planned one.
+    pub mask: Option<GrayImage>,
+}
+
 /// A forgery generator. Instances are created once per worker and reused across items.
 pub trait Generator: Send {
     /// The method name stored with each forgery (`patch-inpaint`, `classic-swap`, `mat`, ...).
@@ -75,6 +86,14 @@ pub trait Generator: Send {
     /// swapped face region), that region's mask (0/255), which then replaces the planned one.
     fn generate_with_mask(&mut self, input: &ForgeInput<'_>) -> Result<(RgbImage, Option<GrayImage>), ForgeError> {
         Ok((self.generate(input)?, None))
+    }
+    /// The generated pixels before rounding (`hwc`: float32, height x width x 3, 0..255), the
+    /// rounded image and the generator's own mask: what `mmtt generate --raw` writes for the
+    /// ONNX parity tests. Generators whose output is already 8-bit return it as floats.
+    fn generate_raw(&mut self, input: &ForgeInput<'_>) -> Result<RawOutput, ForgeError> {
+        let (image, mask) = self.generate_with_mask(input)?;
+        let hwc = image.as_raw().iter().map(|&v| v as f32).collect();
+        Ok(RawOutput { image, hwc, mask })
     }
     /// What produced the pixels: generator kind, manifest, model hash, execution provider.
     fn provenance(&self) -> serde_json::Value;

@@ -2,7 +2,7 @@
 //!
 //! - The runtime is `libonnxruntime.so` from the PyPI `onnxruntime` wheel, loaded dynamically:
 //!   `ORT_DYLIB_PATH`, else the project's `.venv`, else the `onnxruntime` package of `python3`
-//!   ([`find_onnxruntime`]). One environment per process.
+//!   ([`find_onnxruntime`], in [`super::runtime`]). One environment per process.
 //! - A manifest names the model file, its inputs and outputs (names, shapes, roles), the image
 //!   value range, the mask convention (`keep`: 1 = known, MAT; `fill`: 1 = hole, LaMa), whether
 //!   holes are zeroed in the image input, and the output range (`auto` detects 0..1 or 0..255).
@@ -11,6 +11,7 @@
 //! - MAT's latent `z` is drawn from the item's seed with SplitMix64 + Box-Muller
 //!   ([`super::SplitMix64::normals`]), so a Python reference reproduces it exactly.
 
+pub use super::runtime::{Device, find_onnxruntime};
 use super::{ForgeError, ForgeInput, Generator, SplitMix64, check_input};
 use image::RgbImage;
 use ort::session::Session;
@@ -18,7 +19,6 @@ use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 /// The manifests shipped with mmtt, by method name.
 pub const BUILTIN_MANIFESTS: [(&str, &str); 2] =
@@ -92,75 +92,6 @@ impl Manifest {
     }
 }
 
-/// Where inference runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    Cpu,
-    Cuda,
-}
-
-/// `libonnxruntime.so` of the PyPI wheel: `ORT_DYLIB_PATH`, the project's `.venv`, or `python3`'s.
-pub fn find_onnxruntime() -> Result<PathBuf, ForgeError> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(ForgeError::Model(format!("ORT_DYLIB_PATH={} does not exist", p.display()))) };
-    }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for venv in [PathBuf::from(".venv"), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv")] {
-        if let Ok(rd) = std::fs::read_dir(venv.join("lib")) {
-            for e in rd.flatten() {
-                dirs.push(e.path().join("site-packages/onnxruntime/capi"));
-            }
-        }
-    }
-    for py in ["python3"] {
-        if let Ok(out) = std::process::Command::new(py)
-            .args(["-c", "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))"])
-            .stderr(std::process::Stdio::null())
-            .output()
-        {
-            if out.status.success() {
-                dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("capi"));
-            }
-        }
-    }
-    for d in dirs {
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            let mut libs: Vec<PathBuf> = rd
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
-                .collect();
-            libs.sort();
-            if let Some(l) = libs.pop() {
-                return Ok(l);
-            }
-        }
-    }
-    Err(ForgeError::Model(
-        "ONNX Runtime was not found: run scripts/setup.sh (it installs onnxruntime==1.31.1 into .venv), \
-         `pip install onnxruntime==1.31.1`, or set ORT_DYLIB_PATH to libonnxruntime.so.1.31.1"
-            .into(),
-    ))
-}
-
-static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
-
-pub(crate) fn environment() -> Result<&'static ort::environment::Environment, ForgeError> {
-    ENVIRONMENT
-        .get_or_init(|| {
-            let path = find_onnxruntime().map_err(|e| e.to_string())?;
-            ort::init_from(&path)
-                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?
-                .with_name("mmtt")
-                .build()
-                .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
-        })
-        .as_ref()
-        .map_err(|e| ForgeError::Model(e.clone()))
-}
-
 fn sha256_file(p: &Path) -> Result<String, ForgeError> {
     let bytes = std::fs::read(p).map_err(|e| ForgeError::Model(format!("cannot read model {}: {e}", p.display())))?;
     Ok(hex_string(&Sha256::digest(&bytes)))
@@ -198,7 +129,7 @@ impl OnnxGenerator {
                 manifest.name
             )));
         }
-        let session = super::graph::session(&model_path, device, threads)?;
+        let session = super::runtime::session(&model_path, device, threads)?;
         let actual = |outlets: &[ort::value::Outlet]| -> Vec<(String, String, Vec<i64>)> {
             outlets
                 .iter()
@@ -354,6 +285,10 @@ impl Generator for OnnxGenerator {
     fn generate(&mut self, input: &ForgeInput<'_>) -> Result<RgbImage, ForgeError> {
         let (w, h, hwc) = self.run_raw(input)?;
         Ok(to_rgb(w, h, &hwc))
+    }
+    fn generate_raw(&mut self, input: &ForgeInput<'_>) -> Result<super::RawOutput, ForgeError> {
+        let (w, h, hwc) = self.run_raw(input)?;
+        Ok(super::RawOutput { image: to_rgb(w, h, &hwc), hwc, mask: None })
     }
     fn provenance(&self) -> serde_json::Value {
         serde_json::json!({

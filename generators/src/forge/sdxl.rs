@@ -28,7 +28,7 @@
 //! reported in the provenance.
 
 use super::graph::{Data, Graph, GraphSpec, rss_bytes};
-use super::onnx::Device;
+use super::runtime::Device;
 use super::{ForgeError, ForgeInput, Generator, SplitMix64, check_input};
 use ndarray::{Array4, ArrayD, Axis, IxDyn};
 use serde::{Deserialize, Serialize};
@@ -631,6 +631,12 @@ impl Generator for Sdxl {
         let out = self.run(input, &opts)?;
         self.used = opts;
         Ok(super::onnx::to_rgb(out.width, out.height, &out.hwc))
+    }
+    fn generate_raw(&mut self, input: &ForgeInput<'_>) -> Result<super::RawOutput, ForgeError> {
+        let opts = self.options.with(input.options)?;
+        let out = self.run(input, &opts)?;
+        self.used = opts;
+        Ok(super::RawOutput { image: super::onnx::to_rgb(out.width, out.height, &out.hwc), hwc: out.hwc, mask: None })
     }
     fn provenance(&self) -> serde_json::Value {
         serde_json::json!({

@@ -5,6 +5,7 @@ use super::{ExportOptions, Format, Out, Sample};
 use crate::dataset::annotation::multilabel;
 use crate::storage::split::Split;
 use anyhow::{Context, Result, anyhow};
+use mmtt_generators::registry::Family;
 use rayon::prelude::*;
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -173,11 +174,11 @@ fn webdataset(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar:
 
 /// The image id prefix the authors' code reads the method from (spec section 8).
 pub fn release_prefix(family: &str) -> &'static str {
-    match family {
-        "diffusion" => "sd",
-        "transformer" => "mat",
-        "swap" => "e4s",
-        _ => "inpaint",
+    match family.parse::<Family>() {
+        Ok(Family::Diffusion) => "sd",
+        Ok(Family::Transformer) => "mat",
+        Ok(Family::Swap) => "e4s",
+        Ok(Family::Inpaint) | Err(_) => "inpaint",
     }
 }
 

@@ -22,8 +22,9 @@ pub mod formats;
 pub mod rle;
 
 use crate::app::App;
-use crate::storage::split::{self, Split, SplitRatios};
 use crate::dataset::stats::{StatSample, Stats};
+use crate::storage::split::{self, Split, SplitRatios};
+use crate::storage::status::{AnnotationStatus, exported_statuses};
 use crate::storage::store::{BlobKey, FsBlobStore};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -48,13 +49,37 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn name(self) -> &'static str {
+    pub const ALL: [Format; 4] = [Format::Hf, Format::Coco, Format::Webdataset, Format::Mmtt];
+
+    /// The stored and command-line name (`exports.format`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Format::Hf => "hf",
             Format::Coco => "coco",
             Format::Webdataset => "webdataset",
             Format::Mmtt => "mmtt",
         }
+    }
+
+    /// The same as [`Format::as_str`].
+    pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unknown export format `{s}`: hf, coco, webdataset or mmtt"))
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -153,7 +178,7 @@ pub struct ExportSummary {
 
 /// The samples the options select, with their final splits, in id order.
 pub async fn select(app: &App, o: &ExportOptions) -> Result<(Vec<Sample>, u64, SplitRatios, BTreeMap<uuid::Uuid, Split>)> {
-    let statuses: Vec<&str> = if o.include_unreviewed { vec!["accepted", "submitted"] } else { vec!["accepted"] };
+    let statuses = AnnotationStatus::texts(&exported_statuses(o.include_unreviewed));
     let rows = sqlx::query(
         "SELECT f.id, f.target_id, f.donor_id, f.method, i.family, f.provenance->>'generator', s.dataset, f.split, s.split_key, d.split_key, \
                 f.image_hash, f.mask_hash, f.original_hash, a.text, a.regions, a.mentions, p.parts, a.annotator_id, a.status, a.active_seconds, a.word_count, \
@@ -884,6 +909,23 @@ pub async fn bench(app: &App, dir: &Path) -> Result<serde_json::Value> {
         "cp_r_s": cp_s, "throughput_ratio_export_vs_cp": cp_s / copy.seconds,
         "hf_link_export_s": link.seconds, "link_ratio_vs_cp": cp_s / link.seconds,
     }))
+}
+
+/// One export's row, as `mmtt jobs` lists it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExportRow {
+    pub id: uuid::Uuid,
+    pub format: String,
+    pub out_dir: String,
+    pub status: String,
+    pub done: i32,
+    pub total: i32,
+    pub error: Option<String>,
+}
+
+/// Every export, oldest first.
+pub async fn list_exports(pool: &sqlx::PgPool) -> Result<Vec<ExportRow>> {
+    Ok(sqlx::query_as("SELECT id, format, out_dir, status, done, total, error FROM exports ORDER BY started_at").fetch_all(pool).await?)
 }
 
 #[cfg(test)]

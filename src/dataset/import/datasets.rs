@@ -34,12 +34,17 @@ pub enum Dataset {
 }
 
 impl Dataset {
-    pub fn name(self) -> &'static str {
+    /// The stored and command-line name (`sources.dataset`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Dataset::CelebAMaskHq => "celebamask-hq",
             Dataset::Ffhq => "ffhq",
             Dataset::Photos => "photos",
         }
+    }
+    /// The same as [`Dataset::as_str`].
+    pub fn name(self) -> &'static str {
+        self.as_str()
     }
     pub fn part_source(self) -> PartSource {
         match self {
@@ -49,6 +54,19 @@ impl Dataset {
     }
     /// The datasets of `mmtt import` that store aligned faces (all of them).
     pub const ALL: [Dataset; 3] = [Dataset::CelebAMaskHq, Dataset::Ffhq, Dataset::Photos];
+}
+
+impl std::str::FromStr for Dataset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Dataset::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| format!("unknown dataset `{s}`: celebamask-hq, ffhq or photos"))
+    }
+}
+
+impl std::fmt::Display for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One input item.

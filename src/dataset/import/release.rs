@@ -15,12 +15,17 @@
 //! (`{prefix}_{32 hex digits}`) that names a forgery of this database is that forgery, already
 //! present, and is skipped.
 
-use crate::dataset::annotation::{REGION_LABELS, region_labels, word_count};
 use crate::app::App;
+use crate::dataset::annotation::{REGION_LABELS, region_labels, word_count};
 use crate::storage::split::Split;
 use crate::storage::store::BlobStore;
+use crate::storage::tables::annotation_tasks;
+use crate::storage::tables::forgeries::{self, NewForgery};
+use crate::storage::tables::mask_plans::{self, NewMaskPlan};
 use anyhow::{Context, Result, anyhow, bail};
 use mmtt_generators::mask::{encode_mask_png, encode_rgb_png};
+use mmtt_generators::plan::{MaskKind, Purpose};
+use mmtt_generators::registry::{Family, Method};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -43,12 +48,13 @@ pub struct ReleaseSummary {
 }
 
 /// The method and family an image id's prefix names.
-pub fn method_of(image_id: &str) -> (&'static str, &'static str) {
+/// (`attribute-edit`, the release's fourth kind, is no method mmtt runs: the name is stored as is.)
+pub fn method_of(image_id: &str) -> (&'static str, Family) {
     match image_id.split(['_', '-']).next().unwrap_or_default() {
-        "sd" => ("sdxl", "diffusion"),
-        "mat" => ("mat", "transformer"),
-        "e4s" => ("e4s", "swap"),
-        _ => ("attribute-edit", "inpaint"),
+        "sd" => (Method::Sdxl.as_str(), Family::Diffusion),
+        "mat" => (Method::Mat.as_str(), Family::Transformer),
+        "e4s" => (Method::E4s.as_str(), Family::Swap),
+        _ => ("attribute-edit", Family::Inpaint),
     }
 }
 
@@ -186,34 +192,45 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
             .execute(&mut *tx)
             .await?;
             let plan_parts: Vec<&str> = if labels.is_empty() { vec!["unknown"] } else { labels.clone() };
-            sqlx::query(
-                "INSERT INTO mask_plans (id, source_id, purpose, kind, parts, k_drawn, seed, item_seed, rule_version, mask_hash, pixels) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, $7, $8)",
-            )
-            .bind(plan)
-            .bind(source)
-            .bind(if family == "swap" { "swap" } else { "inpaint" })
-            .bind(if family == "swap" { "swap" } else { "parts" })
-            .bind(&plan_parts)
-            .bind(plan_parts.len() as i16)
-            .bind(mask_key.as_str())
-            .bind(pixels)
-            .execute(&mut *tx)
-            .await?;
+            let swap = family == Family::Swap;
+            let new_plan = NewMaskPlan {
+                id: plan,
+                source_id: source,
+                purpose: if swap { Purpose::Swap } else { Purpose::Inpaint },
+                kind: if swap { MaskKind::Swap } else { MaskKind::Parts },
+                parts: &plan_parts,
+                k_drawn: plan_parts.len() as i16,
+                seed: 0,
+                item_seed: 0,
+                rule_version: 0,
+                mask_hash: mask_key.as_str(),
+                pixels,
+            };
+            mask_plans::insert(&mut tx, &new_plan).await?;
             sqlx::query("INSERT INTO forge_items (id, job_id, method, family, target_id, plan_id, seed, status, attempts) VALUES ($1, $2, $3, $4, $5, $6, 0, 'done', 0)")
-                .bind(item).bind(job).bind(method).bind(family).bind(source).bind(plan)
+                .bind(item).bind(job).bind(method).bind(family.as_str()).bind(source).bind(plan)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO forgeries (id, item_id, method, target_id, plan_id, split, image_hash, mask_hash, original_hash, seed, provenance, timings, \
-                                        release_image_id, release_instance_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0, $9, '{}', $10, $11)",
-            )
-            .bind(forgery).bind(item).bind(method).bind(source).bind(plan).bind(split.name()).bind(img_key.as_str()).bind(mask_key.as_str())
-            .bind(serde_json::json!({"generator": "mmtt-release", "image_id": id, "instance_id": r.instance_id, "no_original": true}))
-            .bind(id).bind(if r.instance_id.is_null() { None } else { Some(&r.instance_id) })
-            .execute(&mut *tx)
-            .await?;
+            let provenance =
+                serde_json::json!({"generator": "mmtt-release", "image_id": id, "instance_id": r.instance_id, "no_original": true});
+            let new_forgery = NewForgery {
+                id: forgery,
+                item_id: item,
+                method,
+                target_id: source,
+                donor_id: None,
+                plan_id: plan,
+                split: split.name(),
+                image_hash: img_key.as_str(),
+                mask_hash: mask_key.as_str(),
+                original_hash: img_key.as_str(),
+                seed: 0,
+                provenance: &provenance,
+                timings: &serde_json::json!({}),
+                release_image_id: Some(id),
+                release_instance_id: if r.instance_id.is_null() { None } else { Some(&r.instance_id) },
+            };
+            forgeries::insert(&mut tx, &new_forgery).await?;
             sqlx::query(
                 "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, mentions) \
                  VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 'accepted', $7)",
@@ -230,11 +247,7 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
             .bind(user)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE annotation_tasks SET status = 'accepted', annotator_id = $2 WHERE forgery_id = $1")
-                .bind(forgery)
-                .bind(user)
-                .execute(&mut *tx)
-                .await?;
+            annotation_tasks::mark_accepted(&mut tx, forgery, user).await?;
             tx.commit().await?;
             summary.imported += 1;
             *summary.per_split.entry(split.name().to_string()).or_default() += 1;

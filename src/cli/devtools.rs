@@ -1,0 +1,179 @@
+//! `mmtt demo`, `mmtt fixtures`, `mmtt seed-synthetic`, `mmtt bench`: the developer tools
+//! (`mmtt::devtools`, plus the export benchmark).
+
+use super::Global;
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// More face photos to import.
+    #[arg(long)]
+    faces: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after the forgeries instead of serving the web app.
+    #[arg(long)]
+    no_serve: bool,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: String,
+}
+
+#[derive(Subcommand)]
+pub enum FixturesAction {
+    /// Write a CelebAMask-HQ-layout folder built from face photos.
+    Celebamask {
+        #[arg(long, required = true, num_args = 1..)]
+        photos: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write FFHQ-style aligned 1024x1024 PNGs from face photos.
+    Ffhq {
+        #[arg(long, required = true, num_args = 1..)]
+        photos: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SeedSyntheticArgs {
+    #[arg(long)]
+    samples: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "forged")]
+    state: mmtt::devtools::synthetic::SyntheticState,
+    /// Add synthetic rows to a database that holds real data.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand)]
+pub enum BenchAction {
+    /// Images/s of the ONNX generators (mmtt vs Python onnxruntime) and the built-in ones.
+    Forge {
+        /// Folder with mat.onnx and lama.onnx (default: tiny models made by scripts/make_tiny_models.py).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        n: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// `mmtt stats` time and an hf export against `cp -r` of the same files (and `--link`); fill
+    /// the database first with `mmtt seed-synthetic --state accepted`.
+    Export {
+        /// An empty or new folder for the exports.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// `mmtt eval masks` over N generated 512x512 mask pairs: time, pairs/s, peak memory.
+    Masks {
+        #[arg(long, default_value_t = 20_000)]
+        n: usize,
+    },
+    /// `mmtt eval captions` against pycocoevalcap (fresh processes, same files): generated
+    /// captions unless --refs/--preds are given.
+    Captions {
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        #[arg(long)]
+        refs: Option<PathBuf>,
+        #[arg(long)]
+        preds: Option<PathBuf>,
+        /// Runs of the (slow) all-metrics reference, with Java METEOR, and of ours; the best of
+        /// each is compared.
+        #[arg(long, default_value_t = 2)]
+        meteor_runs: usize,
+    },
+    /// "Next task" + annotation page latency at many concurrent clients (fill the database first
+    /// with `mmtt seed-synthetic`).
+    Web {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Rounds (next + page + skip) per client.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn demo(g: &Global, a: DemoArgs) -> Result<()> {
+    g.with_app(async |app| {
+        mmtt::devtools::demo::run(app, a.faces.as_deref(), a.seed).await?;
+        let accounts = mmtt::devtools::demo::demo_accounts(app).await?;
+        println!("\naccounts (passwords are new on every run):");
+        for (name, role, password) in &accounts {
+            println!("  {role:<10} {name:<16} password {password}");
+        }
+        if a.no_serve {
+            return Ok(());
+        }
+        let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), mmtt::web::WebConfig::default());
+        println!("open http://{}/ and sign in (Ctrl-C stops the server)", a.bind);
+        mmtt::web::serve(state, &a.bind).await
+    })
+    .await
+}
+
+pub fn fixtures(action: FixturesAction) -> Result<()> {
+    match action {
+        FixturesAction::Celebamask { photos, out } => {
+            let m = mmtt::devtools::fixtures::celebamask(&photos, &out).context("building the CelebAMask-HQ fixture")?;
+            println!("{}", serde_json::to_string(&m)?);
+        }
+        FixturesAction::Ffhq { photos, out } => {
+            let written = mmtt::devtools::fixtures::ffhq(&photos, &out).context("building the FFHQ fixture")?;
+            println!("{}", serde_json::to_string(&written)?);
+        }
+    }
+    Ok(())
+}
+
+pub async fn seed_synthetic(g: &Global, a: SeedSyntheticArgs) -> Result<()> {
+    g.with_app(async |app| {
+        let n = mmtt::devtools::synthetic::seed(app, a.samples, a.seed, a.state, a.force).await?;
+        println!("seeded {n} synthetic samples ({:?})", a.state);
+        Ok(())
+    })
+    .await
+}
+
+pub async fn bench(g: &Global, action: BenchAction) -> Result<()> {
+    match action {
+        BenchAction::Forge { models, n, threads } => mmtt::devtools::bench::forge(models, n, threads),
+        BenchAction::Masks { n } => mmtt::devtools::bench::masks(n),
+        BenchAction::Captions { n, refs, preds, meteor_runs } => mmtt::devtools::bench::captions(n, refs, preds, meteor_runs),
+        BenchAction::Export { out } => {
+            g.with_app(async |app| {
+                let r = mmtt::dataset::export::bench(app, &out).await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            })
+            .await
+        }
+        BenchAction::Web { clients, rounds, json } => {
+            g.with_app(async |app| {
+                let r = mmtt::devtools::bench_web::run(app, &mmtt::devtools::bench_web::WebBenchArgs { clients, rounds }).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!("forged samples        {}", r.forged_samples);
+                    println!("clients x rounds      {} x {}", r.clients, r.rounds);
+                    println!("next + page  p50 {:7.2} ms   p99 {:7.2} ms", r.next_and_page_p50_ms, r.next_and_page_p99_ms);
+                    println!("next         p50 {:7.2} ms   p99 {:7.2} ms", r.next_p50_ms, r.next_p99_ms);
+                    println!("page         p50 {:7.2} ms   p99 {:7.2} ms", r.page_p50_ms, r.page_p99_ms);
+                    println!("throughput   {:.0} requests/s ({:.0} next+page rounds/s)", r.requests_per_s, r.rounds_per_s);
+                    println!("page weight  {} bytes (HTML + CSS + JS, images excluded)", r.page_weight_bytes);
+                }
+                Ok(())
+            })
+            .await
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The command line: one module per command group, each a thin layer that parses its arguments,
+//! calls the library (`mmtt::...`) and prints. No SQL and no workflow lives here; what a command
+//! prints is its only logic.
+//!
+//! - [`db`]: `db start|stop|status` (the private cluster).
+//! - [`import`]: `import`, `landmarks`, `sources list`.
+//! - [`masks`]: `masks plan|stats|simulate|preview`.
+//! - [`forge`]: `forge`, `worker`, `forgeries list`.
+//! - [`jobs`]: `jobs`.
+//! - [`generate`]: `generate` (one forgery from files).
+//! - [`export`]: `export`, `stats`.
+//! - [`eval`]: `eval captions|masks|report|labels`, `regions`.
+//! - [`web`]: `serve`, `user add`.
+//! - [`project`]: `project show|set-split`.
+//! - [`devtools`]: `demo`, `fixtures`, `seed-synthetic`, `bench`.
+
+mod db;
+mod devtools;
+mod eval;
+mod export;
+mod forge;
+mod generate;
+mod import;
+mod jobs;
+mod masks;
+mod project;
+mod web;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use mmtt::app::App;
+use mmtt_generators::forge::runtime::Device;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "mmtt", version, about = "MMTT: interpretable face-forgery dataset platform")]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The options every command takes.
+#[derive(clap::Args)]
+pub struct Global {
+    /// Where images, masks and the private PostgreSQL cluster live.
+    #[arg(long, global = true, env = "MMTT_DATA_DIR", default_value = "./mmtt-data")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL server to use; without it mmtt runs a private cluster under the data directory.
+    #[arg(long, global = true, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the private PostgreSQL cluster.
+    Db {
+        #[command(subcommand)]
+        action: db::DbAction,
+    },
+    /// Import source faces.
+    Import(import::ImportArgs),
+    /// Find faces and their 68 landmarks in images (`landmarks backfill`: store them for sources
+    /// that have none).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Landmarks(import::LandmarksArgs),
+    /// Plan forgery masks, show their statistics, preview them.
+    Masks {
+        #[command(subcommand)]
+        action: masks::MasksAction,
+    },
+    /// List stored source faces.
+    Sources {
+        #[command(subcommand)]
+        action: import::SourcesAction,
+    },
+    /// Import sample faces, plan masks and write previews.
+    Demo(devtools::DemoArgs),
+    /// Build test inputs from face photos.
+    Fixtures {
+        #[command(subcommand)]
+        action: devtools::FixturesAction,
+    },
+    /// Enqueue a forgery job (and with --wait, work on it until it is done).
+    Forge(forge::ForgeArgs),
+    /// Process queued forgery items (any number of workers, on any machine).
+    Worker(forge::WorkerCommand),
+    /// Show forgery jobs: progress and failures.
+    Jobs(jobs::JobsArgs),
+    /// List forgeries.
+    Forgeries {
+        #[command(subcommand)]
+        action: forge::ForgeriesAction,
+    },
+    /// Forge one image from files (like IOPaint's run), for people and scripts.
+    Generate(generate::GenerateCommand),
+    /// Print throughput figures.
+    Bench {
+        #[command(subcommand)]
+        action: devtools::BenchAction,
+    },
+    /// Serve the annotation and QA web app.
+    Serve(web::ServeArgs),
+    /// Export accepted triplets as a dataset (hf, coco, webdataset, mmtt); resumes when re-run.
+    Export(export::ExportArgs),
+    /// Dataset statistics (spec section 6) and the Table 1 row.
+    Stats(export::StatsArgs),
+    /// ForgeryTalker metrics, as the reference tools compute them (JSON on stdout, a table on stderr).
+    Eval {
+        #[command(subcommand)]
+        action: eval::EvalAction,
+    },
+    /// The 21 region labels a text mentions (the authors' extractor, spec section 7).
+    Regions(eval::RegionsArgs),
+    /// Fill a benchmark/test database with synthetic samples.
+    SeedSynthetic(devtools::SeedSyntheticArgs),
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        action: web::UserAction,
+    },
+    /// Project settings.
+    Project {
+        #[command(subcommand)]
+        action: project::ProjectAction,
+    },
+}
+
+/// `--device`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl From<DeviceArg> for Device {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        }
+    }
+}
+
+impl Global {
+    /// Opens the app, runs `body` with it, then closes it (stopping the private cluster when this
+    /// was its last user), whatever the body returned.
+    pub async fn with_app(&self, body: impl AsyncFnOnce(&App) -> Result<()>) -> Result<()> {
+        let app = App::open(&self.data_dir, self.database_url.as_deref()).await?;
+        let r = body(&app).await;
+        let closed = app.close().await;
+        r?;
+        closed
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Db { action } => db::run(g, action).await,
+        Command::Import(a) => import::import(g, a).await,
+        Command::Landmarks(a) => import::landmarks(g, a).await,
+        Command::Masks { action } => masks::run(g, action).await,
+        Command::Sources { action } => import::sources(g, action).await,
+        Command::Demo(a) => devtools::demo(g, a).await,
+        Command::Fixtures { action } => devtools::fixtures(action),
+        Command::Forge(a) => forge::forge(g, a).await,
+        Command::Worker(a) => forge::worker(g, a).await,
+        Command::Jobs(a) => jobs::run(g, a).await,
+        Command::Forgeries { action } => forge::forgeries(g, action).await,
+        Command::Generate(a) => generate::run(g, a),
+        Command::Bench { action } => devtools::bench(g, action).await,
+        Command::Serve(a) => web::serve(g, a).await,
+        Command::Export(a) => export::export(g, a).await,
+        Command::Stats(a) => export::stats(g, a).await,
+        Command::Eval { action } => eval::eval(action),
+        Command::Regions(a) => eval::regions(a),
+        Command::SeedSynthetic(a) => devtools::seed_synthetic(g, a).await,
+        Command::User { action } => web::user(g, action).await,
+        Command::Project { action } => project::run(g, action).await,
+    }
+}

@@ -1,0 +1,16 @@
+//! One writer per table: the tables that several parts of the platform fill (import, planning,
+//! the forge worker, the release importer, synthetic data) are inserted into only here, so a
+//! column, a conflict rule or an invariant of such a table has one place to change.
+//!
+//! - [`mask_plans`]: planned masks (`dataset::masks`, `dataset::import::release`, synthetic data).
+//! - [`forgeries`]: stored forgeries (the forge worker, the release importer, synthetic data).
+//! - [`annotation_tasks`]: rows are made by a trigger on `forgeries`; what is written here is
+//!   the state of tasks whose annotation arrives with the sample (release import, synthetic data).
+//!   The web app's claim / submit / review lifecycle is its own.
+//!
+//! Functions take a connection (usually a transaction's), never a pool: the caller decides what
+//! is committed together.
+
+pub mod annotation_tasks;
+pub mod forgeries;
+pub mod mask_plans;
