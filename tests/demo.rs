@@ -11,7 +11,7 @@ fn demo_imports_plans_and_writes_previews() {
     assert!(out.contains("import photos: 2 imported (2 faces)"), "{out}");
     let previews: Vec<&str> = out
         .lines()
-        .filter_map(|l| l.trim().split_whitespace().next())
+        .filter_map(|l| l.split_whitespace().next())
         .filter(|w| w.ends_with(".png") && w.contains("/previews/"))
         .collect();
     assert_eq!(previews.len(), 2, "{out}");

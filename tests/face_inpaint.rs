@@ -14,6 +14,7 @@ use mmtt_generators::forge::{ForgeInput, PartMasks, composite};
 use mmtt_generators::geometry::{dilate, union_into};
 use mmtt_generators::landmarks::Landmarks68;
 use mmtt_generators::parts::Part;
+use std::ops::Add;
 use std::path::{Path, PathBuf};
 
 /// sRGB (8-bit) to CIE L*a*b* (D65).
@@ -312,7 +313,9 @@ fn part_swap_and_patch_inpaint_jobs_use_a_donor_and_keep_the_face() {
     for method in ["part-swap", "patch-inpaint"] {
         env.ok(&["forge", "--method", method, "--count", "2", "--seed", "11", "--wait"]);
     }
-    let rows: Vec<(String, String, String, String, Option<uuid::Uuid>, String, String)> = env.db.query(async |p| {
+    // (method, image, mask, target's path, donor, split, donor's split)
+    type Row = (String, String, String, String, Option<uuid::Uuid>, String, String);
+    let rows: Vec<Row> = env.db.query(async |p| {
         sqlx::query_as(
             "SELECT f.method, f.image_hash, f.mask_hash, s.original_path, f.donor_id, f.split, d.split FROM forgeries f \
              JOIN sources s ON s.id = f.target_id LEFT JOIN sources d ON d.id = f.donor_id ORDER BY f.method, s.original_path",

@@ -6,6 +6,7 @@ mod common;
 use mmtt_generators::detect::FaceFinder;
 use mmtt_generators::forge::classic_swap::shape_distance;
 use mmtt_generators::landmarks::Landmarks68;
+use std::ops::Add;
 use std::path::{Path, PathBuf};
 
 use common::{python, script};

@@ -7,6 +7,7 @@ use mmtt_generators::geometry::{Pt, count_set};
 use mmtt_generators::landmarks::{Landmarks68, merge_parts};
 use mmtt_generators::parts::Part;
 use mmtt_generators::plan::{self, MaskKind, PartSource, PlanStats, Purpose};
+use std::ops::{Add, Sub};
 
 /// chi-square critical value for 10 degrees of freedom at p = 0.001.
 const CHI2_10_P001: f64 = 29.588;

@@ -15,6 +15,7 @@
 use crate::geometry::Pt;
 use crate::landmarks::Landmarks68;
 use image::{RgbImage, imageops};
+use std::ops::{Add, Sub};
 
 /// The affine map from output pixel centres to source coordinates.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -6,6 +6,7 @@
 
 use image::{GrayImage, Luma};
 use serde::{Deserialize, Serialize};
+use std::ops::{Add, Sub};
 
 /// A point in image coordinates (x to the right, y down), in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -17,12 +18,6 @@ pub struct Pt {
 impl Pt {
     pub const fn new(x: f64, y: f64) -> Self {
         Self { x, y }
-    }
-    pub fn add(self, o: Pt) -> Pt {
-        Pt::new(self.x + o.x, self.y + o.y)
-    }
-    pub fn sub(self, o: Pt) -> Pt {
-        Pt::new(self.x - o.x, self.y - o.y)
     }
     pub fn scale(self, s: f64) -> Pt {
         Pt::new(self.x * s, self.y * s)
@@ -45,6 +40,20 @@ impl Pt {
     /// the image right this gives one pointing up.
     pub fn perp_up(self) -> Pt {
         Pt::new(self.y, -self.x)
+    }
+}
+
+impl std::ops::Add for Pt {
+    type Output = Pt;
+    fn add(self, o: Pt) -> Pt {
+        Pt::new(self.x + o.x, self.y + o.y)
+    }
+}
+
+impl std::ops::Sub for Pt {
+    type Output = Pt;
+    fn sub(self, o: Pt) -> Pt {
+        Pt::new(self.x - o.x, self.y - o.y)
     }
 }
 

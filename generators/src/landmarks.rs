@@ -31,6 +31,7 @@ use crate::parts::Part;
 use image::GrayImage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::ops::{Add, Sub};
 
 /// Version of the region construction rules above; stored with every derived part mask.
 pub const REGION_RULES_VERSION: u32 = 1;

@@ -6,7 +6,7 @@
 //! - [`import`]: `import`, `landmarks`, `sources list`.
 //! - [`masks`]: `masks plan|stats|simulate|preview`.
 //! - [`forge`]: `forge`, `worker`, `forgeries list`.
-//! - [`jobs`]: `jobs`.
+//! - [`jobs`]: `jobs` (the progress of long work).
 //! - [`generate`]: `generate` (one forgery from files).
 //! - [`export`]: `export`, `stats`.
 //! - [`eval`]: `eval captions|masks|report|labels`, `regions`.

@@ -23,7 +23,8 @@ pub struct SourceListing {
 
 /// Every source (of `dataset` when given), oldest first.
 pub async fn list(app: &App, dataset: Option<Dataset>) -> Result<Vec<SourceListing>> {
-    let rows: Vec<(uuid::Uuid, String, String, i32, String, Vec<String>, String, String)> = sqlx::query_as(
+    type Row = (uuid::Uuid, String, String, i32, String, Vec<String>, String, String);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, dataset, original_id, face_index, split, parts, image_hash, original_path FROM sources \
          WHERE ($1::text IS NULL OR dataset = $1) ORDER BY created_at, id",
     )

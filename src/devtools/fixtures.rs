@@ -92,14 +92,14 @@ pub fn celebamask(photos: &[PathBuf], out: &Path) -> Result<Vec<FixtureImage>> {
 /// The 68-point indices after a horizontal flip (iBUG mirror map).
 fn mirror_68(p: &[Pt; 68]) -> [Pt; 68] {
     let mut map = [0usize; 68];
-    for i in 0..17 {
-        map[i] = 16 - i; // jaw
+    for (i, m) in map[..17].iter_mut().enumerate() {
+        *m = 16 - i; // jaw
     }
     for i in 0..5 {
         map[17 + i] = 26 - i; // brows
     }
-    for i in 27..31 {
-        map[i] = i; // nose bridge
+    for (i, m) in map.iter_mut().enumerate().take(31).skip(27) {
+        *m = i; // nose bridge
     }
     for i in 0..5 {
         map[31 + i] = 35 - i; // nostrils
@@ -115,11 +115,7 @@ fn mirror_68(p: &[Pt; 68]) -> [Pt; 68] {
         map[*a] = *b;
         map[*b] = *a;
     }
-    let mut out = [Pt::default(); 68];
-    for i in 0..68 {
-        out[i] = p[map[i]];
-    }
-    out
+    map.map(|i| p[i])
 }
 
 /// Writes FFHQ-style inputs: `{out}/{n / 1000:05}/{n:05}.png`, 1024x1024 FFHQ-aligned crops of the

@@ -84,15 +84,14 @@ impl Env {
     }
 
     pub fn mmtt(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_mmtt"))
+        Command::new(env!("CARGO_BIN_EXE_mmtt"))
             .arg("--data-dir")
             .arg(self.data.path())
             .arg("--database-url")
             .arg(&self.db.url)
             .args(args)
             .output()
-            .expect("run mmtt");
-        out
+            .expect("run mmtt")
     }
 
     /// Runs mmtt, asserts success, returns stdout.

@@ -19,6 +19,7 @@ use super::{ForgeError, ForgeInput, Generator, check_input};
 use crate::geometry::Pt;
 use crate::landmarks::Landmarks68;
 use image::{GrayImage, RgbImage};
+use std::ops::{Add, Sub};
 
 #[derive(Debug, Clone)]
 pub struct ClassicSwap {

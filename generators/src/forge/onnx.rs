@@ -72,10 +72,10 @@ impl Manifest {
                 return Err(ForgeError::Input(format!("manifest {} has no input with role `{role}`", m.name)));
             }
         }
-        if let OutputRange::Auto(s) = &m.output_range {
-            if s != "auto" {
-                return Err(ForgeError::Input(format!("manifest {}: output_range must be [lo, hi] or \"auto\"", m.name)));
-            }
+        if let OutputRange::Auto(s) = &m.output_range
+            && s != "auto"
+        {
+            return Err(ForgeError::Input(format!("manifest {}: output_range must be [lo, hi] or \"auto\"", m.name)));
         }
         if m.outputs.len() != 1 {
             return Err(ForgeError::Input(format!("manifest {} must name exactly one output", m.name)));

@@ -94,8 +94,8 @@ impl Level {
                     if self.hole[i] {
                         any_hole = true;
                     } else {
-                        for c in 0..3 {
-                            acc[c] += self.px[i][c];
+                        for (a, v) in acc.iter_mut().zip(self.px[i]) {
+                            *a += v;
                         }
                         k += 1.0;
                     }
@@ -429,8 +429,8 @@ impl PatchInpaint {
                 let (mut s, mut k) = ([0.0f32; 3], 0.0f32);
                 for i in 0..l.px.len() {
                     if pick(i) {
-                        for c in 0..3 {
-                            s[c] += l.px[i][c];
+                        for (a, v) in s.iter_mut().zip(l.px[i]) {
+                            *a += v;
                         }
                         k += 1.0;
                     }
@@ -439,7 +439,7 @@ impl PatchInpaint {
             };
             let in_target = |i: usize| (i as i32 % l.w) < l.tw;
             let all = mean(&|i| in_target(i) && !l.hole[i]).unwrap_or([128.0; 3]);
-            let mut fill = vec![all; 8];
+            let mut fill = [all; 8];
             if guide.labelled {
                 let face = mean(&|i| in_target(i) && l.ok[i]).unwrap_or(all);
                 for (c, f) in fill.iter_mut().enumerate() {

@@ -36,10 +36,9 @@ pub fn find_onnxruntime() -> Result<PathBuf, ForgeError> {
             .args(["-c", "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))"])
             .stderr(std::process::Stdio::null())
             .output()
+            && out.status.success()
         {
-            if out.status.success() {
-                dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("capi"));
-            }
+            dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("capi"));
         }
     }
     for d in dirs {

@@ -355,8 +355,11 @@ pub struct Sdxl {
     /// What the last item used (its provenance).
     used: SdxlOptions,
     /// Cached prompt embeddings: (prompt, negative) -> (hidden [2,77,2048], pooled [2,1280]).
-    text_cache: Option<((String, String), ArrayD<f32>, ArrayD<f32>)>,
+    text_cache: Option<PromptCache>,
 }
+
+/// (prompt, negative) -> (hidden [2,77,2048], pooled [2,1280]).
+type PromptCache = ((String, String), ArrayD<f32>, ArrayD<f32>);
 
 /// Everything one run produced, for parity checks: the final latents and the generated image
 /// (HWC floats in 0..255, at the input's size).
@@ -421,10 +424,10 @@ impl Sdxl {
     /// Prompt embeddings for [negative, positive]: hidden [2, 77, 2048] and pooled [2, 1280].
     fn encode_prompts(&mut self, prompt: &str, negative: &str) -> Result<(ArrayD<f32>, ArrayD<f32>), ForgeError> {
         let key = (prompt.to_string(), negative.to_string());
-        if let Some((k, h, p)) = &self.text_cache {
-            if *k == key {
-                return Ok((h.clone(), p.clone()));
-            }
+        if let Some((k, h, p)) = &self.text_cache
+            && *k == key
+        {
+            return Ok((h.clone(), p.clone()));
         }
         let ids = |t: &ClipTokenizer| -> Result<ArrayD<i64>, ForgeError> {
             let mut v = t.encode(negative)?;
@@ -465,7 +468,7 @@ impl Sdxl {
         check_input(input)?;
         let (w, h) = input.target.dimensions();
         let size = self.manifest.model_size as usize;
-        if w != h || size % w as usize != 0 {
+        if w != h || !size.is_multiple_of(w as usize) {
             return Err(ForgeError::Input(format!("sdxl takes square faces whose side divides {size} (512 in MMTT), got {w}x{h}")));
         }
         let k = size / w as usize;

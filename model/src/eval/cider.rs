@@ -55,11 +55,11 @@ fn sim(h: &Vector, r: &Vector) -> [f64; N] {
         }
     }
     let penalty = std::f64::consts::E.powf(-(delta * delta) / (2.0 * SIGMA * SIGMA));
-    for n in 0..N {
-        if h.norm[n] != 0.0 && r.norm[n] != 0.0 {
-            val[n] /= h.norm[n] * r.norm[n];
+    for ((v, hn), rn) in val.iter_mut().zip(h.norm).zip(r.norm) {
+        if hn != 0.0 && rn != 0.0 {
+            *v /= hn * rn;
         }
-        val[n] *= penalty;
+        *v *= penalty;
     }
     val
 }

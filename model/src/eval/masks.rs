@@ -1,6 +1,7 @@
 //! `mmtt eval masks --gt DIR --pred DIR [--threshold T]` with spec section 10's rules: each mask
-//! converted to 8-bit luma as Pillow's `convert('L')` does (`(19595 R + 38470 G + 7471 B + 2^15)
-//! >> 16`; 16-bit grey clipped to 255, 16-bit colour by its high byte), forged where the value is
+//! converted to 8-bit luma as Pillow's `convert('L')` does
+//! (`(19595 R + 38470 G + 7471 B + 2^15) >> 16`; 16-bit grey clipped to 255, 16-bit colour by its
+//! high byte), forged where the value is
 //! above the threshold (127), the prediction resized to the ground truth's size with Pillow's
 //! NEAREST rule (source pixel `floor((x + 0.5) * src / dst)`). Per image IoU (1 when the union is
 //! empty), precision (if P is empty: 1 when G is empty, else 0), recall (if G is empty: 1 when P

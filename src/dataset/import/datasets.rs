@@ -17,6 +17,7 @@ use mmtt_generators::landmarks::{Landmarks68, REGION_RULES_VERSION};
 use mmtt_generators::mask::{encode_mask_png, encode_rgb_png};
 use mmtt_generators::parts::Part;
 use mmtt_generators::plan::PartSource;
+use std::ops::Add;
 use std::path::{Path, PathBuf};
 use walkdir::WalkDir;
 
@@ -84,9 +85,14 @@ pub struct FaceRecord {
     pub landmarks: Option<Landmarks68>,
     pub face_box: Option<FaceBox>,
     pub detector: Option<&'static str>,
-    /// (part, mask PNG, set pixels, origin)
-    pub parts: Vec<(Part, Vec<u8>, u64, String)>,
+    pub parts: Vec<PartMask>,
 }
+
+/// A part's mask ready to store: (part, mask PNG, set pixels, origin).
+pub type PartMask = (Part, Vec<u8>, u64, String);
+
+/// Files under an import root that are not images by extension, with the reason.
+pub type NotImages = Vec<(PathBuf, String)>;
 
 pub enum Outcome {
     Faces { cand: Candidate, original_size: (u32, u32), faces: Vec<FaceRecord> },
@@ -101,7 +107,7 @@ fn ext_lower(p: &Path) -> String {
 
 /// Lists the items under `root`, in a stable order. Files that are not images by extension are
 /// returned separately so they can be reported.
-pub fn discover(dataset: Dataset, root: &Path) -> anyhow::Result<(Vec<Candidate>, Vec<(PathBuf, String)>)> {
+pub fn discover(dataset: Dataset, root: &Path) -> anyhow::Result<(Vec<Candidate>, NotImages)> {
     if !root.is_dir() {
         anyhow::bail!("--root {} is not a directory", root.display());
     }
@@ -169,7 +175,7 @@ fn resize_512(img: &RgbImage) -> RgbImage {
     }
 }
 
-fn landmark_parts(lm: &Landmarks68) -> Result<Vec<(Part, Vec<u8>, u64, String)>, String> {
+fn landmark_parts(lm: &Landmarks68) -> Result<Vec<PartMask>, String> {
     let origin = format!("landmarks-v{REGION_RULES_VERSION}");
     lm.part_masks(FACE_SIZE, FACE_SIZE)
         .into_iter()

@@ -137,24 +137,24 @@ pub fn align(w1: &[&Word], w2: &[&Word], para: &impl Paraphrases) -> Counts {
     let one = |i, j, module| Match { start: i, length: 1, match_start: j, match_length: 1, module };
     let identical = n1 == n2 && w1.iter().zip(w2).all(|(a, b)| a.hash == b.hash);
     // exact
-    for i in 0..n2 {
-        for j in 0..n1 {
-            if w1[j].hash == w2[i].hash {
+    for (i, b) in w2.iter().enumerate() {
+        for (j, a) in w1.iter().enumerate() {
+            if a.hash == b.hash {
                 add(one(i, j, EXACT), &mut matches);
             }
         }
     }
     if !identical {
-        for i in 0..n2 {
-            for j in 0..n1 {
-                if w1[j].stem_hash == w2[i].stem_hash && w1[j].hash != w2[i].hash {
+        for (i, b) in w2.iter().enumerate() {
+            for (j, a) in w1.iter().enumerate() {
+                if a.stem_hash == b.stem_hash && a.hash != b.hash {
                     add(one(i, j, STEM), &mut matches);
                 }
             }
         }
-        for i in 0..n2 {
-            for j in 0..n1 {
-                if w1[j].hash != w2[i].hash && w1[j].synonyms.binary_search(&w2[i].id).is_ok() {
+        for (i, b) in w2.iter().enumerate() {
+            for (j, a) in w1.iter().enumerate() {
+                if a.hash != b.hash && a.synonyms.binary_search(&b.id).is_ok() {
                     add(one(i, j, SYNONYM), &mut matches);
                 }
             }
@@ -226,11 +226,11 @@ pub fn align(w1: &[&Word], w2: &[&Word], para: &impl Paraphrases) -> Counts {
     c.ref_function = w2.iter().filter(|w| w.function).count();
     for m in best.iter().flatten() {
         let md = m.module as usize;
-        for j in m.match_start..m.match_start + m.match_length {
-            if w1[j].function { c.function1[md] += 1 } else { c.content1[md] += 1 }
+        for w in &w1[m.match_start..m.match_start + m.match_length] {
+            if w.function { c.function1[md] += 1 } else { c.content1[md] += 1 }
         }
-        for j in m.start..m.start + m.length {
-            if w2[j].function { c.function2[md] += 1 } else { c.content2[md] += 1 }
+        for w in &w2[m.start..m.start + m.length] {
+            if w.function { c.function2[md] += 1 } else { c.content2[md] += 1 }
         }
     }
     c.chunks = count_chunks(&best);
@@ -296,8 +296,7 @@ fn resolve(flat: &[Match], offsets: &[usize], lay: &Layout, start: Vec<u32>) -> 
                 }
                 continue;
             }
-            for k in offsets[current]..offsets[current + 1] {
-                let m = &flat[k];
+            for (k, m) in flat.iter().enumerate().take(offsets[current + 1]).skip(offsets[current]) {
                 if lay.is_used(body, m) {
                     continue;
                 }

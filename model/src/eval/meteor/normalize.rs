@@ -153,9 +153,10 @@ impl Normalizer {
                     let next = toks.get(j + 1);
                     if sub.contains('.') && self.nbp1.is_match(sub) {
                         out.push_str(&tok.replace('.', ""));
-                    } else if kind == Some(1) || next.is_some_and(|n| self.nbp2.is_match(n)) {
-                        out.push_str(tok);
-                    } else if kind == Some(2) && next.is_some_and(|n| self.nbp3.is_match(n)) {
+                    } else if kind == Some(1)
+                        || next.is_some_and(|n| self.nbp2.is_match(n))
+                        || (kind == Some(2) && next.is_some_and(|n| self.nbp3.is_match(n)))
+                    {
                         out.push_str(tok);
                     } else {
                         out.push_str(sub);
