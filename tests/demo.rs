@@ -9,11 +9,8 @@ fn demo_imports_plans_and_writes_previews() {
     let env = common::Env::new();
     let out = env.ok(&["demo", "--seed", "3", "--no-serve"]);
     assert!(out.contains("import photos: 2 imported (2 faces)"), "{out}");
-    let previews: Vec<&str> = out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.ends_with(".png") && w.contains("/previews/"))
-        .collect();
+    let previews: Vec<&str> =
+        out.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.ends_with(".png") && w.contains("/previews/")).collect();
     assert_eq!(previews.len(), 2, "{out}");
     for p in previews {
         let img = image::open(p).unwrap_or_else(|e| panic!("{p}: {e}"));
