@@ -185,25 +185,38 @@ fn commands_and_servers_share_the_private_cluster() {
             .unwrap()
     };
     let spawn = |args: &[&str]| spawn_with(args, std::process::Stdio::piped());
-    let limit = std::time::Duration::from_secs(180);
-    // a server, serving: its address is on its first line
+    let limit = std::time::Duration::from_secs(120);
+    // a server, serving: its address is on its first line (a server that cannot start within the
+    // limit fails the test instead of hanging it)
     let serve = |args: &[&str]| -> (std::process::Child, String) {
         // the server's log goes to the test's output, so a full pipe never blocks it
         let mut child = spawn_with(args, std::process::Stdio::inherit());
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("serving on http://"), "the server did not start: {line}");
-        (child, line.trim().trim_start_matches("serving on ").to_string())
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(limit) {
+            Ok(line) if line.starts_with("serving on http://") => (child, line.trim().trim_start_matches("serving on ").to_string()),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a server beside the running one did not start within {limit:?} (it hangs on the cluster lock): {other:?}");
+            }
+        }
     };
     let (mut first, url) = serve(&["serve", "--bind", "127.0.0.1:0"]);
     // commands beside it, at the same time as each other
     let add = spawn(&["user", "add", "alice", "--role", "annotator", "--password", "correct horse battery"]);
     let jobs = spawn(&["jobs", "--json"]);
-    let (mut second, url2) = serve(&["serve", "--bind", "127.0.0.1:0"]);
     for (child, what) in [(add, "user add"), (jobs, "jobs --json")] {
         let out = wait_or_kill(child, limit, what);
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // and a second server
+    let (mut second, url2) = serve(&["serve", "--bind", "127.0.0.1:0"]);
     // both servers see the new user
     for u in [&url, &url2] {
         let rt = tokio::runtime::Runtime::new().unwrap();

@@ -290,7 +290,9 @@ fn open_lock(cluster: &Cluster, name: &str) -> Result<File> {
 
 /// The exclusive lock that serializes starts and stops (and joining and leaving the clients);
 /// released when dropped (closing the file releases the `flock`).
-struct StartLock(File);
+struct StartLock {
+    _file: File,
+}
 
 impl StartLock {
     fn take(cluster: &Cluster) -> Result<Self> {
@@ -298,7 +300,7 @@ impl StartLock {
         if !flock(&f, libc::LOCK_EX) {
             bail!("cannot lock {}", cluster.dir().join("start.lock").display());
         }
-        Ok(StartLock(f))
+        Ok(StartLock { _file: f })
     }
 }
 
