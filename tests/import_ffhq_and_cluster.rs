@@ -222,12 +222,7 @@ fn commands_and_servers_share_the_private_cluster() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let status = rt.block_on(async {
             let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-            c.post(format!("{u}/login"))
-                .form(&[("name", "alice"), ("password", "correct horse battery")])
-                .send()
-                .await
-                .unwrap()
-                .status()
+            c.post(format!("{u}/login")).form(&[("name", "alice"), ("password", "correct horse battery")]).send().await.unwrap().status()
         });
         assert_eq!(status, reqwest::StatusCode::SEE_OTHER, "signing in on {u}");
     }

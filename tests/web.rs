@@ -527,7 +527,11 @@ fn prefetch_claims_one_task_ahead_and_the_dashboard_counts() {
 
 /// The text of a page's textarea named `name`.
 fn textarea(page: &str, name: &str) -> String {
-    page.split(&format!("<textarea name=\"{name}\"")).nth(1).and_then(|s| s.split_once('>')).map(|(_, s)| s).unwrap_or_default()
+    page.split(&format!("<textarea name=\"{name}\""))
+        .nth(1)
+        .and_then(|s| s.split_once('>'))
+        .map(|(_, s)| s)
+        .unwrap_or_default()
         .split("</textarea>")
         .next()
         .unwrap_or_default()

@@ -281,7 +281,7 @@ pub fn highlight(text: &str, flagged: &[&str]) -> Vec<(String, bool)> {
     let mut out: Vec<(String, bool)> = Vec::new();
     for token in text.split_inclusive(char::is_whitespace) {
         let core: String = token.trim().trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
-        let hit = !core.is_empty() && words.iter().any(|w| *w == core);
+        let hit = !core.is_empty() && words.contains(&core);
         match out.last_mut() {
             Some((s, f)) if *f == hit => s.push_str(token),
             _ => out.push((token.to_string(), hit)),

@@ -15,8 +15,8 @@
 use super::auth::{Role, User};
 use super::{AppState, FormFields, WebError, render};
 use crate::dataset::annotation::{
-    Chip, MAX_WORDS, check_draft, check_text, chips, false_positive_labels, known_regions, manipulated_parts, parse_regions,
-    region_labels, word_count,
+    Chip, MAX_WORDS, check_draft, check_text, chips, false_positive_labels, known_regions, manipulated_parts, parse_regions, region_labels,
+    word_count,
 };
 use crate::storage::store::{BlobKey, BlobStore};
 use askama::Template;
@@ -349,16 +349,17 @@ pub async fn prefetch(
     .bind(task)
     .fetch_optional(&state.pool)
     .await?;
-    let next =
-        match ahead {
-            Some(t) => Some(t),
-            None => claim(
+    let next = match ahead {
+        Some(t) => Some(t),
+        None => {
+            claim(
                 &state,
                 &user,
                 "SELECT forgery_id FROM annotation_tasks WHERE status = 'open' ORDER BY forgery_id FOR UPDATE SKIP LOCKED LIMIT 1",
             )
-            .await?,
-        };
+            .await?
+        }
+    };
     Ok(Json(serde_json::json!({
         "next": next,
         "images": next.map(|t| ["original", "forged", "mask"].map(|k| format!("/images/{t}/{k}"))),

@@ -108,7 +108,9 @@ impl IntoResponse for WebError {
                 // the details (a database error, a path) stay in the log, under an id people can quote
                 let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
                 tracing::error!(error_id = %id, error = %m, "request failed");
-                format!("Something went wrong on the server (error {id}); nothing was changed by this request. Try again, or give the error id to an admin.")
+                format!(
+                    "Something went wrong on the server (error {id}); nothing was changed by this request. Try again, or give the error id to an admin."
+                )
             }
             other => other.to_string(),
         };
@@ -269,7 +271,8 @@ mod tests {
 
     #[tokio::test]
     async fn internal_errors_show_an_id_never_their_text() {
-        let r = WebError::Internal("error returned from database: invalid byte sequence for encoding \"UTF8\": 0x00".into()).into_response();
+        let r =
+            WebError::Internal("error returned from database: invalid byte sequence for encoding \"UTF8\": 0x00".into()).into_response();
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = String::from_utf8(axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
         assert!(!body.contains("database") && !body.contains("0x00"), "{body}");

@@ -8,8 +8,8 @@
 use super::auth::User;
 use super::{AppState, FormFields, WebError, render};
 use crate::dataset::annotation::{
-    Chip, MAX_COMMENT_CHARS, check_stored, check_text, chips, excerpt, false_positive_labels, highlight, known_regions,
-    manipulated_parts, parse_regions, region_labels,
+    Chip, MAX_COMMENT_CHARS, check_stored, check_text, chips, excerpt, false_positive_labels, highlight, known_regions, manipulated_parts,
+    parse_regions, region_labels,
 };
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
