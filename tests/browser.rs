@@ -149,8 +149,8 @@ fn three_roles_do_their_job_in_a_real_browser() {
         let task_url = ann.current_url().await.unwrap().to_string();
         let task: uuid::Uuid = task_url.rsplit('/').next().unwrap().parse().unwrap();
         // one region the mask covers and one it does not (a false positive to flag)
-        let manipulated = mmtt::web::review::manipulated_parts(&app.state, task).await.unwrap();
-        let covered = |l: &str| mmtt::web::review::label_parts(l).iter().any(|p| manipulated.iter().any(|m| m == p));
+        let manipulated = mmtt::dataset::annotation::manipulated_parts(&app.state.pool, app.state.store.as_ref(), task).await.unwrap();
+        let covered = |l: &str| mmtt::dataset::annotation::label_parts(l).iter().any(|p| manipulated.iter().any(|m| m == p));
         let (true_label, true_sentence) = *SENTENCES.iter().find(|(l, _)| covered(l)).expect("the mask covers a named region");
         let (fp_label, fp_sentence) = *SENTENCES.iter().rev().find(|(l, _)| !covered(l)).unwrap_or_else(|| panic!("the mask covers every region: {manipulated:?}"));
         // with the shortcut keys (F, +, -, 0) inside: typing them must not trigger shortcuts

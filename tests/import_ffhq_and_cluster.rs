@@ -144,3 +144,99 @@ fn private_cluster_lifecycle() {
     let (_, out) = mmtt(&["db", "status"]);
     assert!(out.starts_with("stopped"), "{out}");
 }
+
+/// Waits for a child at most `limit` (a hang guard, not a speed check): a command blocked on the
+/// cluster's locks would otherwise hang the test suite.
+fn wait_or_kill(mut child: std::process::Child, limit: std::time::Duration, what: &str) -> std::process::Output {
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "`{what}` still had not finished after {limit:?} beside a running server: it hangs on the cluster lock\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Any number of commands and servers share the private cluster: while `mmtt serve` runs, a
+/// second server and other commands start, work and finish; the last one out stops the server.
+#[test]
+fn commands_and_servers_share_the_private_cluster() {
+    use std::io::BufRead;
+    let data = tempfile::Builder::new().prefix("mmtt-pg").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spawn_with = |args: &[&str], stderr: std::process::Stdio| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mmtt"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    let spawn = |args: &[&str]| spawn_with(args, std::process::Stdio::piped());
+    let limit = std::time::Duration::from_secs(120);
+    // a server, serving: its address is on its first line (a server that cannot start within the
+    // limit fails the test instead of hanging it)
+    let serve = |args: &[&str]| -> (std::process::Child, String) {
+        // the server's log goes to the test's output, so a full pipe never blocks it
+        let mut child = spawn_with(args, std::process::Stdio::inherit());
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(limit) {
+            Ok(line) if line.starts_with("serving on http://") => (child, line.trim().trim_start_matches("serving on ").to_string()),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a server beside the running one did not start within {limit:?} (it hangs on the cluster lock): {other:?}");
+            }
+        }
+    };
+    let (mut first, url) = serve(&["serve", "--bind", "127.0.0.1:0"]);
+    // commands beside it, at the same time as each other
+    let add = spawn(&["user", "add", "alice", "--role", "annotator", "--password", "correct horse battery"]);
+    let jobs = spawn(&["jobs", "--json"]);
+    for (child, what) in [(add, "user add"), (jobs, "jobs --json")] {
+        let out = wait_or_kill(child, limit, what);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // and a second server
+    let (mut second, url2) = serve(&["serve", "--bind", "127.0.0.1:0"]);
+    // both servers see the new user
+    for u in [&url, &url2] {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let status = rt.block_on(async {
+            let c = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+            c.post(format!("{u}/login")).form(&[("name", "alice"), ("password", "correct horse battery")]).send().await.unwrap().status()
+        });
+        assert_eq!(status, reqwest::StatusCode::SEE_OTHER, "signing in on {u}");
+    }
+    let status = || {
+        let out = wait_or_kill(spawn(&["db", "status"]), limit, "db status");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // the first server leaves: the second still uses the cluster, so it keeps running
+    // SAFETY: signalling a child we spawned.
+    unsafe { libc::kill(first.id() as i32, libc::SIGINT) };
+    assert!(first.wait().unwrap().success());
+    assert!(status().starts_with("running"), "{}", status());
+    // the last one out stops it
+    unsafe { libc::kill(second.id() as i32, libc::SIGINT) };
+    assert!(second.wait().unwrap().success());
+    assert!(status().starts_with("stopped"), "{}", status());
+}

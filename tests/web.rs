@@ -524,3 +524,153 @@ fn prefetch_claims_one_task_ahead_and_the_dashboard_counts() {
         assert!(dash.contains("patch-inpaint"), "per-method row and the job");
     });
 }
+
+/// The text of a page's textarea named `name`.
+fn textarea(page: &str, name: &str) -> String {
+    page.split(&format!("<textarea name=\"{name}\""))
+        .nth(1)
+        .and_then(|s| s.split_once('>'))
+        .map(|(_, s)| s)
+        .unwrap_or_default()
+        .split("</textarea>")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Bad input to every stored text field (over-long, a NUL byte, an unknown region, an absurd login
+/// name) is refused with a message, the text kept, nothing stored, and no database error shown.
+#[test]
+fn bad_text_is_refused_kept_and_never_stored() {
+    let env = world();
+    rt().block_on(async {
+        let app = spawn_app(&env, WebConfig { min_seconds: 0.0, heartbeat_seconds: 1.0, ..WebConfig::default() }).await;
+        let (c, csrf) = login(&app, "ann").await;
+        let loc = c.get(format!("{}/annotate/next", app.base)).send().await.unwrap().headers()["location"].to_str().unwrap().to_string();
+        let task = loc.rsplit('/').next().unwrap().to_string();
+        let submit = |fields: Vec<(&'static str, String)>| {
+            let mut form = vec![("csrf", csrf.clone())];
+            form.extend(fields);
+            c.post(format!("{}/annotate/{task}/submit", app.base)).form(&form).send()
+        };
+        let stored = async || -> i64 { sqlx::query_scalar("SELECT count(*) FROM annotations").fetch_one(&app.pool).await.unwrap() };
+        let no_db_error = |body: &str| {
+            for leak in ["invalid byte sequence", "error returned from database", "sqlx", "index row", "0x00"] {
+                assert!(!body.contains(leak), "a database error reached the page: {body}");
+            }
+        };
+
+        // a 1,000,018-character explanation: refused with the limit, nothing stored
+        let huge = format!("The eye is odd. {}", "x".repeat(1_000_002));
+        let r = submit(vec![("text", huge)]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("at most 2000 are allowed"), "{}", &body[..body.len().min(2000)]);
+        assert_eq!(stored().await, 0);
+
+        // a NUL byte: 422 with the text kept and the reason, not a 500 with the database's words
+        let nul = "The nose is\0 smeared.";
+        let r = submit(vec![("text", nul.to_string())]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("NUL character"), "{body}");
+        assert!(textarea(&body, "text").contains("The nose is"), "the text is kept: {body}");
+        no_db_error(&body);
+        assert_eq!(stored().await, 0);
+
+        // an unknown region: refused like every other rule, with the text and the valid chips kept
+        let r = submit(vec![
+            ("text", "The left eye is blurred.".into()),
+            ("chips", "1".into()),
+            ("region", "eye".into()),
+            ("region", "elbow".into()),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("unknown region label `elbow`"), "{body}");
+        assert_eq!(textarea(&body, "text"), "The left eye is blurred.");
+        assert!(body.contains("value=\"eye\" checked"), "the valid chip stays on");
+        assert_eq!(stored().await, 0);
+
+        // drafts: over 20,000 bytes or with a NUL byte are refused and leave the stored draft as it was
+        let draft = |text: String| {
+            c.post(format!("{}/annotate/{task}/draft", app.base)).header("x-csrf-token", &csrf).json(&serde_json::json!({"text": text})).send()
+        };
+        assert_eq!(draft("kept draft".into()).await.unwrap().status(), StatusCode::OK);
+        for bad in ["y".repeat(20_001), "a draft with \0 inside".to_string()] {
+            let r = draft(bad).await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            let body = r.text().await.unwrap();
+            assert!(body.contains("at most 20000 are allowed") || body.contains("NUL character"), "{body}");
+            no_db_error(&body);
+        }
+        let kept: Option<String> =
+            sqlx::query_scalar("SELECT draft FROM annotation_tasks WHERE forgery_id = $1::uuid").bind(&task).fetch_one(&app.pool).await.unwrap();
+        assert_eq!(kept.as_deref(), Some("kept draft"));
+
+        // a good submission, then the reviewer's edits and comments are bounded the same way
+        let r = submit(vec![("text", "The hair has a hard seam.".into())]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM annotations").fetch_one(&app.pool).await.unwrap();
+        let (rc, rcsrf) = login(&app, "rev").await;
+        let page = rc.get(format!("{}/review/{id}", app.base)).send().await.unwrap().text().await.unwrap();
+        let v = version_on(&page);
+        let accept = |text: String, comment: String| {
+            rc.post(format!("{}/review/{id}/accept", app.base))
+                .form(&[("csrf", rcsrf.as_str()), ("version", v.as_str()), ("text", text.as_str()), ("comment", comment.as_str())])
+                .send()
+        };
+        let r = accept("The hair has\0 a seam.".into(), String::new()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("NUL character") && textarea(&body, "text").contains("The hair has"), "{body}");
+        no_db_error(&body);
+        let r = accept("The hair has a seam.".into(), "c".repeat(2_001)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().contains("the comment has 2001 characters"));
+        let r = rc
+            .post(format!("{}/review/{id}/return", app.base))
+            .form(&[("csrf", rcsrf.as_str()), ("version", v.as_str()), ("comment", &format!("Say which seam.{}", "!".repeat(2_000)))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body = r.text().await.unwrap();
+        assert!(textarea(&body, "comment").starts_with("Say which seam."), "the comment is kept");
+        let (status, revisions): (String, i64) = sqlx::query_as(
+            "SELECT a.status, (SELECT count(*) FROM annotation_revisions r WHERE r.annotation_id = a.id) FROM annotations a WHERE a.id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!((status.as_str(), revisions), ("submitted", 1), "nothing stored by the refused reviews");
+
+        // an admin adding a user with an absurd name gets a bounded message, not a 500
+        let (ac, acsrf) = login(&app, "adm").await;
+        let long_name = "n".repeat(10_000);
+        let r = ac
+            .post(format!("{}/admin/users", app.base))
+            .form(&[("csrf", acsrf.as_str()), ("name", long_name.as_str()), ("role", "annotator"), ("password", "a long password")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().len() < 10_000, "the message does not echo the whole name");
+
+        // login names of 10,000 random characters: refused, counted, and throttled like any failure
+        let before: i64 = sqlx::query_scalar("SELECT count(*) FROM login_failures").fetch_one(&app.pool).await.unwrap();
+        let anon = client();
+        for k in 0..5 {
+            let name: String = (0..10_000).map(|i| char::from_u32(0x4e00 + ((i * 7919 + k * 104_729) % 20_000) as u32).unwrap()).collect();
+            let r = anon.post(format!("{}/login", app.base)).form(&[("name", name.as_str()), ("password", "whatever it is")]).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "attempt {k}");
+        }
+        let after: i64 = sqlx::query_scalar("SELECT count(*) FROM login_failures").fetch_one(&app.pool).await.unwrap();
+        assert_eq!(after - before, 5, "every attempt is counted");
+        let r = anon.post(format!("{}/login", app.base)).form(&[("name", "ann"), ("password", PASSWORD)]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "the address is throttled");
+    });
+}

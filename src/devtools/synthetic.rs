@@ -146,7 +146,7 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
             let start = (rng.next_u64() % PARTS.len() as u64) as usize;
             let parts: Vec<String> = (0..k).map(|j| PARTS[(start + j * 2) % PARTS.len()].to_string()).collect();
             c.regions.push(crate::dataset::annotation::region_labels(t).join(","));
-            c.fp.push(crate::web::review::false_positive_labels(t, &[], &parts).join(","));
+            c.fp.push(crate::dataset::annotation::false_positive_labels(t, &[], &parts).join(","));
             c.parts.push(parts.join(","));
             c.words.push(crate::dataset::annotation::word_count(t) as i32);
             c.active.push(60.0 + (rng.next_u64() % 240) as f64);

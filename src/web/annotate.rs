@@ -1,15 +1,23 @@
 //! The annotator's work: claim the next forged image under a lease, credit active time from
 //! heartbeats, keep drafts, submit or skip. The server enforces every rule; the page mirrors them.
 //!
-//! - Claim: the annotator's own live task first (reopening restores it), else the oldest open or
-//!   lease-expired task, locked with `FOR UPDATE SKIP LOCKED`: no two annotators hold one task.
+//! - Claim: the annotator's own live task first (reopening restores it), else one a reviewer
+//!   returned to them, else the first open task, else the longest-expired lease, locked with
+//!   `FOR UPDATE SKIP LOCKED`: no two annotators hold one task. Each step reads one partial index
+//!   (migrations/0011), so a claim costs the same at any number of tasks and annotations.
+//! - Refusals (a rule, an unknown chip, an over-long text, a NUL byte) answer 422 with the page
+//!   and the annotator's text; nothing is stored. Access (annotators and admins) is checked by the
+//!   router; each POST checks its CSRF token here.
 //! - Active time: each heartbeat credits the time since the previous one, at most one heartbeat
 //!   interval; the page sends them only while visible and in use, so a background tab earns
 //!   nothing. Elapsed time since the claim is recorded beside it.
 
 use super::auth::{Role, User};
 use super::{AppState, FormFields, WebError, render};
-use crate::dataset::annotation::{MAX_WORDS, REGION_LABELS, TextError, check_text, region_labels, word_count};
+use crate::dataset::annotation::{
+    Chip, MAX_WORDS, check_draft, check_text, chips, false_positive_labels, known_regions, manipulated_parts, parse_regions, region_labels,
+    word_count,
+};
 use crate::storage::store::{BlobKey, BlobStore};
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
@@ -19,13 +27,11 @@ use axum::{Form, Json};
 use serde::Deserialize;
 use sqlx::Row;
 
-/// Drafts longer than this are refused (far beyond 120 words).
-pub const MAX_DRAFT_BYTES: usize = 20_000;
+pub use crate::dataset::annotation::MAX_DRAFT_BYTES;
 
 pub async fn next(State(state): State<AppState>, user: User) -> Result<Response, WebError> {
-    user.require(Role::Annotator)?;
     // one round trip: own live task, else returned to them, else open, else lease-expired
-    // (migrations/0005: mmtt_next_task, claims with FOR UPDATE SKIP LOCKED)
+    // (migrations/0011: mmtt_next_task, claims with FOR UPDATE SKIP LOCKED, one partial index per step)
     let task: Option<uuid::Uuid> = sqlx::query_scalar("SELECT mmtt_next_task($1, $2)")
         .bind(user.id)
         .bind(state.config.lease.as_secs_f64())
@@ -87,8 +93,9 @@ async fn not_held(state: &AppState, user: &User, task: uuid::Uuid) -> WebError {
 async fn held(state: &AppState, user: &User, task: uuid::Uuid) -> Result<sqlx::postgres::PgRow, WebError> {
     sqlx::query(
         "SELECT t.active_seconds, extract(epoch FROM now() - t.claimed_at)::float8, t.draft, t.draft_regions, \
-           (SELECT r.comment FROM annotations a JOIN annotation_revisions r ON r.annotation_id = a.id \
-             WHERE a.forgery_id = t.forgery_id AND a.status = 'returned' AND r.action = 'return' ORDER BY r.id DESC LIMIT 1) \
+           (SELECT r.comment FROM annotation_revisions r \
+             WHERE r.annotation_id = (SELECT a.id FROM annotations a WHERE a.forgery_id = t.forgery_id AND a.status = 'returned') \
+               AND r.action = 'return' ORDER BY r.id DESC LIMIT 1) \
          FROM annotation_tasks t WHERE t.forgery_id = $1 AND t.annotator_id = $2 AND t.status = 'claimed' AND t.lease_until > now()",
     )
     .bind(task)
@@ -96,38 +103,6 @@ async fn held(state: &AppState, user: &User, task: uuid::Uuid) -> Result<sqlx::p
     .fetch_optional(&state.pool)
     .await?
     .ok_or(WebError::NotFound)
-}
-
-/// One of the 21 region chips on a page.
-pub struct Chip {
-    pub label: &'static str,
-    pub on: bool,
-    pub suggested: bool,
-}
-
-/// All 21 chips, `chosen` switched on, the text's suggestions marked.
-pub fn chips(text: &str, chosen: &[&str]) -> Vec<Chip> {
-    let suggested = region_labels(text);
-    REGION_LABELS.iter().map(|(l, _)| Chip { label: l, on: chosen.contains(l), suggested: suggested.contains(l) }).collect()
-}
-
-/// Parses chosen region labels; each must be one of the 21.
-pub fn parse_regions<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Vec<&'static str>, WebError> {
-    let mut out: Vec<&'static str> = Vec::new();
-    for v in values {
-        let label = REGION_LABELS.iter().map(|(l, _)| *l).find(|l| *l == v.trim()).ok_or_else(|| {
-            WebError::Unprocessable(format!(
-                "unknown region label `{v}`: use one of {}",
-                REGION_LABELS.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-        if !out.contains(&label) {
-            out.push(label);
-        }
-    }
-    // the release's order
-    out.sort_by_key(|l| REGION_LABELS.iter().position(|(x, _)| x == l));
-    Ok(out)
 }
 
 #[derive(Template)]
@@ -183,9 +158,8 @@ async fn page_for(
 }
 
 pub async fn page(State(state): State<AppState>, user: User, Path(task): Path<uuid::Uuid>) -> Result<Html<String>, WebError> {
-    user.require(Role::Annotator)?;
     let row = held(&state, &user, task).await?;
-    let regions = row.get::<Option<Vec<String>>, _>(3).map(|r| parse_regions(r.iter().map(String::as_str))).transpose()?;
+    let regions = row.get::<Option<Vec<String>>, _>(3).map(|r| known_regions(r.iter().map(String::as_str)));
     page_for(&state, &user, task, row.get::<Option<String>, _>(2).unwrap_or_default(), regions, row.get(0), row.get(4), None).await
 }
 
@@ -200,7 +174,6 @@ pub async fn heartbeat(
     headers: HeaderMap,
     Path(task): Path<uuid::Uuid>,
 ) -> Result<Json<serde_json::Value>, WebError> {
-    user.require(Role::Annotator)?;
     user.check_csrf(csrf_header(&headers))?;
     let row = sqlx::query(
         "UPDATE annotation_tasks SET active_seconds = active_seconds + CASE WHEN last_heartbeat IS NULL THEN 0 \
@@ -235,12 +208,15 @@ pub async fn draft(
     Path(task): Path<uuid::Uuid>,
     Json(b): Json<DraftBody>,
 ) -> Result<Json<serde_json::Value>, WebError> {
-    user.require(Role::Annotator)?;
     user.check_csrf(csrf_header(&headers))?;
-    if b.text.len() > MAX_DRAFT_BYTES {
-        return Err(WebError::Unprocessable(format!("the draft is over {MAX_DRAFT_BYTES} bytes")));
-    }
-    let regions = b.regions.as_ref().map(|r| parse_regions(r.iter().map(String::as_str))).transpose()?;
+    // refused drafts change nothing; the text stays in the annotator's page
+    check_draft(&b.text).map_err(|e| WebError::Unprocessable(e.to_string()))?;
+    let regions = b
+        .regions
+        .as_ref()
+        .map(|r| parse_regions(r.iter().map(String::as_str)))
+        .transpose()
+        .map_err(|e| WebError::Unprocessable(e.to_string()))?;
     let n = sqlx::query(
         "UPDATE annotation_tasks SET draft = $3, draft_regions = $4, updated_at = now() \
          WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' AND lease_until > now()",
@@ -266,11 +242,15 @@ pub async fn submit(
     Path(task): Path<uuid::Uuid>,
     RawForm(body): RawForm,
 ) -> Result<Response, WebError> {
-    user.require(Role::Annotator)?;
     let f = FormFields::parse(&body);
     user.check_csrf(f.get("csrf"))?;
     let text = f.get("text").unwrap_or_default().to_string();
-    let chosen = if f.get("chips").is_some() { Some(parse_regions(f.all("region"))?) } else { None };
+    // an unknown chip is refused like every other rule: the page again, with the text
+    let (chosen, bad_region) = match f.get("chips").map(|_| parse_regions(f.all("region"))) {
+        None => (None, None),
+        Some(Ok(r)) => (Some(r), None),
+        Some(Err(e)) => (Some(known_regions(f.all("region"))), Some(e.to_string())),
+    };
     // Checks and reads first, outside any transaction: a transaction never waits for a second
     // pool connection (under load that would starve the pool).
     let Ok(row) = held(&state, &user, task).await else { return Err(not_held(&state, &user, task).await) };
@@ -282,9 +262,12 @@ pub async fn submit(
         )
             .into_response())
     };
+    if let Some(msg) = bad_region {
+        return refuse(format!("{msg}. Your text is kept.")).await;
+    }
     let words = match check_text(&text) {
         Ok(n) => n,
-        Err(e @ (TextError::Empty | TextError::TooLong(_))) => return refuse(e.to_string()).await,
+        Err(e) => return refuse(e.to_string()).await,
     };
     if active < state.config.min_seconds {
         let left = (state.config.min_seconds - active).ceil();
@@ -295,8 +278,8 @@ pub async fn submit(
         .await;
     }
     let regions: Vec<&str> = chosen.clone().unwrap_or_else(|| region_labels(&text));
-    let manipulated = super::review::manipulated_parts(&state, task).await?;
-    let fp = super::review::false_positive_labels(&text, &regions, &manipulated);
+    let manipulated = manipulated_parts(&state.pool, state.store.as_ref(), task).await?;
+    let fp = false_positive_labels(&text, &regions, &manipulated);
     // then the writes, with the hold checked again under the row lock
     let mut tx = state.pool.begin().await?;
     let row = sqlx::query(
@@ -356,7 +339,6 @@ pub async fn prefetch(
     headers: HeaderMap,
     Path(task): Path<uuid::Uuid>,
 ) -> Result<Json<serde_json::Value>, WebError> {
-    user.require(Role::Annotator)?;
     user.check_csrf(csrf_header(&headers))?;
     held(&state, &user, task).await?;
     let ahead: Option<uuid::Uuid> = sqlx::query_scalar(
@@ -367,16 +349,17 @@ pub async fn prefetch(
     .bind(task)
     .fetch_optional(&state.pool)
     .await?;
-    let next =
-        match ahead {
-            Some(t) => Some(t),
-            None => claim(
+    let next = match ahead {
+        Some(t) => Some(t),
+        None => {
+            claim(
                 &state,
                 &user,
-                "SELECT forgery_id FROM annotation_tasks WHERE status = 'open' ORDER BY status, forgery_id FOR UPDATE SKIP LOCKED LIMIT 1",
+                "SELECT forgery_id FROM annotation_tasks WHERE status = 'open' ORDER BY forgery_id FOR UPDATE SKIP LOCKED LIMIT 1",
             )
-            .await?,
-        };
+            .await?
+        }
+    };
     Ok(Json(serde_json::json!({
         "next": next,
         "images": next.map(|t| ["original", "forged", "mask"].map(|k| format!("/images/{t}/{k}"))),
@@ -395,7 +378,6 @@ pub async fn skip(
     Path(task): Path<uuid::Uuid>,
     Form(f): Form<SkipForm>,
 ) -> Result<Response, WebError> {
-    user.require(Role::Annotator)?;
     user.check_csrf(f.csrf.as_deref())?;
     if !["broken_image", "no_visible_forgery"].contains(&f.reason.as_str()) {
         return Err(WebError::Unprocessable("skip reasons are broken_image and no_visible_forgery".into()));

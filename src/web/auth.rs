@@ -1,5 +1,8 @@
 //! Accounts and sessions: argon2id password hashes, random session tokens stored hashed,
 //! HttpOnly SameSite=Strict cookies, a CSRF token per session, login throttling.
+//!
+//! [`authenticate`] is the one place a request is signed in (the router's guard calls it for every
+//! non-public route); another credential (a bearer token for scripts) plugs in there.
 
 use super::{AppState, WebError};
 use argon2::Argon2;
@@ -50,7 +53,10 @@ impl FromStr for Role {
             "annotator" => Ok(Role::Annotator),
             "reviewer" => Ok(Role::Reviewer),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role `{other}`: use annotator, reviewer or admin")),
+            other => Err(format!(
+                "unknown role `{}`: use annotator, reviewer or admin",
+                crate::dataset::annotation::excerpt(other, 20).escape_debug()
+            )),
         }
     }
 }
@@ -60,9 +66,17 @@ impl FromStr for Role {
 pub struct UserName(String);
 
 impl UserName {
+    pub const MAX_LEN: usize = 64;
     pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if ok { Ok(UserName(s.to_string())) } else { Err(format!("`{s}` is not a user name: use 1-64 letters, digits, `_`, `.` or `-`")) }
+        let ok = !s.is_empty() && s.len() <= Self::MAX_LEN && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if ok {
+            Ok(UserName(s.to_string()))
+        } else {
+            Err(format!(
+                "`{}` is not a user name: use 1-64 letters, digits, `_`, `.` or `-`",
+                crate::dataset::annotation::excerpt(s, Self::MAX_LEN).escape_debug()
+            ))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -90,13 +104,43 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Passwords have at most this many bytes (a login with a longer one is refused unhashed).
+pub const MAX_PASSWORD_BYTES: usize = 1_024;
+
+/// Why a user was not added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddUserError {
+    #[error("the password is too short: use at least 8 characters")]
+    PasswordTooShort,
+    #[error("the password is too long or holds a NUL character: use at most {MAX_PASSWORD_BYTES} bytes of text")]
+    PasswordUnusable,
+    #[error("a user named `{0}` already exists")]
+    Taken(String),
+    #[error("could not hash the password: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<AddUserError> for WebError {
+    fn from(e: AddUserError) -> Self {
+        match e {
+            AddUserError::Hash(_) | AddUserError::Database(_) => WebError::Internal(e.to_string()),
+            other => WebError::Unprocessable(other.to_string()),
+        }
+    }
+}
+
 /// Creates a user; returns its id. Refuses a taken name.
-pub async fn add_user(pool: &sqlx::PgPool, name: &UserName, role: Role, password: &str) -> anyhow::Result<uuid::Uuid> {
+pub async fn add_user(pool: &sqlx::PgPool, name: &UserName, role: Role, password: &str) -> Result<uuid::Uuid, AddUserError> {
     if password.chars().count() < 8 {
-        anyhow::bail!("the password is too short: use at least 8 characters");
+        return Err(AddUserError::PasswordTooShort);
+    }
+    if password.len() > MAX_PASSWORD_BYTES || password.contains('\0') {
+        return Err(AddUserError::PasswordUnusable);
     }
     let id = uuid::Uuid::new_v4();
-    let hash = hash_password(password)?;
+    let hash = hash_password(password).map_err(|e| AddUserError::Hash(e.to_string()))?;
     let r = sqlx::query("INSERT INTO users (id, name, role, password_hash) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING")
         .bind(id)
         .bind(name.as_str())
@@ -105,7 +149,7 @@ pub async fn add_user(pool: &sqlx::PgPool, name: &UserName, role: Role, password
         .execute(pool)
         .await?;
     if r.rows_affected() == 0 {
-        anyhow::bail!("a user named `{}` already exists", name.as_str());
+        return Err(AddUserError::Taken(name.as_str().to_string()));
     }
     Ok(id)
 }
@@ -120,6 +164,8 @@ pub struct User {
 }
 
 impl User {
+    /// Whether the user has `role` (admins have every role). Routes need not call it: the route
+    /// table's access column is enforced by the router ([`super::guard`]).
     pub fn require(&self, role: Role) -> Result<(), WebError> {
         if self.role == Role::Admin || self.role == role { Ok(()) } else { Err(WebError::Forbidden) }
     }
@@ -172,30 +218,43 @@ impl SessionCache {
     }
 }
 
+/// Signs a request in: the user of its session cookie, `None` without a valid one. The router's
+/// guard calls this for every non-public route; it is the hook for other credentials (a bearer
+/// token for scripts: look it up here, before or after the cookie, and return its user).
+pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Option<User>, WebError> {
+    let Some(token) = cookie_token(parts) else { return Ok(None) };
+    let hash = token_hash(&token);
+    if let Some(u) = state.sessions.get(&hash) {
+        return Ok(Some(u));
+    }
+    let Some(row) = sqlx::query(
+        "SELECT u.id, u.name, u.role, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id \
+         WHERE s.token_hash = $1 AND s.expires_at > now() AND NOT u.disabled",
+    )
+    .bind(&hash)
+    .fetch_optional(&state.pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let user = User {
+        id: row.get(0),
+        name: row.get(1),
+        role: row.get::<&str, _>(2).parse().map_err(|_| WebError::Internal("bad role in the database".into()))?,
+        csrf: row.get(3),
+    };
+    state.sessions.put(hash, user.clone());
+    Ok(Some(user))
+}
+
+/// The signed-in user, as the router's guard found it (or, on a route without one, signed in now).
 impl FromRequestParts<AppState> for User {
     type Rejection = WebError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = cookie_token(parts).ok_or(WebError::Unauthenticated)?;
-        let hash = token_hash(&token);
-        if let Some(u) = state.sessions.get(&hash) {
-            return Ok(u);
+        if let Some(u) = parts.extensions.get::<User>() {
+            return Ok(u.clone());
         }
-        let row = sqlx::query(
-            "SELECT u.id, u.name, u.role, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.token_hash = $1 AND s.expires_at > now() AND NOT u.disabled",
-        )
-        .bind(&hash)
-        .fetch_optional(&state.pool)
-        .await?
-        .ok_or(WebError::Unauthenticated)?;
-        let user = User {
-            id: row.get(0),
-            name: row.get(1),
-            role: row.get::<&str, _>(2).parse().map_err(|_| WebError::Internal("bad role in the database".into()))?,
-            csrf: row.get(3),
-        };
-        state.sessions.put(hash, user.clone());
-        Ok(user)
+        authenticate(state, parts).await?.ok_or(WebError::Unauthenticated)
     }
 }
 
@@ -206,7 +265,13 @@ pub enum Login {
     Throttled,
 }
 
+/// Checks a name and password. Every failure is counted in `login_failures` (by name and by
+/// address) and throttles; a name that cannot be a user name, or an over-long password, fails
+/// before any lookup or hash (it is recorded cut to [`UserName::MAX_LEN`] characters).
 pub async fn login(state: &AppState, name: &str, password: &str, ip: &str) -> Result<Login, WebError> {
+    let valid = UserName::parse(name).is_ok() && password.len() <= MAX_PASSWORD_BYTES && !password.contains('\0');
+    let name = crate::dataset::annotation::excerpt(name, UserName::MAX_LEN).replace('\0', "\u{fffd}");
+    let name = name.as_str();
     let recent: i64 = sqlx::query_scalar(
         "SELECT greatest((SELECT count(*) FROM login_failures WHERE name = $1 AND at > now() - make_interval(mins => $3)), \
                          (SELECT count(*) FROM login_failures WHERE ip = $2 AND at > now() - make_interval(mins => $3)))",
@@ -218,6 +283,10 @@ pub async fn login(state: &AppState, name: &str, password: &str, ip: &str) -> Re
     .await?;
     if recent >= MAX_FAILURES {
         return Ok(Login::Throttled);
+    }
+    if !valid {
+        sqlx::query("INSERT INTO login_failures (name, ip) VALUES ($1, $2)").bind(name).bind(ip).execute(&state.pool).await?;
+        return Ok(Login::Refused);
     }
     let row =
         sqlx::query("SELECT id, password_hash FROM users WHERE name = $1 AND NOT disabled").bind(name).fetch_optional(&state.pool).await?;

@@ -3,7 +3,7 @@
 //! with their progress. Every figure is one aggregate query over the store, so the page stays
 //! fast at dataset scale (128k samples).
 
-use super::auth::{Role, User};
+use super::auth::User;
 use super::{AppState, WebError, render};
 use askama::Template;
 use axum::extract::State;
@@ -171,7 +171,6 @@ pub async fn annotator_figures(pool: &sqlx::PgPool) -> Result<Vec<AnnotatorRow>,
 }
 
 pub async fn dashboard(State(state): State<AppState>, user: User) -> Result<Html<String>, WebError> {
-    user.require(Role::Admin)?;
     let mut states = state_counts(&state.pool).await?;
     let total = states.pop().ok_or_else(|| WebError::Internal("no total row".into()))?;
     let mut annotators = annotator_figures(&state.pool).await?;
@@ -251,7 +250,6 @@ fn svg_data_uri(svg: &str) -> String {
 
 /// Spec section 6 statistics with their charts (accepted captions).
 pub async fn stats(State(state): State<AppState>, user: User) -> Result<Html<String>, WebError> {
-    user.require(Role::Admin)?;
     let t = std::time::Instant::now();
     let (samples, faces) = crate::dataset::stats::load(&state.pool, &crate::dataset::stats::Scope::default()).await?;
     let st = crate::dataset::stats::Stats::compute(&samples, faces);

@@ -1,6 +1,12 @@
 //! The browser side: server-rendered pages (askama) and small JSON endpoints (axum), on the
-//! PostgreSQL store. Every route is declared once in [`route_table`] with the roles it admits, so
-//! the route-by-role test covers every route.
+//! PostgreSQL store. Every route is declared once in [`route_table`] with the roles it admits;
+//! the router enforces that column itself ([`guard`], a middleware per route, which signs the
+//! request in through [`auth::authenticate`] and puts the [`auth::User`] in the request's
+//! extensions), so handlers hold no role checks, and the route-by-role test covers every route.
+//! Handlers still check the CSRF token of every POST.
+//!
+//! Errors: a [`WebError`] is a status and a message for people; an internal error (a database or
+//! store failure) is logged with an id and shown only as that id, never as its text.
 //!
 //! - [`auth`]: accounts, sessions, CSRF, login throttling.
 //! - [`annotate`]: the annotator's tasks: claim with a lease, heartbeats, drafts, submit, skip.
@@ -16,6 +22,7 @@ pub mod review;
 
 use crate::storage::store::FsBlobStore;
 use axum::Router;
+use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::MethodRouter;
@@ -69,7 +76,8 @@ pub enum WebError {
     Conflict(String),
     #[error("{0}")]
     Unprocessable(String),
-    #[error("internal error: {0}")]
+    /// A failure of the server itself: logged with an id; people see only the id.
+    #[error("something went wrong on the server; nothing was changed by this request")]
     Internal(String),
 }
 
@@ -95,15 +103,23 @@ impl IntoResponse for WebError {
             WebError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if let WebError::Internal(m) = &self {
-            tracing::error!(error = %m, "request failed");
-        }
+        let message = match &self {
+            WebError::Internal(m) => {
+                // the details (a database error, a path) stay in the log, under an id people can quote
+                let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+                tracing::error!(error_id = %id, error = %m, "request failed");
+                format!(
+                    "Something went wrong on the server (error {id}); nothing was changed by this request. Try again, or give the error id to an admin."
+                )
+            }
+            other => other.to_string(),
+        };
         if matches!(self, WebError::Unauthenticated) {
             // pages send people to the login form; scripts see the 401
             return (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], Html(pages::login_page(None).unwrap_or_default()))
                 .into_response();
         }
-        let body = pages::message_page(status, &self.to_string()).unwrap_or_else(|_| self.to_string());
+        let body = pages::message_page(status, &message).unwrap_or(message);
         (status, Html(body)).into_response()
     }
 }
@@ -143,6 +159,39 @@ pub enum Access {
     Admin,
 }
 
+impl Access {
+    /// Whether a signed-in user of `role` may use a route with this access (admins may use every
+    /// route).
+    pub fn admits(self, role: auth::Role) -> bool {
+        use auth::Role;
+        match self {
+            Access::Public | Access::SignedIn => true,
+            Access::Annotator => matches!(role, Role::Annotator | Role::Admin),
+            Access::Reviewer => matches!(role, Role::Reviewer | Role::Admin),
+            Access::Admin => role == Role::Admin,
+        }
+    }
+}
+
+/// The route table's access column, enforced before the handler runs: a public route passes;
+/// any other signs the request in ([`auth::authenticate`]: 401 without a valid session), checks
+/// the role (403) and hands the [`auth::User`] to the handler in the request's extensions.
+pub async fn guard(state: AppState, access: Access, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if access == Access::Public {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    match auth::authenticate(&state, &parts).await {
+        Ok(Some(user)) if access.admits(user.role) => {
+            parts.extensions.insert(user);
+            next.run(axum::extract::Request::from_parts(parts, body)).await
+        }
+        Ok(Some(_)) => WebError::Forbidden.into_response(),
+        Ok(None) => WebError::Unauthenticated.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Every route: method, path, access, handler.
 pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState>)> {
     use axum::routing::{get, post};
@@ -172,9 +221,14 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
     ]
 }
 
+/// The router: every route of [`route_table`] behind its [`guard`].
 pub fn router(state: AppState) -> Router {
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
-    for (_, path, _, mr) in route_table() {
+    for (_, path, access, mr) in route_table() {
+        let mr = mr.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            move |State(s): State<AppState>, req: axum::extract::Request, next: axum::middleware::Next| guard(s, access, req, next),
+        ));
         match by_path.iter_mut().find(|(p, _)| *p == path) {
             Some((_, existing)) => {
                 let merged = std::mem::take(existing).merge(mr);
@@ -209,4 +263,27 @@ pub async fn serve(state: AppState, bind: &str) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn internal_errors_show_an_id_never_their_text() {
+        let r =
+            WebError::Internal("error returned from database: invalid byte sequence for encoding \"UTF8\": 0x00".into()).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = String::from_utf8(axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+        assert!(!body.contains("database") && !body.contains("0x00"), "{body}");
+        assert!(body.contains("Something went wrong on the server (error "), "{body}");
+    }
+
+    #[test]
+    fn access_admits_roles() {
+        use auth::Role::*;
+        assert!(Access::Annotator.admits(Admin) && Access::Annotator.admits(Annotator) && !Access::Annotator.admits(Reviewer));
+        assert!(Access::Reviewer.admits(Admin) && !Access::Reviewer.admits(Annotator));
+        assert!(!Access::Admin.admits(Reviewer) && Access::SignedIn.admits(Annotator));
+    }
 }

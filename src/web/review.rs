@@ -1,100 +1,21 @@
 //! The reviewer's (QA) work: a queue of submitted annotations, automatic false-positive flags,
 //! accept, edit and accept, or return to the annotator with a comment (the paper's second phase).
 //!
-//! False-positive flags: each region label the text mentions is mapped to facial parts
-//! ([`label_parts`]); a part counts as manipulated when at least [`MANIPULATED_SHARE`] of its
-//! pixels lie inside the forgery's mask. A label none of whose parts is manipulated is flagged, and
-//! its words are highlighted in the text.
+//! The flags follow the annotation rules of [`crate::dataset::annotation`]
+//! ([`false_positive_labels`], [`manipulated_parts`]): a label none of whose parts is
+//! manipulated is flagged, and its words are highlighted in the text.
 
-use super::auth::{Role, User};
+use super::auth::User;
 use super::{AppState, FormFields, WebError, render};
-use crate::dataset::annotation::{REGION_LABELS, check_text, region_labels};
-use crate::storage::store::{BlobKey, BlobStore};
+use crate::dataset::annotation::{
+    Chip, MAX_COMMENT_CHARS, check_stored, check_text, chips, excerpt, false_positive_labels, highlight, known_regions, manipulated_parts,
+    parse_regions, region_labels,
+};
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use mmtt_generators::mask::decode_mask_png;
 use sqlx::Row;
-
-/// Share of a part's pixels inside the mask above which the part counts as manipulated.
-pub const MANIPULATED_SHARE: f64 = 0.05;
-
-/// The facial parts a region label refers to.
-pub fn label_parts(label: &str) -> &'static [&'static str] {
-    match label {
-        "eye" | "pupil" => &["l_eye", "r_eye"],
-        "lip" => &["u_lip", "l_lip"],
-        "mouth" | "tooth" | "tongue" => &["mouth", "u_lip", "l_lip"],
-        "nose" => &["nose"],
-        "ear" => &["l_ear", "r_ear"],
-        "eyebrow" => &["l_brow", "r_brow"],
-        "hair" => &["hair"],
-        // cheek, forehead, chin, jaw, beard, mustache, skin, wrinkle, freckle, scar, dimple
-        _ => &["skin"],
-    }
-}
-
-/// Labels the text mentions or the chips carry whose parts were not manipulated, in the release's
-/// order.
-pub fn false_positive_labels(text: &str, chips: &[&str], manipulated: &[String]) -> Vec<&'static str> {
-    let mentioned = region_labels(text);
-    REGION_LABELS
-        .iter()
-        .map(|(l, _)| *l)
-        .filter(|l| mentioned.contains(l) || chips.contains(l))
-        .filter(|l| !label_parts(l).iter().any(|p| manipulated.iter().any(|m| m == p)))
-        .collect()
-}
-
-/// The parts of the forgery's source with at least [`MANIPULATED_SHARE`] of their pixels masked.
-pub async fn manipulated_parts(state: &AppState, forgery: uuid::Uuid) -> Result<Vec<String>, WebError> {
-    let rows = sqlx::query(
-        "SELECT sp.part, sp.mask_hash, f.mask_hash FROM forgeries f JOIN source_parts sp ON sp.source_id = f.target_id WHERE f.id = $1",
-    )
-    .bind(forgery)
-    .fetch_all(&state.pool)
-    .await?;
-    let Some(first) = rows.first() else { return Ok(vec![]) };
-    let get = |h: String| -> Result<image::GrayImage, WebError> {
-        let k: BlobKey = h.parse().map_err(|_| WebError::Internal("bad key".into()))?;
-        let bytes = state.store.get(&k).map_err(|e| WebError::Internal(e.to_string()))?;
-        decode_mask_png(&bytes, mmtt_generators::FACE_SIZE).map_err(|e| WebError::Internal(e.to_string()))
-    };
-    let mask = get(first.get(2))?;
-    let mut out = Vec::new();
-    for r in &rows {
-        let part = get(r.get(1))?;
-        let (mut n, mut inside) = (0u64, 0u64);
-        for (p, m) in part.pixels().zip(mask.pixels()) {
-            if p.0[0] > 0 {
-                n += 1;
-                inside += (m.0[0] > 0) as u64;
-            }
-        }
-        if n > 0 && inside as f64 / n as f64 >= MANIPULATED_SHARE {
-            out.push(r.get::<String, _>(0));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Splits `text` into (segment, flagged) runs, flagging the words of the given labels.
-pub fn highlight(text: &str, flagged: &[&str]) -> Vec<(String, bool)> {
-    let words: Vec<String> =
-        REGION_LABELS.iter().filter(|(l, _)| flagged.contains(l)).flat_map(|(_, syn)| syn.iter().map(|s| s.to_string())).collect();
-    let mut out: Vec<(String, bool)> = Vec::new();
-    for token in text.split_inclusive(char::is_whitespace) {
-        let core: String = token.trim().trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
-        let hit = !core.is_empty() && words.iter().any(|w| *w == core);
-        match out.last_mut() {
-            Some((s, f)) if *f == hit => s.push_str(token),
-            _ => out.push((token.to_string(), hit)),
-        }
-    }
-    out
-}
 
 struct QueueRow {
     id: uuid::Uuid,
@@ -110,10 +31,9 @@ struct QueuePage {
     rows: Vec<QueueRow>,
 }
 
-pub async fn queue(State(state): State<AppState>, user: User) -> Result<Html<String>, WebError> {
-    user.require(Role::Reviewer)?;
+pub async fn queue(State(state): State<AppState>) -> Result<Html<String>, WebError> {
     let rows = sqlx::query(
-        "SELECT a.id, f.method, u.name, a.word_count, a.text FROM annotations a JOIN forgeries f ON f.id = a.forgery_id \
+        "SELECT a.id, f.method, u.name, a.word_count, left(a.text, 400) FROM annotations a JOIN forgeries f ON f.id = a.forgery_id \
          JOIN users u ON u.id = a.annotator_id WHERE a.status = 'submitted' ORDER BY a.updated_at LIMIT 200",
     )
     .fetch_all(&state.pool)
@@ -128,7 +48,7 @@ pub async fn queue(State(state): State<AppState>, user: User) -> Result<Html<Str
 struct ReviewPage {
     id: uuid::Uuid,
     version: i32,
-    chips: Vec<super::annotate::Chip>,
+    chips: Vec<Chip>,
     forgery: uuid::Uuid,
     csrf: String,
     text: String,
@@ -136,6 +56,8 @@ struct ReviewPage {
     flagged: Vec<&'static str>,
     manipulated: Vec<String>,
     error: Option<String>,
+    /// A refused return's comment, shown again.
+    comment: String,
 }
 
 /// An annotation as the reviewer sees it.
@@ -156,25 +78,28 @@ async fn load(state: &AppState, id: uuid::Uuid) -> Result<Loaded, WebError> {
     Ok(Loaded { forgery: r.get(0), text: r.get(1), status: r.get(2), regions: r.get(3), version: r.get(4) })
 }
 
-/// The review page, showing `text` and `chips` (the stored ones, or a refused edit's).
+/// The review page, showing `text` and `chips` (the stored ones, or a refused edit's) and a
+/// refused return's comment.
 async fn page_for(
     state: &AppState,
     user: &User,
     id: uuid::Uuid,
     edit: Option<(String, Vec<&'static str>)>,
+    comment: Option<String>,
     error: Option<String>,
 ) -> Result<Html<String>, WebError> {
     let a = load(state, id).await?;
     let (text, chosen) = match edit {
         Some(e) => e,
-        None => (a.text.clone(), super::annotate::parse_regions(a.regions.iter().map(String::as_str))?),
+        None => (a.text.clone(), known_regions(a.regions.iter().map(String::as_str))),
     };
-    let manipulated = manipulated_parts(state, a.forgery).await?;
+    let manipulated = manipulated_parts(&state.pool, state.store.as_ref(), a.forgery).await?;
     let flagged = false_positive_labels(&text, &chosen, &manipulated);
     render(&ReviewPage {
         id,
         version: a.version,
-        chips: super::annotate::chips(&text, &chosen),
+        chips: chips(&text, &chosen),
+        comment: comment.unwrap_or_default(),
         forgery: a.forgery,
         csrf: user.csrf.clone(),
         segments: highlight(&text, &flagged),
@@ -208,8 +133,19 @@ fn check_fresh(a: &Loaded, f: &FormFields) -> Result<(), WebError> {
 }
 
 pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<uuid::Uuid>) -> Result<Html<String>, WebError> {
-    user.require(Role::Reviewer)?;
-    page_for(&state, &user, id, None, None).await
+    page_for(&state, &user, id, None, None, None).await
+}
+
+/// The review page again with the refused edit or comment and the reason, as a 422.
+async fn refuse(
+    state: &AppState,
+    user: &User,
+    id: uuid::Uuid,
+    edit: Option<(String, Vec<&'static str>)>,
+    comment: Option<String>,
+    msg: String,
+) -> Result<Response, WebError> {
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(state, user, id, edit, comment, Some(msg)).await?).into_response())
 }
 
 /// Accept, with the text and chips as edited. Fields: `csrf`, `version` (of the annotation the page
@@ -221,23 +157,29 @@ pub async fn accept(
     Path(id): Path<uuid::Uuid>,
     RawForm(body): RawForm,
 ) -> Result<Response, WebError> {
-    user.require(Role::Reviewer)?;
     let f = FormFields::parse(&body);
     user.check_csrf(f.get("csrf"))?;
     let a = load(&state, id).await?;
     check_fresh(&a, &f)?;
     let text = f.get("text").map(str::to_string).unwrap_or(a.text.clone());
-    let regions = if f.get("chips").is_some() {
-        super::annotate::parse_regions(f.all("region"))?
+    let comment = f.get("comment").map(str::trim).filter(|c| !c.is_empty());
+    let (regions, bad_region) = if f.get("chips").is_some() {
+        match parse_regions(f.all("region")) {
+            Ok(r) => (r, None),
+            Err(e) => (known_regions(f.all("region")), Some(e.to_string())),
+        }
     } else {
-        super::annotate::parse_regions(a.regions.iter().map(String::as_str))?
+        (known_regions(a.regions.iter().map(String::as_str)), None)
     };
+    if let Some(msg) = bad_region {
+        return refuse(&state, &user, id, Some((text, regions)), None, msg).await;
+    }
+    if let Some(Err(e)) = comment.map(|c| check_stored("comment", c, MAX_COMMENT_CHARS)) {
+        return refuse(&state, &user, id, Some((text, regions)), None, e.to_string()).await;
+    }
     let words = match check_text(&text) {
         Ok(n) => n,
-        Err(e) => {
-            return Ok((StatusCode::UNPROCESSABLE_ENTITY, page_for(&state, &user, id, Some((text, regions)), Some(e.to_string())).await?)
-                .into_response());
-        }
+        Err(e) => return refuse(&state, &user, id, Some((text, regions)), None, e.to_string()).await,
     };
     let action = if text == a.text && regions.iter().copied().eq(a.regions.iter().map(String::as_str)) { "accept" } else { "edit_accept" };
     let mut tx = state.pool.begin().await?;
@@ -263,7 +205,7 @@ pub async fn accept(
         .bind(&regions)
         .bind(user.id)
         .bind(action)
-        .bind(f.get("comment").map(str::trim).filter(|c| !c.is_empty()))
+        .bind(comment)
         .execute(&mut *tx)
         .await?;
     sqlx::query("UPDATE annotation_tasks SET status = 'accepted', updated_at = now() WHERE forgery_id = $1")
@@ -282,16 +224,19 @@ pub async fn send_back(
     Path(id): Path<uuid::Uuid>,
     RawForm(body): RawForm,
 ) -> Result<Response, WebError> {
-    user.require(Role::Reviewer)?;
     let f = FormFields::parse(&body);
     user.check_csrf(f.get("csrf"))?;
     let a = load(&state, id).await?;
     check_fresh(&a, &f)?;
-    let comment = f
-        .get("comment")
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| WebError::Unprocessable("say what to improve: the comment is empty".into()))?;
+    let comment = f.get("comment").map(str::trim).unwrap_or_default();
+    if comment.is_empty() {
+        return refuse(&state, &user, id, None, None, "say what to improve: the comment is empty".into()).await;
+    }
+    if let Err(e) = check_stored("comment", comment, MAX_COMMENT_CHARS) {
+        // a comment too long to show again whole is cut (its start is kept)
+        let kept = excerpt(&comment.replace('\0', ""), MAX_COMMENT_CHARS);
+        return refuse(&state, &user, id, None, Some(kept), e.to_string()).await;
+    }
     let mut tx = state.pool.begin().await?;
     let n = sqlx::query("UPDATE annotations SET status = 'returned', version = version + 1, updated_at = now() WHERE id = $1 AND status = 'submitted' AND version = $2")
         .bind(id)
@@ -319,21 +264,4 @@ pub async fn send_back(
     .await?;
     tx.commit().await?;
     Ok(Redirect::to("/review").into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_regions_outside_the_manipulated_parts() {
-        let manipulated = vec!["l_eye".to_string(), "nose".to_string()];
-        let text = "The left eye is blurry and the hair has a seam; the nostrils are fine.";
-        assert_eq!(false_positive_labels(text, &[], &manipulated), vec!["hair"]);
-        // a chip counts like a mention; chips on manipulated parts are not flagged
-        assert_eq!(false_positive_labels(text, &["ear", "eye"], &manipulated), vec!["ear", "hair"]);
-        let h = highlight(text, &["hair"]);
-        assert!(h.iter().any(|(s, f)| *f && s.trim() == "hair"));
-        assert_eq!(h.iter().map(|(s, _)| s.as_str()).collect::<String>(), text);
-    }
 }

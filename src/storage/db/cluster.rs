@@ -7,9 +7,13 @@
 //! - PostgreSQL refuses to run as root: as root the cluster belongs to, and runs as, the `postgres`
 //!   system user.
 //! - Started on demand by any command; each command holds a shared `flock` on
-//!   `postgres/clients.lock` while it uses the server, and the last one out stops it (fast
-//!   shutdown, a clean checkpoint) unless `mmtt db start` pinned it running; `mmtt db stop` stops
-//!   it whatever the pin.
+//!   `postgres/clients.lock` while it uses the server (any number of commands and servers share
+//!   it), and the last one out stops it (fast shutdown, a clean checkpoint) unless `mmtt db start`
+//!   pinned it running; `mmtt db stop` stops it whatever the pin.
+//! - Starting and stopping the server are serialized by a second lock, `postgres/start.lock`,
+//!   held exclusively only for the moment of a start or a stop (and of joining or leaving the
+//!   clients), never while a command works: so a command never waits for another to finish, and
+//!   no command stops the server while another is joining it.
 
 use anyhow::{Context, Result, bail};
 use sqlx::Connection;
@@ -196,7 +200,13 @@ impl Cluster {
     }
 
     /// Starts the server (initialising it first if needed). Returns whether this call started it.
+    /// Serialized with every other start and stop of this cluster.
     pub fn start(&self) -> Result<bool> {
+        let _guard = StartLock::take(self)?;
+        self.start_unlocked()
+    }
+
+    fn start_unlocked(&self) -> Result<bool> {
         self.init()?;
         if self.status()? == Status::Running {
             return Ok(false);
@@ -215,7 +225,13 @@ impl Cluster {
     }
 
     /// Stops the server cleanly (fast shutdown: clients disconnected, a checkpoint written).
+    /// Serialized with every other start and stop of this cluster.
     pub fn stop(&self) -> Result<bool> {
+        let _guard = StartLock::take(self)?;
+        self.stop_unlocked()
+    }
+
+    fn stop_unlocked(&self) -> Result<bool> {
         let _ = std::fs::remove_file(self.pin_file());
         if self.status()? != Status::Running {
             return Ok(false);
@@ -255,9 +271,10 @@ impl Cluster {
 }
 
 /// A command's use of the private cluster: started on demand, stopped by the last user out.
+/// Holds a shared lock on `clients.lock` for its whole life.
 pub struct ClusterLease {
     cluster: Cluster,
-    lock: File,
+    clients: File,
 }
 
 fn flock(f: &File, op: libc::c_int) -> bool {
@@ -265,35 +282,55 @@ fn flock(f: &File, op: libc::c_int) -> bool {
     unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
 }
 
-impl ClusterLease {
-    pub fn acquire(cluster: Cluster) -> Result<Self> {
-        std::fs::create_dir_all(cluster.dir()).with_context(|| format!("cannot create {}", cluster.dir().display()))?;
-        let lock_path = cluster.dir().join("clients.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        // exclusive while starting, so two commands do not race pg_ctl
-        if !flock(&lock, libc::LOCK_EX) {
-            bail!("cannot lock {}", lock_path.display());
+fn open_lock(cluster: &Cluster, name: &str) -> Result<File> {
+    std::fs::create_dir_all(cluster.dir()).with_context(|| format!("cannot create {}", cluster.dir().display()))?;
+    let path = cluster.dir().join(name);
+    File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// The exclusive lock that serializes starts and stops (and joining and leaving the clients);
+/// released when dropped (closing the file releases the `flock`).
+struct StartLock {
+    _file: File,
+}
+
+impl StartLock {
+    fn take(cluster: &Cluster) -> Result<Self> {
+        let f = open_lock(cluster, "start.lock")?;
+        if !flock(&f, libc::LOCK_EX) {
+            bail!("cannot lock {}", cluster.dir().join("start.lock").display());
         }
-        let started = cluster.start();
-        flock(&lock, libc::LOCK_SH);
-        started?;
-        Ok(Self { cluster, lock })
+        Ok(StartLock { _file: f })
+    }
+}
+
+impl ClusterLease {
+    /// Joins the cluster's users, starting the server if it is not running. Waits only for
+    /// another command's start or stop in progress, never for a command that merely uses it.
+    pub fn acquire(cluster: Cluster) -> Result<Self> {
+        let _start = StartLock::take(&cluster)?;
+        let clients = open_lock(&cluster, "clients.lock")?;
+        // shared: never blocks, since an exclusive holder of clients.lock also holds start.lock
+        if !flock(&clients, libc::LOCK_SH) {
+            bail!("cannot lock {}", cluster.dir().join("clients.lock").display());
+        }
+        cluster.start_unlocked()?;
+        Ok(Self { cluster, clients })
     }
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }
 
-    /// Stops the server if no other command uses it and it is not pinned.
+    /// Leaves the cluster's users; stops the server if no other command uses it and it is not
+    /// pinned.
     pub fn release(self) -> Result<()> {
-        if flock(&self.lock, libc::LOCK_EX | libc::LOCK_NB) && !self.cluster.is_pinned() {
-            self.cluster.stop()?;
+        let _start = StartLock::take(&self.cluster)?;
+        // a failed conversion may drop our shared lock: we are leaving anyway
+        if flock(&self.clients, libc::LOCK_EX | libc::LOCK_NB) && !self.cluster.is_pinned() {
+            self.cluster.stop_unlocked()?;
         }
+        drop(self.clients);
         Ok(())
     }
 }
