@@ -973,7 +973,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 if *wait {
                     let o = worker_options(&cli, worker, (*device).into(), true, Some(e.job_id));
-                    let s = mmtt::jobs::forge::run_worker(app, o).await?;
+                    let s = mmtt::jobs::runner::run(app, o).await?;
                     println!("forged {} ({} failed attempts)", s.done, s.failed_attempts);
                 }
                 if *json {
@@ -1076,7 +1076,8 @@ async fn run(cli: Cli) -> Result<()> {
             with_app!(cli, |app| {
                 let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone());
                 let worker = (!*no_worker).then(|| {
-                    let mut o = worker_options(&cli, &WorkerArgs { models: None, threads: 0, lease_seconds: 60, name: None }, Device::Cpu, false, None);
+                    let args = WorkerArgs { models: None, threads: 0, lease_seconds: 60, name: None };
+                    let mut o = worker_options(&cli, &args, Device::Cpu, false, None);
                     o.progress = false;
                     o
                 });

@@ -195,13 +195,14 @@ fn cancel_stops_workers_within_a_lease_and_pause_resumes_where_it_was() {
     println!("FIGURES pause: {paused_done} of {n} done when paused; resumed to {n}, no item redone");
 
     // cancel: a second job (another seed, other plans) with a slow worker
-    let id = env.json(&["forge", "--method", "patch-inpaint", "--count", &n.to_string(), "--seed", "5", "--plan-seed", "6", "--json"])
-        ["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id =
+        env.json(&["forge", "--method", "patch-inpaint", "--count", &n.to_string(), "--seed", "5", "--plan-seed", "6", "--json"])["job_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
     let w = worker(&env, &[], Some("600"));
-    let count = || env.db.scalar_i64(&format!("SELECT count(*) FROM forgeries f JOIN forge_items i ON i.id = f.item_id WHERE i.job_id = '{id}'"));
+    let count =
+        || env.db.scalar_i64(&format!("SELECT count(*) FROM forgeries f JOIN forge_items i ON i.id = f.item_id WHERE i.job_id = '{id}'"));
     wait_until("one forgery of the second job", 300, || count() >= 1);
     env.ok(&["jobs", "cancel", &id]);
     let asked = Instant::now();
@@ -304,7 +305,7 @@ fn jobs_lists_every_kind_and_refuses_bad_input() {
     let o = env.mmtt(&["forge", "--method", "nope", "--count", "1", "--seed", "1"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unknown method `nope`"), "{o:?}");
     let o = env.mmtt(&["import", "photos", "--root", "/nonexistent/faces"]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("root: /nonexistent/faces is not a folder"), "{o:?}");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("root: /nonexistent/faces is not a directory"), "{o:?}");
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM jobs"), before, "refused requests store nothing");
     let o = env.mmtt(&["jobs", "show", &uuid::Uuid::new_v4().to_string()]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no job"), "{o:?}");

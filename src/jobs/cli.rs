@@ -75,7 +75,12 @@ pub async fn masks_plan(app: &App, spec: super::MasksSpec, json: bool) -> Result
     let JobOutput::Masks(s) = run_inline(app, &JobSpec::Masks(spec), true).await?.1 else {
         bail!("a masks job produced something else");
     };
-    println!("masks planned for {} sources, {} already planned, {} without facial parts", s.planned, s.already_planned, s.unplannable.len());
+    println!(
+        "masks planned for {} sources, {} already planned, {} without facial parts",
+        s.planned,
+        s.already_planned,
+        s.unplannable.len()
+    );
     for u in &s.unplannable {
         println!("  {u}");
     }
@@ -218,7 +223,13 @@ pub async fn show(app: &App, id: Uuid, json: bool) -> Result<()> {
         println!("  result {r}");
     }
     for e in &j.events {
-        println!("  {} {:<5} {}{}", e.at.format("%H:%M:%S"), e.level, e.worker.as_deref().map(|w| format!("[{w}] ")).unwrap_or_default(), e.message);
+        println!(
+            "  {} {:<5} {}{}",
+            e.at.format("%H:%M:%S"),
+            e.level,
+            e.worker.as_deref().map(|w| format!("[{w}] ")).unwrap_or_default(),
+            e.message
+        );
     }
     Ok(())
 }
@@ -238,7 +249,11 @@ pub async fn worker(app: &App, o: WorkerOptions) -> Result<()> {
 }
 
 /// Runs `serve` with an embedded worker beside it (restarted after an error) unless `worker` is None.
-pub async fn serve_with_worker(app: &App, serve: impl std::future::Future<Output = Result<()>>, worker: Option<WorkerOptions>) -> Result<()> {
+pub async fn serve_with_worker(
+    app: &App,
+    serve: impl std::future::Future<Output = Result<()>>,
+    worker: Option<WorkerOptions>,
+) -> Result<()> {
     let Some(o) = worker else { return serve.await };
     let embedded = async {
         loop {

@@ -233,19 +233,19 @@ pub async fn enqueue_as(app: &App, req: &ForgeRequest, job_id: uuid::Uuid) -> Re
         "INSERT INTO forge_jobs (id, requested, seed, plan_seed, mix, methods, device, params) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) \
          ON CONFLICT (id) DO NOTHING",
     )
-        .bind(job_id)
-        .bind(req.count as i32)
-        .bind(req.seed as i64)
-        .bind(req.plan_seed as i64)
-        .bind(req.mix_paper.then_some("paper"))
-        .bind(&names)
-        .bind(match req.device {
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-        })
-        .bind(&req.params)
-        .execute(&app.pool)
-        .await?;
+    .bind(job_id)
+    .bind(req.count as i32)
+    .bind(req.seed as i64)
+    .bind(req.plan_seed as i64)
+    .bind(req.mix_paper.then_some("paper"))
+    .bind(&names)
+    .bind(match req.device {
+        Device::Cpu => "cpu",
+        Device::Cuda => "cuda",
+    })
+    .bind(&req.params)
+    .execute(&app.pool)
+    .await?;
     let rows =
         sqlx::query("SELECT id, split_key, split, dataset, landmarks IS NOT NULL FROM sources ORDER BY id").fetch_all(&app.pool).await?;
     let all: Vec<Candidate> =

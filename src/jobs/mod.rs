@@ -93,8 +93,15 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 7] =
-        [JobState::Queued, JobState::Running, JobState::Paused, JobState::Cancelling, JobState::Cancelled, JobState::Failed, JobState::Done];
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Paused,
+        JobState::Cancelling,
+        JobState::Cancelled,
+        JobState::Failed,
+        JobState::Done,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -115,9 +122,10 @@ impl JobState {
 impl FromStr for JobState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        JobState::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            format!("unknown job state `{s}`: the states are queued, running, paused, cancelling, cancelled, failed, done")
-        })
+        JobState::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown job state `{s}`: the states are queued, running, paused, cancelling, cancelled, failed, done"))
     }
 }
 
@@ -370,7 +378,7 @@ fn existing_dir(field: &'static str, p: &std::path::Path) -> Result<(), SpecErro
         return Err(SpecError::new(field, "give a folder on the server"));
     }
     if !p.is_dir() {
-        return Err(SpecError::new(field, format!("{} is not a folder on the server: give an existing folder", p.display())));
+        return Err(SpecError::new(field, format!("{} is not a directory on the server: give an existing folder", p.display())));
     }
     Ok(())
 }
@@ -737,15 +745,14 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<JobView>, JobError> {
     if v.kind == JobKind::Forge && v.failed > 0 {
         v.failures = failures(pool, v.id).await?;
     }
-    let mut events: Vec<JobEvent> = sqlx::query(
-        "SELECT at, level, worker, message FROM job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 50",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| JobEvent { at: r.get(0), level: r.get(1), worker: r.get(2), message: r.get(3) })
-    .collect();
+    let mut events: Vec<JobEvent> =
+        sqlx::query("SELECT at, level, worker, message FROM job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 50")
+            .bind(id)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| JobEvent { at: r.get(0), level: r.get(1), worker: r.get(2), message: r.get(3) })
+            .collect();
     events.reverse();
     v.events = events;
     Ok(Some(v))
@@ -848,11 +855,7 @@ pub async fn control(pool: &PgPool, id: Uuid, action: JobAction, by: &str) -> Re
                     return Err(refuse(" and has no failed items to retry"));
                 }
                 event_in(&mut tx, id, "info", None, &format!("{n} failed items re-queued by {by}")).await?;
-                if matches!(state, JobState::Paused | JobState::Cancelling) {
-                    state
-                } else {
-                    JobState::Running
-                }
+                if matches!(state, JobState::Paused | JobState::Cancelling) { state } else { JobState::Running }
             } else {
                 match state {
                     JobState::Failed | JobState::Cancelled => JobState::Queued,

@@ -706,13 +706,13 @@ pub async fn run_with(app: &App, o: &ExportOptions, bar: indicatif::ProgressBar,
         "INSERT INTO exports (id, format, out_dir, options, total) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (id) DO UPDATE SET status = 'running', total = $5, error = NULL, updated_at = now()",
     )
-        .bind(export_id)
-        .bind(o.format.name())
-        .bind(o.out.display().to_string())
-        .bind(serde_json::to_value(o)?)
-        .bind(samples.len() as i32)
-        .execute(&app.pool)
-        .await?;
+    .bind(export_id)
+    .bind(o.format.name())
+    .bind(o.out.display().to_string())
+    .bind(serde_json::to_value(o)?)
+    .bind(samples.len() as i32)
+    .execute(&app.pool)
+    .await?;
     let out = Arc::new(Out::new(o.out.clone(), app.store.clone(), o.link));
     let _stop = StopOnDrop(out.clone());
     let listed = if resumed {

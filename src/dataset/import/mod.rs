@@ -119,11 +119,11 @@ pub async fn run_with(
         "INSERT INTO import_runs (id, dataset, root, status) VALUES ($1, $2, $3, 'running') \
          ON CONFLICT (id) DO UPDATE SET status = 'running', finished_at = NULL",
     )
-        .bind(run_id)
-        .bind(dataset.name())
-        .bind(&root_text)
-        .execute(&app.pool)
-        .await?;
+    .bind(run_id)
+    .bind(dataset.name())
+    .bind(&root_text)
+    .execute(&app.pool)
+    .await?;
 
     let present: HashSet<String> = sqlx::query_scalar("SELECT DISTINCT original_id FROM sources WHERE dataset = $1")
         .bind(dataset.name())
