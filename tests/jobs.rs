@@ -363,3 +363,44 @@ fn migration_0009_keeps_the_rows_stored_before_it() {
         serde_json::from_value::<mmtt::jobs::JobSpec>(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
     }
 }
+
+#[test]
+fn eval_jobs_are_validated_and_run_by_a_worker() {
+    let env = common::Env::new();
+    env.ok(&["jobs"]); // migrates
+    let dir = env.data.path().join("eval");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (gt, pred) = (dir.join("test.json"), dir.join("pred.jsonl"));
+    std::fs::write(&gt, "not json").unwrap();
+    std::fs::write(&pred, "").unwrap();
+    let spec = |gt: &std::path::Path, name: &str| {
+        mmtt::jobs::JobSpec::Eval(mmtt::jobs::EvalSpec {
+            name: name.into(),
+            gt: gt.to_path_buf(),
+            predictions: pred.clone(),
+            gt_masks: None,
+            masks: None,
+            threshold: 127,
+            meteor_data: None,
+        })
+    };
+    // refused with the field named; nothing stored
+    let refused = env.db.query(async |p| {
+        let a = mmtt::jobs::submit(p, &spec(&dir.join("missing.json"), "m"), "test").await.unwrap_err().to_string();
+        let b = mmtt::jobs::submit(p, &spec(&gt, " "), "test").await.unwrap_err().to_string();
+        (a, b)
+    });
+    assert!(refused.0.starts_with("gt: ") && refused.0.contains("missing.json"), "{refused:?}");
+    assert!(refused.1.starts_with("name: "), "{refused:?}");
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM jobs"), 0);
+    // a worker runs it; the evaluator's error is the job's error
+    let id = env.db.query(async |p| mmtt::jobs::submit(p, &spec(&gt, "mine"), "test").await.unwrap());
+    assert_eq!(state(&env, &id.to_string()), "queued");
+    let mut w = worker(&env, &["--until-empty"], None);
+    assert!(w.wait().unwrap().success());
+    let j = job(&env, &id.to_string());
+    assert_eq!(j["kind"], "eval");
+    assert_eq!(j["state"], "failed", "{j}");
+    assert!(j["error"].as_str().unwrap_or_default().contains("ground truth"), "{j}");
+    assert_eq!(j["started_by"], "test");
+}

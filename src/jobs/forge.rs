@@ -8,9 +8,8 @@
 //! `forgeries.item_id` is unique: a worker killed at any moment loses nothing and duplicates
 //! nothing.
 //!
-//! No job-queue crate is used: the maintained PostgreSQL-backed ones (apalis-postgres, sqlxmq,
-//! graphile_worker) pin sqlx 0.7/0.8 and would bring a second sqlx and their own schema; the
-//! queue here is one table and two statements.
+//! No job-queue crate is used (see [`super`] for why): the queue here is one table and two
+//! statements.
 //!
 //! Each forge job is a row of `jobs` (kind `forge`, see [`super`]) with the same id as its
 //! `forge_jobs` row. Items of a job that is not queued or running (paused, cancelling, cancelled)

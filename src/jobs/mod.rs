@@ -17,7 +17,13 @@
 //! - [`list`], [`get`], [`control`], [`live_workers`] are what the CLI (`mmtt jobs`) and the admin
 //!   console read and do.
 //!
-//! No job-queue crate is used: see [`forge`]'s doc and ARCHITECTURE.md.
+//! No job-queue crate is used. Checked in December 2026: sqlxmq (0.5/0.6) is on sqlx 0.7 and
+//! apalis-postgres (1.0 release candidates) on sqlx 0.8, so either brings a second sqlx; the Rust
+//! port of graphile-worker has a sqlx 0.9 driver, but it runs each job once as a task under a lock
+//! (retries with backoff), with its own schema beside ours, and has none of what this model needs:
+//! leases renewed by heartbeat and taken over, pause/resume, done/total progress, one job fanned
+//! out into items shared by several workers, workers announcing what they can run. The forge item
+//! queue (the throughput-critical part) would stay ours anyway, leaving two queues to operate.
 
 pub mod cli;
 pub mod forge;
