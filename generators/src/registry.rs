@@ -138,6 +138,18 @@ impl Method {
         }
     }
 
+    /// What the method loads under the models folder (a file or a pipeline's folder); `None` for
+    /// the built-ins, which are always available.
+    pub fn model_path(self) -> Option<&'static str> {
+        match self {
+            Method::ClassicSwap | Method::PatchInpaint | Method::PartSwap => None,
+            Method::Mat => Some("mat.onnx"),
+            Method::Lama => Some("lama.onnx"),
+            Method::Sdxl => Some("sdxl"),
+            Method::E4s => Some("e4s"),
+        }
+    }
+
     /// The shipped manifest of a single-graph ONNX method.
     pub fn manifest_text(self) -> Option<&'static str> {
         BUILTIN_MANIFESTS.iter().find(|(n, _)| *n == self.as_str()).map(|(_, t)| *t)

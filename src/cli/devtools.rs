@@ -114,9 +114,12 @@ pub async fn demo(g: &Global, a: DemoArgs) -> Result<()> {
         if a.no_serve {
             return Ok(());
         }
-        let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), mmtt::web::WebConfig::default());
+        let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), mmtt::web::WebConfig::default())
+            .with_admin(mmtt::web::admin::AdminConfig::new(&app.data_dir, vec![]));
         println!("open http://{}/ and sign in (Ctrl-C stops the server)", a.bind);
-        mmtt::web::serve(state, &a.bind).await
+        let mut worker = super::forge::worker_options(g, &super::forge::WorkerArgs::embedded(), mmtt_generators::forge::runtime::Device::Cpu, false, None);
+        worker.progress = false;
+        mmtt::jobs::cli::serve_with_worker(app, mmtt::web::serve(state, &a.bind), Some(worker)).await
     })
     .await
 }

@@ -81,43 +81,24 @@ pub async fn export(g: &Global, a: ExportArgs) -> Result<()> {
     if a.background {
         return spawn_background(g);
     }
-    let mut o = mmtt::dataset::export::ExportOptions::new(a.format, a.out);
-    o.include_unreviewed = a.include_unreviewed;
-    o.methods = a.methods;
-    o.datasets = a.datasets;
-    o.link = a.link;
-    o.originals = !a.no_originals;
-    o.shard_bytes = a.shard_size;
+    let mut o = mmtt::jobs::ExportSpec {
+        format: a.format,
+        out: a.out,
+        include_unreviewed: a.include_unreviewed,
+        methods: a.methods,
+        datasets: a.datasets,
+        resplit: None,
+        link: a.link,
+        originals: !a.no_originals,
+        shard_bytes: a.shard_size,
+    };
     if a.resplit {
         let r: mmtt::storage::split::SplitRatios = a.ratios.parse()?;
         o.resplit = Some((a.seed.ok_or_else(|| anyhow::anyhow!("--resplit needs --seed"))?, r));
     } else if a.seed.is_some() {
         anyhow::bail!("--seed only applies with --resplit");
     }
-    g.with_app(async |app| {
-        let r = mmtt::dataset::export::run(app, &o).await?;
-        if a.json {
-            println!("{}", serde_json::to_string(&r)?);
-        } else {
-            println!(
-                "exported {} samples ({}) to {} in {:.1} s: {} files, {:.1} MB ({} verified from an earlier run: {} kept, {} rewritten; {} stale removed); splits seed {} ratios {}",
-                r.samples,
-                r.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
-                r.out,
-                r.seconds,
-                r.files,
-                r.bytes as f64 / 1e6,
-                r.verified_files,
-                r.reused_files,
-                r.replaced_files,
-                r.removed_files,
-                r.split_seed,
-                r.split_ratios
-            );
-        }
-        Ok(())
-    })
-    .await
+    g.with_app(async |app| mmtt::jobs::cli::export(app, o, a.json).await).await
 }
 
 pub async fn stats(g: &Global, a: StatsArgs) -> Result<()> {

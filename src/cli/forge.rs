@@ -82,6 +82,13 @@ pub struct WorkerArgs {
     name: Option<String>,
 }
 
+impl WorkerArgs {
+    /// The worker `mmtt serve` embeds: default models folder and threads, a 60 s lease.
+    pub(super) fn embedded() -> Self {
+        WorkerArgs { models: None, threads: 0, lease_seconds: 60, name: None }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum ForgeriesAction {
     List {
@@ -90,7 +97,7 @@ pub enum ForgeriesAction {
     },
 }
 
-fn worker_options(
+pub(super) fn worker_options(
     g: &Global,
     w: &WorkerArgs,
     device: Device,
@@ -161,7 +168,7 @@ pub async fn forge(g: &Global, a: ForgeArgs) -> Result<()> {
         }
         if a.wait {
             let o = worker_options(g, &a.worker, a.device.into(), true, Some(e.job_id));
-            let s = mmtt::jobs::forge::run_worker(app, o).await?;
+            let s = mmtt::jobs::runner::run(app, o).await?;
             println!("forged {} ({} failed attempts)", s.done, s.failed_attempts);
         }
         if a.json {
@@ -174,12 +181,7 @@ pub async fn forge(g: &Global, a: ForgeArgs) -> Result<()> {
 
 pub async fn worker(g: &Global, a: WorkerCommand) -> Result<()> {
     let o = worker_options(g, &a.worker, a.device.into(), a.until_empty, None);
-    g.with_app(async |app| {
-        let s = mmtt::jobs::forge::run_worker(app, o).await?;
-        println!("worker done: {} forged, {} failed attempts", s.done, s.failed_attempts);
-        Ok(())
-    })
-    .await
+    g.with_app(async |app| mmtt::jobs::cli::worker(app, o).await).await
 }
 
 pub async fn forgeries(g: &Global, action: ForgeriesAction) -> Result<()> {

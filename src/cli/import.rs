@@ -84,45 +84,15 @@ pub enum SourcesAction {
 }
 
 pub async fn import(g: &Global, a: ImportArgs) -> Result<()> {
+    use mmtt::jobs::ImportLayout;
     let dataset = match a.dataset {
-        ImportKind::MmttRelease => {
-            return g
-                .with_app(async |app| {
-                    let s = import::release::import(app, &a.root).await?;
-                    println!(
-                        "imported {} samples from the MMTT release ({}); {} were already present",
-                        s.imported,
-                        s.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
-                        s.already_present
-                    );
-                    if a.json {
-                        println!("{}", serde_json::to_string(&s)?);
-                    }
-                    Ok(())
-                })
-                .await;
-        }
-        ImportKind::CelebamaskHq => Dataset::CelebAMaskHq,
-        ImportKind::Ffhq => Dataset::Ffhq,
-        ImportKind::Photos => Dataset::Photos,
+        ImportKind::CelebamaskHq => ImportLayout::CelebamaskHq,
+        ImportKind::Ffhq => ImportLayout::Ffhq,
+        ImportKind::Photos => ImportLayout::Photos,
+        ImportKind::MmttRelease => ImportLayout::MmttRelease,
     };
-    let opts = ImportOptions {
-        dataset,
-        root: Some(a.root),
-        files: vec![],
-        limit: a.limit,
-        limits: DecodeLimits { max_side: a.max_side, ..DecodeLimits::default() },
-        progress: true,
-    };
-    g.with_app(async |app| {
-        let s = import::run(app, opts.clone(), None).await?;
-        s.print_human(opts.dataset);
-        if a.json {
-            println!("{}", serde_json::to_string(&s)?);
-        }
-        Ok(())
-    })
-    .await
+    let spec = mmtt::jobs::ImportSpec { dataset, root: a.root, limit: a.limit, max_side: a.max_side };
+    g.with_app(async |app| mmtt::jobs::cli::import(app, spec, a.json).await).await
 }
 
 pub async fn landmarks(g: &Global, a: LandmarksArgs) -> Result<()> {

@@ -72,19 +72,8 @@ pub async fn run(g: &Global, action: MasksAction) -> Result<()> {
     g.with_app(async |app| {
         match action {
             MasksAction::Plan { seed, dataset, json } => {
-                let s = masks::plan_all(app, seed, dataset.map(|d| d.name()), true).await?;
-                println!(
-                    "masks planned for {} sources, {} already planned, {} without facial parts",
-                    s.planned,
-                    s.already_planned,
-                    s.unplannable.len()
-                );
-                for u in &s.unplannable {
-                    println!("  {u}");
-                }
-                if json {
-                    println!("{}", serde_json::to_string(&s)?);
-                }
+                let spec = mmtt::jobs::MasksSpec { seed, dataset: dataset.map(|d| d.name().to_string()) };
+                mmtt::jobs::cli::masks_plan(app, spec, json).await?;
             }
             MasksAction::Stats { seed, json } => {
                 let s = masks::stats(app, seed).await?;

@@ -6,7 +6,7 @@
 //! - [`import`]: `import`, `landmarks`, `sources list`.
 //! - [`masks`]: `masks plan|stats|simulate|preview`.
 //! - [`forge`]: `forge`, `worker`, `forgeries list`.
-//! - [`jobs`]: `jobs` (the progress of long work).
+//! - [`jobs`]: `jobs [show|cancel|pause|resume|retry]` (every kind of long work).
 //! - [`generate`]: `generate` (one forgery from files).
 //! - [`export`]: `export`, `stats`.
 //! - [`eval`]: `eval captions|masks|report|labels`, `regions`.
@@ -86,7 +86,7 @@ enum Command {
     Forge(forge::ForgeArgs),
     /// Process queued forgery items (any number of workers, on any machine).
     Worker(forge::WorkerCommand),
-    /// Show forgery jobs: progress and failures.
+    /// Show jobs of every kind (import, masks, forge, export, eval): progress, failures; control them.
     Jobs(jobs::JobsArgs),
     /// List forgeries.
     Forgeries {

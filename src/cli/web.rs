@@ -1,7 +1,9 @@
-//! `mmtt serve` and `mmtt user add`: the web app and its accounts.
+//! `mmtt serve`, `mmtt user add` and `mmtt user token`: the web app (with its embedded worker)
+//! and its accounts.
 
 use super::Global;
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
 use clap::Subcommand;
 
 #[derive(clap::Args)]
@@ -17,6 +19,12 @@ pub struct ServeArgs {
     /// Minutes a claimed task stays with its annotator without a heartbeat.
     #[arg(long, default_value_t = 30)]
     lease_minutes: u64,
+    /// Run no worker in this process (run `mmtt worker` elsewhere).
+    #[arg(long)]
+    no_worker: bool,
+    /// A server folder the admin console may import from (repeatable; default DATA_DIR/incoming).
+    #[arg(long = "import-root", env = "MMTT_IMPORT_ROOTS", value_delimiter = ':')]
+    import_roots: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -29,6 +37,13 @@ pub enum UserAction {
         #[arg(long, env = "MMTT_NEW_PASSWORD")]
         password: Option<String>,
     },
+    /// Print a new API token for the admin NAME (scripts send `Authorization: Bearer TOKEN`).
+    Token {
+        name: String,
+        /// What the token is for (shown nowhere but the database).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
 }
 
 pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
@@ -40,15 +55,38 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         heartbeat_seconds: a.heartbeat_seconds,
         lease: std::time::Duration::from_secs(a.lease_minutes * 60),
     };
+    let roots = a
+        .import_roots
+        .iter()
+        .map(|r| r.canonicalize().with_context(|| format!("--import-root {} does not exist: create it or fix the path", r.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let worker = (!a.no_worker).then(|| {
+        let mut o = super::forge::worker_options(g, &super::forge::WorkerArgs::embedded(), mmtt_generators::forge::runtime::Device::Cpu, false, None);
+        o.progress = false;
+        o
+    });
     g.with_app(async |app| {
-        let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone());
-        mmtt::web::serve(state, &a.bind).await
+        let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone())
+            .with_admin(mmtt::web::admin::AdminConfig::new(&app.data_dir, roots.clone()));
+        mmtt::jobs::cli::serve_with_worker(app, mmtt::web::serve(state, &a.bind), worker.clone()).await
     })
     .await
 }
 
 pub async fn user(g: &Global, action: UserAction) -> Result<()> {
-    let UserAction::Add { name, role, password } = action;
+    let (name, role, password) = match action {
+        UserAction::Add { name, role, password } => (name, role, password),
+        UserAction::Token { name, label } => {
+            let name = mmtt::web::auth::UserName::parse(&name).map_err(anyhow::Error::msg)?;
+            return g
+                .with_app(async |app| {
+                    let token = mmtt::web::admin::tokens::create(&app.pool, &name, &label).await?;
+                    println!("{token}");
+                    Ok(())
+                })
+                .await;
+        }
+    };
     let name = mmtt::web::auth::UserName::parse(&name).map_err(anyhow::Error::msg)?;
     let role: mmtt::web::auth::Role = role.parse().map_err(anyhow::Error::msg)?;
     let (password, generated) = match password {
