@@ -209,6 +209,9 @@ enum Command {
         /// Minutes a claimed task stays with its annotator without a heartbeat.
         #[arg(long, default_value_t = 30)]
         lease_minutes: u64,
+        /// A server folder the admin console may import from (repeatable; default DATA_DIR/incoming).
+        #[arg(long = "import-root", env = "MMTT_IMPORT_ROOTS", value_delimiter = ':')]
+        import_roots: Vec<PathBuf>,
     },
     /// Export accepted triplets as a dataset (hf, coco, webdataset, mmtt); resumes when re-run.
     Export {
@@ -337,6 +340,13 @@ enum UserAction {
         role: String,
         #[arg(long, env = "MMTT_NEW_PASSWORD")]
         password: Option<String>,
+    },
+    /// Print a new API token for the admin NAME (scripts send `Authorization: Bearer TOKEN`).
+    Token {
+        name: String,
+        /// What the token is for (shown nowhere but the database).
+        #[arg(long, default_value = "")]
+        label: String,
     },
 }
 
@@ -1105,7 +1115,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }),
-        Command::Serve { bind, min_seconds, heartbeat_seconds, lease_minutes } => {
+        Command::Serve { bind, min_seconds, heartbeat_seconds, lease_minutes, import_roots } => {
             if *min_seconds < 0.0 || *heartbeat_seconds <= 0.0 {
                 anyhow::bail!("--min-seconds must be >= 0 and --heartbeat-seconds > 0");
             }
@@ -1115,7 +1125,12 @@ async fn run(cli: Cli) -> Result<()> {
                 lease: std::time::Duration::from_secs(lease_minutes * 60),
             };
             with_app!(cli, |app| {
-                let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone());
+                let roots = import_roots
+                    .iter()
+                    .map(|r| r.canonicalize().with_context(|| format!("--import-root {} does not exist: create it or fix the path", r.display())))
+                    .collect::<Result<Vec<_>>>()?;
+                let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone())
+                    .with_admin(mmtt::web::admin::AdminConfig::new(&app.data_dir, roots));
                 mmtt::web::serve(state, bind).await
             })
         }
@@ -1284,6 +1299,14 @@ async fn run(cli: Cli) -> Result<()> {
                 } else {
                     println!("added {} ({role})", name.as_str());
                 }
+                Ok(())
+            })
+        }
+        Command::User { action: UserAction::Token { name, label } } => {
+            let name = mmtt::web::auth::UserName::parse(name).map_err(anyhow::Error::msg)?;
+            with_app!(cli, |app| {
+                let token = mmtt::web::admin::tokens::create(&app.pool, &name, label).await?;
+                println!("{token}");
                 Ok(())
             })
         }

@@ -175,6 +175,10 @@ impl SessionCache {
 impl FromRequestParts<AppState> for User {
     type Rejection = WebError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // scripts: `Authorization: Bearer TOKEN` (the admin console's API tokens)
+        if let Some(u) = super::admin::tokens::bearer_user(&parts.headers, &state.pool).await? {
+            return Ok(u);
+        }
         let token = cookie_token(parts).ok_or(WebError::Unauthenticated)?;
         let hash = token_hash(&token);
         if let Some(u) = state.sessions.get(&hash) {
