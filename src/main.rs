@@ -4,9 +4,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mmtt::app::App;
-use mmtt::storage::db::cluster;
-use mmtt::dataset::import::{self, ImportOptions, datasets::Dataset, decode::DecodeLimits};
+use mmtt::dataset::import::{self, datasets::Dataset, decode::DecodeLimits};
 use mmtt::dataset::masks;
+use mmtt::storage::db::cluster;
 use mmtt::storage::store::BlobStore;
 use mmtt_generators::detect::FaceFinder;
 use mmtt_generators::forge::onnx::Device;
@@ -148,10 +148,19 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
     },
-    /// Show forgery jobs: progress and failures.
+    /// Show jobs of every kind (import, masks, forge, export, eval): progress, failures; control them.
+    #[command(args_conflicts_with_subcommands = true)]
     Jobs {
+        #[command(subcommand)]
+        action: Option<JobsAction>,
         #[arg(long)]
         json: bool,
+        /// Only this kind (import, masks, forge, export, eval, train).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this state (queued, running, paused, cancelling, cancelled, failed, done).
+        #[arg(long)]
+        state: Option<String>,
     },
     /// List forgeries.
     Forgeries {
@@ -196,8 +205,11 @@ enum Command {
         #[command(subcommand)]
         action: BenchAction,
     },
-    /// Serve the annotation and QA web app.
+    /// Serve the annotation and QA web app (with a worker for the jobs it starts).
     Serve {
+        /// Run no worker in this process (run `mmtt worker` elsewhere).
+        #[arg(long)]
+        no_worker: bool,
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: String,
         /// Active seconds needed on a task before its annotation can be submitted.
@@ -329,6 +341,24 @@ impl From<DeviceArg> for Device {
             DeviceArg::Cuda => Device::Cuda,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// One job with its events.
+    Show {
+        id: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: its workers stop within one lease.
+    Cancel { id: uuid::Uuid },
+    /// Pause a job: its items are not claimed until resumed.
+    Pause { id: uuid::Uuid },
+    /// Resume a paused job where it was.
+    Resume { id: uuid::Uuid },
+    /// Re-queue a forge job's failed items, or a failed or cancelled job.
+    Retry { id: uuid::Uuid },
 }
 
 #[derive(Subcommand)]
@@ -515,7 +545,13 @@ enum BenchAction {
     },
 }
 
-fn worker_options(cli: &Cli, w: &WorkerArgs, device: Device, until_empty: bool, job: Option<uuid::Uuid>) -> mmtt::jobs::forge::WorkerOptions {
+fn worker_options(
+    cli: &Cli,
+    w: &WorkerArgs,
+    device: Device,
+    until_empty: bool,
+    job: Option<uuid::Uuid>,
+) -> mmtt::jobs::forge::WorkerOptions {
     mmtt::jobs::forge::WorkerOptions {
         name: w.name.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
         device,
@@ -727,43 +763,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Import { dataset: ImportKind::MmttRelease, root, json, .. } => with_app!(cli, |app| {
-            let s = import::release::import(app, root).await?;
-            println!(
-                "imported {} samples from the MMTT release ({}); {} were already present",
-                s.imported,
-                s.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
-                s.already_present
-            );
-            if *json {
-                println!("{}", serde_json::to_string(&s)?);
-            }
-            Ok(())
-        }),
         Command::Import { dataset, root, limit, max_side, json } => {
             let dataset = match dataset {
-                ImportKind::CelebamaskHq => Dataset::CelebAMaskHq,
-                ImportKind::Ffhq => Dataset::Ffhq,
-                ImportKind::Photos => Dataset::Photos,
-                ImportKind::MmttRelease => unreachable!("handled above"),
+                ImportKind::CelebamaskHq => mmtt::jobs::ImportLayout::CelebamaskHq,
+                ImportKind::Ffhq => mmtt::jobs::ImportLayout::Ffhq,
+                ImportKind::Photos => mmtt::jobs::ImportLayout::Photos,
+                ImportKind::MmttRelease => mmtt::jobs::ImportLayout::MmttRelease,
             };
-            let opts = ImportOptions {
-                dataset,
-                root: Some(root.clone()),
-                files: vec![],
-                limit: *limit,
-                limits: DecodeLimits { max_side: *max_side, ..DecodeLimits::default() },
-                progress: true,
-            };
-            let json = *json;
-            with_app!(cli, |app| {
-                let s = import::run(app, opts.clone(), None).await?;
-                s.print_human(opts.dataset);
-                if json {
-                    println!("{}", serde_json::to_string(&s)?);
-                }
-                Ok(())
-            })
+            let spec = mmtt::jobs::ImportSpec { dataset, root: root.clone(), limit: *limit, max_side: *max_side };
+            with_app!(cli, |app| { mmtt::jobs::cli::import(app, spec, *json).await })
         }
         Command::Landmarks { action: Some(LandmarksAction::Backfill { dataset, limit, batch, retry_no_face, json }), .. } => {
             let opts = import::landmarks::BackfillOptions {
@@ -832,19 +840,8 @@ async fn run(cli: Cli) -> Result<()> {
             with_app!(cli, |app| {
                 match action {
                     MasksAction::Plan { seed, dataset, json } => {
-                        let s = masks::plan_all(app, *seed, dataset.map(|d| d.name()), true).await?;
-                        println!(
-                            "masks planned for {} sources, {} already planned, {} without facial parts",
-                            s.planned,
-                            s.already_planned,
-                            s.unplannable.len()
-                        );
-                        for u in &s.unplannable {
-                            println!("  {u}");
-                        }
-                        if *json {
-                            println!("{}", serde_json::to_string(&s)?);
-                        }
+                        let spec = mmtt::jobs::MasksSpec { seed: *seed, dataset: dataset.map(|d| d.name().to_string()) };
+                        mmtt::jobs::cli::masks_plan(app, spec, *json).await?;
                     }
                     MasksAction::Stats { seed, json } => {
                         let s = masks::stats(app, *seed).await?;
@@ -1003,49 +1000,17 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Worker { worker, until_empty, device } => {
             let o = worker_options(&cli, worker, (*device).into(), *until_empty, None);
-            with_app!(cli, |app| {
-                let s = mmtt::jobs::forge::run_worker(app, o).await?;
-                println!("worker done: {} forged, {} failed attempts", s.done, s.failed_attempts);
-                Ok(())
-            })
+            with_app!(cli, |app| { mmtt::jobs::cli::worker(app, o).await })
         }
-        Command::Jobs { json } => with_app!(cli, |app| {
-            let report = mmtt::jobs::forge::jobs_report(&app.pool).await?;
-            if *json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                for j in report.as_array().into_iter().flatten() {
-                    println!(
-                        "job {} {}: {} done, {} queued, {} running, {} failed (of {} requested)",
-                        j["id"].as_str().unwrap_or_default(),
-                        j["methods"],
-                        j["done"],
-                        j["queued"],
-                        j["running"],
-                        j["failed"],
-                        j["requested"]
-                    );
-                    for f in j["failures"].as_array().into_iter().flatten() {
-                        println!(
-                            "  failed {} ({}): {}",
-                            f["item"].as_str().unwrap_or_default(),
-                            f["method"].as_str().unwrap_or_default(),
-                            f["reason"].as_str().unwrap_or_default()
-                        );
-                    }
-                }
-                let exports: Vec<(uuid::Uuid, String, String, String, i32, i32, Option<String>)> =
-                    sqlx::query_as("SELECT id, format, out_dir, status, done, total, error FROM exports ORDER BY started_at")
-                        .fetch_all(&app.pool)
-                        .await?;
-                for (id, format, out, status, done, total, error) in exports {
-                    println!(
-                        "export {id} {format} -> {out}: {status}, {done}/{total} samples{}",
-                        error.map(|e| format!(" ({e})")).unwrap_or_default()
-                    );
-                }
+        Command::Jobs { action, json, kind, state } => with_app!(cli, |app| {
+            match action {
+                None => mmtt::jobs::cli::list(app, kind.as_deref(), state.as_deref(), *json).await,
+                Some(JobsAction::Show { id, json }) => mmtt::jobs::cli::show(app, *id, *json).await,
+                Some(JobsAction::Cancel { id }) => mmtt::jobs::cli::control(app, *id, mmtt::jobs::JobAction::Cancel).await,
+                Some(JobsAction::Pause { id }) => mmtt::jobs::cli::control(app, *id, mmtt::jobs::JobAction::Pause).await,
+                Some(JobsAction::Resume { id }) => mmtt::jobs::cli::control(app, *id, mmtt::jobs::JobAction::Resume).await,
+                Some(JobsAction::Retry { id }) => mmtt::jobs::cli::control(app, *id, mmtt::jobs::JobAction::RetryFailed).await,
             }
-            Ok(())
         }),
         Command::Forgeries { action: ForgeriesAction::List { json } } => with_app!(cli, |app| {
             let list = mmtt::jobs::forge::list(app).await?;
@@ -1101,7 +1066,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }),
         Command::Bench { action: BenchAction::Web { clients, rounds, json } } => with_app!(cli, |app| {
-            let r = mmtt::devtools::bench_web::run(app, &mmtt::devtools::bench_web::WebBenchArgs { clients: *clients, rounds: *rounds }).await?;
+            let r = mmtt::devtools::bench_web::run(app, &mmtt::devtools::bench_web::WebBenchArgs { clients: *clients, rounds: *rounds })
+                .await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -1115,7 +1081,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }),
-        Command::Serve { bind, min_seconds, heartbeat_seconds, lease_minutes, import_roots } => {
+        Command::Serve { bind, min_seconds, heartbeat_seconds, lease_minutes, no_worker, import_roots } => {
             if *min_seconds < 0.0 || *heartbeat_seconds <= 0.0 {
                 anyhow::bail!("--min-seconds must be >= 0 and --heartbeat-seconds > 0");
             }
@@ -1127,11 +1093,24 @@ async fn run(cli: Cli) -> Result<()> {
             with_app!(cli, |app| {
                 let roots = import_roots
                     .iter()
-                    .map(|r| r.canonicalize().with_context(|| format!("--import-root {} does not exist: create it or fix the path", r.display())))
+                    .map(|r| {
+                        r.canonicalize().with_context(|| format!("--import-root {} does not exist: create it or fix the path", r.display()))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone())
                     .with_admin(mmtt::web::admin::AdminConfig::new(&app.data_dir, roots));
-                mmtt::web::serve(state, bind).await
+                let worker = (!*no_worker).then(|| {
+                    let mut o = worker_options(
+                        &cli,
+                        &WorkerArgs { models: None, threads: 0, lease_seconds: 60, name: None },
+                        Device::Cpu,
+                        false,
+                        None,
+                    );
+                    o.progress = false;
+                    o
+                });
+                mmtt::jobs::cli::serve_with_worker(app, mmtt::web::serve(state, bind), worker).await
             })
         }
         Command::Export { background: true, .. } => {
@@ -1169,42 +1148,24 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             ..
         } => {
-            let mut o = mmtt::dataset::export::ExportOptions::new(*format, out.clone());
-            o.include_unreviewed = *include_unreviewed;
-            o.methods = methods.clone();
-            o.datasets = datasets.clone();
-            o.link = *link;
-            o.originals = !*no_originals;
-            o.shard_bytes = *shard_size;
+            let mut o = mmtt::jobs::ExportSpec {
+                format: *format,
+                out: out.clone(),
+                include_unreviewed: *include_unreviewed,
+                methods: methods.clone(),
+                datasets: datasets.clone(),
+                resplit: None,
+                link: *link,
+                originals: !*no_originals,
+                shard_bytes: *shard_size,
+            };
             if *resplit {
                 let r: mmtt::storage::split::SplitRatios = ratios.parse()?;
                 o.resplit = Some((seed.ok_or_else(|| anyhow::anyhow!("--resplit needs --seed"))?, r));
             } else if seed.is_some() {
                 anyhow::bail!("--seed only applies with --resplit");
             }
-            with_app!(cli, |app| {
-                let r = mmtt::dataset::export::run(app, &o).await?;
-                if *json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "exported {} samples ({}) to {} in {:.1} s: {} files, {:.1} MB ({} verified from an earlier run: {} kept, {} rewritten; {} stale removed); splits seed {} ratios {}",
-                        r.samples,
-                        r.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
-                        r.out,
-                        r.seconds,
-                        r.files,
-                        r.bytes as f64 / 1e6,
-                        r.verified_files,
-                        r.reused_files,
-                        r.replaced_files,
-                        r.removed_files,
-                        r.split_seed,
-                        r.split_ratios
-                    );
-                }
-                Ok(())
-            })
+            with_app!(cli, |app| { mmtt::jobs::cli::export(app, o, *json).await })
         }
         Command::Stats { json, include_unreviewed, charts } => with_app!(cli, |app| {
             let t = std::time::Instant::now();

@@ -21,13 +21,20 @@ fn console_routes() -> Vec<(String, String)> {
         .into_iter()
         .filter(|(_, p, a, _)| {
             *a == mmtt::web::Access::Admin
-                && ["/admin/jobs", "/admin/import", "/admin/masks", "/admin/generate", "/admin/export", "/admin/eval", "/admin/leaderboard", "/admin/actions"]
-                    .iter()
-                    .any(|x| p.starts_with(x))
+                && [
+                    "/admin/jobs",
+                    "/admin/import",
+                    "/admin/masks",
+                    "/admin/generate",
+                    "/admin/export",
+                    "/admin/eval",
+                    "/admin/leaderboard",
+                    "/admin/actions",
+                ]
+                .iter()
+                .any(|x| p.starts_with(x))
         })
-        .map(|(m, p, _, _)| {
-            (m.to_string(), p.replace("{id}", &unknown).replace("{source}", &unknown).replace("{action}", "cancel"))
-        })
+        .map(|(m, p, _, _)| (m.to_string(), p.replace("{id}", &unknown).replace("{source}", &unknown).replace("{action}", "cancel")))
         .collect()
 }
 
@@ -77,14 +84,24 @@ fn only_admins_reach_the_console_and_tokens_act_as_their_admin() {
             }
         }
         // the pages as the admin sees them, and their JSON
-        for page in ["/admin/jobs", "/admin/import", "/admin/masks", "/admin/generate", "/admin/export", "/admin/eval", "/admin/leaderboard", "/admin/actions"] {
+        for page in [
+            "/admin/jobs",
+            "/admin/import",
+            "/admin/masks",
+            "/admin/generate",
+            "/admin/export",
+            "/admin/eval",
+            "/admin/leaderboard",
+            "/admin/actions",
+        ] {
             let html = adm.get(format!("{base}{page}")).send().await.unwrap().text().await.unwrap();
             assert!(html.contains("/static/admin.js") && html.contains("href=\"/admin/jobs\""), "{page} is a console page");
             let r = adm.get(format!("{base}{page}")).header(ACCEPT, "application/json").send().await.unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{page} JSON");
             let _: serde_json::Value = r.json().await.unwrap();
         }
-        let board: serde_json::Value = anon.get(format!("{base}/admin/leaderboard")).bearer_auth(&tok).send().await.unwrap().json().await.unwrap();
+        let board: serde_json::Value =
+            anon.get(format!("{base}/admin/leaderboard")).bearer_auth(&tok).send().await.unwrap().json().await.unwrap();
         assert_eq!(board["rows"].as_array().unwrap().len(), 8, "the paper's rows: {board}");
         assert_eq!(board["rows"][4]["name"], "ForgeryTalker (paper)");
         assert_eq!(board["rows"][4]["cells"][0], 21.5);
@@ -143,18 +160,41 @@ fn every_form_refuses_bad_input_naming_the_field_and_stores_nothing() {
     rt().block_on(async {
         let base = &served.base;
         let c = client();
-        let post = |path: &str, body: serde_json::Value| {
-            c.post(format!("{base}{path}")).bearer_auth(&tok).json(&body).send()
-        };
+        let post = |path: &str, body: serde_json::Value| c.post(format!("{base}{path}")).bearer_auth(&tok).json(&body).send();
         let cases: Vec<(&str, serde_json::Value, &str, &str)> = vec![
             ("/admin/import", serde_json::json!({"dataset": "photos", "folder": ""}), "folder", "missing"),
-            ("/admin/import", serde_json::json!({"dataset": "photos", "folder": roots.join("nope").display().to_string()}), "folder", "does not exist"),
-            ("/admin/import", serde_json::json!({"dataset": "photos", "folder": outside.path().display().to_string()}), "folder", "outside the allowed roots"),
-            ("/admin/import", serde_json::json!({"dataset": "photos", "folder": roots.join("a-file.txt").display().to_string()}), "folder", "not a folder"),
-            ("/admin/import", serde_json::json!({"dataset": "photos", "folder": roots.join("empty").display().to_string()}), "folder", "no images"),
+            (
+                "/admin/import",
+                serde_json::json!({"dataset": "photos", "folder": roots.join("nope").display().to_string()}),
+                "folder",
+                "does not exist",
+            ),
+            (
+                "/admin/import",
+                serde_json::json!({"dataset": "photos", "folder": outside.path().display().to_string()}),
+                "folder",
+                "outside the allowed roots",
+            ),
+            (
+                "/admin/import",
+                serde_json::json!({"dataset": "photos", "folder": roots.join("a-file.txt").display().to_string()}),
+                "folder",
+                "not a folder",
+            ),
+            (
+                "/admin/import",
+                serde_json::json!({"dataset": "photos", "folder": roots.join("empty").display().to_string()}),
+                "folder",
+                "no images",
+            ),
             ("/admin/import", serde_json::json!({"dataset": "lfw", "folder": roots.display().to_string()}), "dataset", "unknown layout"),
             ("/admin/import", serde_json::json!({"dataset": "photos", "folder": "relative/path"}), "folder", "absolute"),
-            ("/admin/import", serde_json::json!({"dataset": "photos", "folder": roots.display().to_string(), "limit": "0"}), "limit", "at least 1"),
+            (
+                "/admin/import",
+                serde_json::json!({"dataset": "photos", "folder": roots.display().to_string(), "limit": "0"}),
+                "limit",
+                "at least 1",
+            ),
             ("/admin/masks", serde_json::json!({"seed": "one"}), "seed", "not a whole number"),
             ("/admin/masks", serde_json::json!({"seed": "1"}), "dataset", "import faces first"),
             ("/admin/masks", serde_json::json!({"seed": "1", "dataset": "lfw"}), "dataset", "unknown dataset"),
@@ -165,9 +205,19 @@ fn every_form_refuses_bad_input_naming_the_field_and_stores_nothing() {
             ("/admin/generate", serde_json::json!({"method": "patch-inpaint", "count": "3", "device": "tpu"}), "device", "cpu or cuda"),
             ("/admin/generate", serde_json::json!({"method": "patch-inpaint", "count": "3", "prompt": "a face"}), "prompt", "sdxl only"),
             ("/admin/generate", serde_json::json!({"method": "sdxl", "count": "3", "strength": "1.5"}), "strength", "at most 1"),
-            ("/admin/generate", serde_json::json!({"mix": "paper", "mix_swap": "mat", "mix_transformer": "mat", "mix_diffusion": "sdxl", "count": "3"}), "mix_swap", "not a face swap"),
+            (
+                "/admin/generate",
+                serde_json::json!({"mix": "paper", "mix_swap": "mat", "mix_transformer": "mat", "mix_diffusion": "sdxl", "count": "3"}),
+                "mix_swap",
+                "not a face swap",
+            ),
             ("/admin/export", serde_json::json!({"format": "parquet"}), "format", "unknown format"),
-            ("/admin/export", serde_json::json!({"format": "hf", "resplit": "on", "split_seed": "3", "ratios": "8:1"}), "ratios", "train:validation:test"),
+            (
+                "/admin/export",
+                serde_json::json!({"format": "hf", "resplit": "on", "split_seed": "3", "ratios": "8:1"}),
+                "ratios",
+                "train:validation:test",
+            ),
             ("/admin/export", serde_json::json!({"format": "hf", "split_seed": "3"}), "split_seed", "only applies with re-split"),
             ("/admin/export", serde_json::json!({"format": "hf", "method": ["nope"]}), "method", "unknown method"),
             ("/admin/export", serde_json::json!({"format": "hf", "shard_mb": "-3"}), "shard_mb", "at least 1"),
@@ -189,7 +239,10 @@ fn every_form_refuses_bad_input_naming_the_field_and_stores_nothing() {
         let leak = |v: Vec<u8>| -> &'static [u8] { Box::leak(v.into_boxed_slice()) };
         let (good, jpeg): (&'static [u8], &'static [u8]) = (leak(good), leak(jpeg));
         let upload_cases: Vec<(Vec<common::admin::Part<'static>>, &str)> = vec![
-            (vec![("photos", Some("a.png"), good.to_vec()), ("photos", Some("notes.txt"), b"hello, not a picture".to_vec())], "`notes.txt` is not usable: not an image"),
+            (
+                vec![("photos", Some("a.png"), good.to_vec()), ("photos", Some("notes.txt"), b"hello, not a picture".to_vec())],
+                "`notes.txt` is not usable: not an image",
+            ),
             (vec![("photos", Some("cut.jpg"), jpeg[..jpeg.len() / 2].to_vec())], "truncated JPEG"),
             ((0..201).map(|_| ("photos", Some("x.png"), good[..64].to_vec())).collect(), "too many files"),
             (vec![("photos", Some("huge.png"), vec![0u8; 21 * 1024 * 1024])], "larger than 20 MB"),
@@ -204,10 +257,8 @@ fn every_form_refuses_bad_input_naming_the_field_and_stores_nothing() {
         }
 
         // evaluation: no ground truth yet, a bad prediction line
-        let (ct, body) = multipart(&[
-            ("name", None, b"my model".to_vec()),
-            ("predictions", Some("p.jsonl"), b"{\"image_id\": \"a\"}\n".to_vec()),
-        ]);
+        let (ct, body) =
+            multipart(&[("name", None, b"my model".to_vec()), ("predictions", Some("p.jsonl"), b"{\"image_id\": \"a\"}\n".to_vec())]);
         let r = c.post(format!("{base}/admin/eval")).bearer_auth(&tok).header(CONTENT_TYPE, ct).body(body).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let v: serde_json::Value = r.json().await.unwrap();
@@ -231,7 +282,12 @@ fn every_form_refuses_bad_input_naming_the_field_and_stores_nothing() {
         assert!(html.contains("id=\"form-error\"") && html.contains("outside the allowed roots"), "{html}");
         assert!(html.contains(&format!("value=\"{bad}\"")) && html.contains("value=\"5\""), "the values are re-shown");
         assert!(html.contains("<option value=\"ffhq\" selected>"), "the layout is re-selected");
-        let r = adm.post(format!("{base}/admin/generate")).form(&[("csrf", csrf.as_str()), ("method", "patch-inpaint"), ("count", "0"), ("seed", "9")]).send().await.unwrap();
+        let r = adm
+            .post(format!("{base}/admin/generate"))
+            .form(&[("csrf", csrf.as_str()), ("method", "patch-inpaint"), ("count", "0"), ("seed", "9")])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let html = r.text().await.unwrap();
         assert!(html.contains("count: 0 makes nothing") && html.contains("value=\"9\""), "{html}");
@@ -286,7 +342,8 @@ fn an_export_downloads_as_one_tar_that_resumes_with_range_requests() {
         let id = submit("/admin/export", serde_json::json!({"format": "mmtt"})).await;
         let v = wait_job(&c, base, &tok, &id).await;
         assert_eq!(v["state"], "done", "{v}");
-        let page: serde_json::Value = c.get(format!("{base}/admin/export/{id}")).bearer_auth(&tok).send().await.unwrap().json().await.unwrap();
+        let page: serde_json::Value =
+            c.get(format!("{base}/admin/export/{id}")).bearer_auth(&tok).send().await.unwrap().json().await.unwrap();
         assert!(page["card"].as_str().unwrap().contains("Face forgery triplets"), "the dataset card: {page}");
         let files: Vec<String> = page["files"].as_array().unwrap().iter().map(|f| f[0].as_str().unwrap().to_string()).collect();
         assert!(files.contains(&"README.md".to_string()) && files.iter().any(|f| f.starts_with("masks/")), "{files:?}");
@@ -304,7 +361,8 @@ fn an_export_downloads_as_one_tar_that_resumes_with_range_requests() {
         assert_eq!(r.bytes().await.unwrap().to_vec(), full[100..1124].to_vec());
         // an interrupted download resumed from where it stopped
         let cut = full.len() / 3;
-        let first = c.get(&url).bearer_auth(&tok).header(RANGE, format!("bytes=0-{}", cut - 1)).send().await.unwrap().bytes().await.unwrap();
+        let first =
+            c.get(&url).bearer_auth(&tok).header(RANGE, format!("bytes=0-{}", cut - 1)).send().await.unwrap().bytes().await.unwrap();
         let rest = c.get(&url).bearer_auth(&tok).header(RANGE, format!("bytes={cut}-")).send().await.unwrap();
         assert_eq!(rest.status(), StatusCode::PARTIAL_CONTENT);
         let mut resumed = first.to_vec();
@@ -315,11 +373,8 @@ fn an_export_downloads_as_one_tar_that_resumes_with_range_requests() {
         assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
         // the tar holds exactly the export's files, and packing is deterministic
         let mut ar = tar::Archive::new(std::io::Cursor::new(full.clone()));
-        let mut names: Vec<String> = ar
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().split_once('/').unwrap().1.to_string())
-            .collect();
+        let mut names: Vec<String> =
+            ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().split_once('/').unwrap().1.to_string()).collect();
         names.sort();
         let mut want = files.clone();
         want.sort();
@@ -356,14 +411,16 @@ fn an_export_downloads_as_one_tar_that_resumes_with_range_requests() {
         let eval_job = r.json::<serde_json::Value>().await.unwrap()["job"].as_str().unwrap().to_string();
         let v = wait_job(&c, base, &tok, &eval_job).await;
         assert_eq!(v["state"], "done", "{v}");
-        let board: serde_json::Value = c.get(format!("{base}/admin/leaderboard")).bearer_auth(&tok).send().await.unwrap().json().await.unwrap();
+        let board: serde_json::Value =
+            c.get(format!("{base}/admin/leaderboard")).bearer_auth(&tok).send().await.unwrap().json().await.unwrap();
         let rows = board["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 9, "the paper's 8 rows and ours");
         let ours = rows.iter().find(|r| r["name"] == "ground truth").expect("our row");
         assert!((ours["cells"][6].as_f64().unwrap() - 100.0).abs() < 1e-6, "IoU of the truth against itself: {ours}");
 
         // every action recorded: who, what, via
-        let actions: serde_json::Value = c.get(format!("{base}/admin/actions")).bearer_auth(&tok).send().await.unwrap().json().await.unwrap();
+        let actions: serde_json::Value =
+            c.get(format!("{base}/admin/actions")).bearer_auth(&tok).send().await.unwrap().json().await.unwrap();
         let names: Vec<&str> = actions["actions"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
         assert_eq!(names, ["evaluate", "export", "generate", "plan masks", "import upload"]);
         assert!(actions["actions"].as_array().unwrap().iter().all(|a| a["user"] == "adm" && a["via"] == "token"));

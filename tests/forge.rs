@@ -155,7 +155,8 @@ fn a_worker_killed_midway_loses_and_duplicates_nothing() {
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forgeries"), n);
     assert_eq!(env.db.scalar_i64("SELECT count(DISTINCT target_id) FROM forgeries"), n);
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM forge_items WHERE status <> 'done'"), 0);
-    let jobs = env.json(&["jobs", "--json"]);
+    let jobs = env.json(&["jobs", "--json", "--kind", "forge"]);
+    assert_eq!(jobs[0]["state"], "done", "{jobs}");
     assert_eq!(jobs[0]["done"].as_i64(), Some(n));
     assert_eq!(jobs[0]["failed"], 0);
     env.assert_store_consistent();

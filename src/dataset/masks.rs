@@ -84,6 +84,12 @@ fn rasterise(store: &dyn BlobStore, t: &Todo, seed: u64) -> Result<Planned> {
 /// Plans the masks of every source that has none for `seed` yet.
 #[tracing::instrument(name = "masks_plan", skip(app, progress))]
 pub async fn plan_all(app: &App, seed: u64, dataset: Option<&str>, progress: bool) -> Result<PlanSummary> {
+    plan_all_with(app, seed, dataset, if progress { ProgressBar::new(0) } else { ProgressBar::hidden() }).await
+}
+
+/// [`plan_all`] reporting progress on `bar` (sources done of sources to plan). Dropping the future
+/// stops it after the current chunk of 256 sources (each chunk's plans are stored whole).
+pub async fn plan_all_with(app: &App, seed: u64, dataset: Option<&str>, bar: ProgressBar) -> Result<PlanSummary> {
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM sources WHERE ($1::text IS NULL OR dataset = $1)")
         .bind(dataset)
         .fetch_one(&app.pool)
@@ -117,7 +123,7 @@ pub async fn plan_all(app: &App, seed: u64, dataset: Option<&str>, progress: boo
         p.sort();
         todo.push(Todo { id, key: r.get(1), part_source: parse_part_source(r.get::<&str, _>(2))?, parts: p });
     }
-    let bar = if progress { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_length(todo.len() as u64);
     bar.set_style(ProgressStyle::with_template("plan masks [{bar:30}] {pos}/{len} eta {eta}").expect("static").progress_chars("=> "));
     for chunk in todo.chunks(256) {
         let store = app.store.clone();

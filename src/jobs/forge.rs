@@ -12,6 +12,12 @@
 //! graphile_worker) pin sqlx 0.7/0.8 and would bring a second sqlx and their own schema; the
 //! queue here is one table and two statements.
 //!
+//! Each forge job is a row of `jobs` (kind `forge`, see [`super`]) with the same id as its
+//! `forge_jobs` row. Items of a job that is not queued or running (paused, cancelling, cancelled)
+//! are not claimed; a worker releases the items it holds of a cancelling job at its next heartbeat
+//! (the result of the item in flight is discarded). The worker that stores or fails a job's last
+//! open item marks the job done.
+//!
 //! A worker renews the leases of the items it holds every third of a lease, so a slow item is
 //! never taken from a live worker, and a dead worker's items are free again within one lease.
 //!
@@ -83,7 +89,7 @@ pub fn paper_counts(n: u64) -> [u64; 3] {
     counts
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ForgeRequest {
     /// One method, or with `mix`, the methods for swap, transformer and diffusion in that order.
     pub methods: Vec<String>,
@@ -95,7 +101,51 @@ pub struct ForgeRequest {
     pub max_attempts: i32,
     /// Generator settings for the whole job (SDXL: prompt, negative_prompt, steps, guidance,
     /// strength), stored in `forge_jobs.params` and handed to every item.
+    #[serde(default = "empty_object")]
     pub params: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// Checks a forge request before anything is stored: each message names the field and the fix.
+pub fn validate(req: &ForgeRequest) -> std::result::Result<(), super::SpecError> {
+    use super::SpecError;
+    if req.count == 0 {
+        return Err(SpecError::new("count", "0 forgeries is nothing to do: give a count of at least 1"));
+    }
+    if req.count > i32::MAX as u64 {
+        return Err(SpecError::new("count", format!("at most {} forgeries per job", i32::MAX)));
+    }
+    for m in &req.methods {
+        if family_of(m).is_err() {
+            return Err(SpecError::new("methods", format!("unknown method `{m}`: known methods are {}", super::method_names())));
+        }
+    }
+    if req.mix_paper {
+        if req.methods.len() != 3 {
+            return Err(SpecError::new(
+                "methods",
+                "the paper mix takes three methods in the paper's order (swap, transformer, diffusion), e.g. classic-swap,mat,patch-inpaint",
+            ));
+        }
+        for (i, m) in req.methods.iter().enumerate() {
+            let fam = PAPER_MIX[i].0;
+            if (fam == "swap") != (family_of(m).ok() == Some("swap")) {
+                return Err(SpecError::new("methods", format!("paper mix: `{m}` cannot stand for the {fam} family")));
+            }
+        }
+    } else if req.methods.len() != 1 {
+        return Err(SpecError::new("methods", "give one method, or three with the paper mix"));
+    }
+    if req.max_attempts < 1 {
+        return Err(SpecError::new("max_attempts", "must be at least 1"));
+    }
+    if !req.params.is_object() {
+        return Err(SpecError::new("params", "generator settings must be a JSON object, e.g. {\"prompt\": \"...\"}"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -135,8 +185,22 @@ fn donor_needs_landmarks(method: &str) -> bool {
     needs_landmarks(method) || method == "patch-inpaint"
 }
 
-/// Enqueues a forgery job. Masks are planned first for sources that have none for `plan_seed`.
+/// Records a forgery job (a `jobs` row, held by this process while it prepares) and enqueues its
+/// items. Masks are planned first for sources that have none for `plan_seed`.
 pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
+    validate(req)?;
+    let job_id = uuid::Uuid::new_v4();
+    let holder = super::runner::process_name();
+    let lease = super::runner::inline_lease();
+    super::insert(&app.pool, job_id, &super::JobSpec::Forge(req.clone()), "cli", Some((&holder, lease))).await?;
+    let r = enqueue_as(app, req, job_id).await;
+    super::runner::fanned_out(&app.pool, job_id, &holder, &r).await?;
+    r
+}
+
+/// Enqueues the items of forge job `job_id` (whose `jobs` row exists). Running it again for the
+/// same job (its preparer died midway) counts the items already queued and adds only the rest.
+pub async fn enqueue_as(app: &App, req: &ForgeRequest, job_id: uuid::Uuid) -> Result<Enqueued> {
     let families: Vec<(String, &'static str, u64)> = if req.mix_paper {
         if req.methods.len() != 3 {
             bail!(
@@ -161,25 +225,27 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
         vec![(req.methods[0].clone(), family_of(&req.methods[0])?, req.count)]
     };
     masks::plan_all(app, req.plan_seed, None, false).await?;
-    let job_id = uuid::Uuid::new_v4();
     let names: Vec<&str> = families.iter().map(|(m, ..)| m.as_str()).collect();
     if !req.params.is_object() {
         bail!("job parameters must be a JSON object, e.g. {{\"prompt\": \"...\"}}");
     }
-    sqlx::query("INSERT INTO forge_jobs (id, requested, seed, plan_seed, mix, methods, device, params) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)")
-        .bind(job_id)
-        .bind(req.count as i32)
-        .bind(req.seed as i64)
-        .bind(req.plan_seed as i64)
-        .bind(req.mix_paper.then_some("paper"))
-        .bind(&names)
-        .bind(match req.device {
-            Device::Cpu => "cpu",
-            Device::Cuda => "cuda",
-        })
-        .bind(&req.params)
-        .execute(&app.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO forge_jobs (id, requested, seed, plan_seed, mix, methods, device, params) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(job_id)
+    .bind(req.count as i32)
+    .bind(req.seed as i64)
+    .bind(req.plan_seed as i64)
+    .bind(req.mix_paper.then_some("paper"))
+    .bind(&names)
+    .bind(match req.device {
+        Device::Cpu => "cpu",
+        Device::Cuda => "cuda",
+    })
+    .bind(&req.params)
+    .execute(&app.pool)
+    .await?;
     let rows =
         sqlx::query("SELECT id, split_key, split, dataset, landmarks IS NOT NULL FROM sources ORDER BY id").fetch_all(&app.pool).await?;
     let all: Vec<Candidate> =
@@ -225,7 +291,8 @@ pub async fn enqueue(app: &App, req: &ForgeRequest) -> Result<Enqueued> {
             let item_seed = u64::from_le_bytes(rank(req.seed, &format!("{}/{method}", c.key)));
             let done = sqlx::query(
                 "INSERT INTO forge_items (id, job_id, method, family, target_id, donor_id, plan_id, seed, max_attempts) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (method, target_id, plan_id) DO NOTHING",
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
+                 ON CONFLICT (method, target_id, plan_id) DO UPDATE SET job_id = forge_items.job_id WHERE forge_items.job_id = $2",
             )
             .bind(uuid::Uuid::new_v4())
             .bind(job_id)
@@ -311,6 +378,7 @@ pub struct WorkerOptions {
 
 struct Claimed {
     item_id: uuid::Uuid,
+    job_id: uuid::Uuid,
     method: String,
     seed: u64,
     target_id: uuid::Uuid,
@@ -336,7 +404,11 @@ struct Generated {
     result: std::result::Result<(RgbImage, Option<image::GrayImage>, serde_json::Value, f64), String>,
 }
 
-type ClaimRow = (uuid::Uuid, String, i64, uuid::Uuid, Option<uuid::Uuid>, uuid::Uuid, serde_json::Value);
+type ClaimRow = (uuid::Uuid, String, i64, uuid::Uuid, Option<uuid::Uuid>, uuid::Uuid, serde_json::Value, uuid::Uuid);
+
+/// Items a worker may claim: those of jobs that are queued or running (not paused, cancelling,
+/// cancelled); items of forge_jobs without a `jobs` row (synthetic data) too.
+const CLAIMABLE_JOB: &str = "NOT EXISTS (SELECT 1 FROM jobs jj WHERE jj.id = forge_items.job_id AND jj.state NOT IN ('queued', 'running'))";
 
 async fn claim(app: &App, o: &WorkerOptions) -> Result<Option<ClaimRow>> {
     // items whose lease ran out after their last attempt have failed for good
@@ -347,20 +419,26 @@ async fn claim(app: &App, o: &WorkerOptions) -> Result<Option<ClaimRow>> {
     )
     .execute(&app.pool)
     .await?;
-    let row = sqlx::query(
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE forge_items SET status = 'running', attempts = attempts + 1, worker = $1, \
          lease_until = now() + make_interval(secs => $2), updated_at = now() \
          WHERE id = (SELECT id FROM forge_items WHERE ($3::uuid IS NULL OR job_id = $3) \
-           AND (status = 'queued' OR (status = 'running' AND lease_until < now())) AND attempts < max_attempts \
+           AND (status = 'queued' OR (status = 'running' AND lease_until < now())) AND attempts < max_attempts AND {CLAIMABLE_JOB} \
            ORDER BY created_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
-         RETURNING id, method, seed, target_id, donor_id, plan_id, (SELECT params FROM forge_jobs j WHERE j.id = forge_items.job_id)",
-    )
+         RETURNING id, method, seed, target_id, donor_id, plan_id, (SELECT params FROM forge_jobs j WHERE j.id = forge_items.job_id), job_id"
+    )))
     .bind(&o.name)
     .bind(o.lease.as_secs_f64())
     .bind(o.job)
     .fetch_optional(&app.pool)
     .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))))
+    let Some(r) = row else { return Ok(None) };
+    let job: uuid::Uuid = r.get(7);
+    sqlx::query("UPDATE jobs SET state = 'running', started_at = coalesce(started_at, now()), updated_at = now() WHERE id = $1 AND state = 'queued'")
+        .bind(job)
+        .execute(&app.pool)
+        .await?;
+    Ok(Some((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), job)))
 }
 
 async fn load_source(app: &App, id: uuid::Uuid) -> Result<(BlobKey, RgbImage, Option<Landmarks68>, String)> {
@@ -389,7 +467,7 @@ async fn load_parts(app: &App, id: uuid::Uuid) -> Result<PartMasks> {
 
 async fn load_item(app: &App, c: ClaimRow) -> Result<Claimed> {
     let t0 = Instant::now();
-    let (item_id, method, seed, target_id, donor_id, plan_id, params) = c;
+    let (item_id, method, seed, target_id, donor_id, plan_id, params, job_id) = c;
     let (original_key, target, target_lm, split) = load_source(app, target_id).await?;
     let mask_key: BlobKey = sqlx::query_scalar::<_, String>("SELECT mask_hash FROM mask_plans WHERE id = $1")
         .bind(plan_id)
@@ -415,6 +493,7 @@ async fn load_item(app: &App, c: ClaimRow) -> Result<Claimed> {
     };
     Ok(Claimed {
         item_id,
+        job_id,
         method,
         seed: seed as u64,
         target_id,
@@ -447,15 +526,20 @@ fn make_generator(method: &str, o: &WorkerOptions) -> std::result::Result<Box<dy
 }
 
 async fn fail_item(app: &App, item: uuid::Uuid, worker: &str, reason: &str) -> Result<()> {
-    sqlx::query(
+    let job: Option<uuid::Uuid> = sqlx::query_scalar(
         "UPDATE forge_items SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, \
-         last_error = $3, lease_until = NULL, updated_at = now() WHERE id = $1 AND worker = $2 AND status = 'running'",
+         last_error = $3, lease_until = NULL, updated_at = now() WHERE id = $1 AND worker = $2 AND status = 'running' RETURNING job_id",
     )
     .bind(item)
     .bind(worker)
     .bind(reason)
-    .execute(&app.pool)
+    .fetch_optional(&app.pool)
     .await?;
+    if let Some(job) = job {
+        let reason: String = reason.chars().take(500).collect();
+        super::event(&app.pool, job, "warn", Some(worker), &format!("item {item} failed: {reason}")).await?;
+        super::runner::finish_forge_job(&app.pool, job).await?;
+    }
     Ok(())
 }
 
@@ -505,11 +589,16 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
         }
     });
     let poll = Duration::from_millis(500);
+    // tests of kill, cancel and pause slow each item down to catch a job midway
+    let item_delay = std::env::var("MMTT_TEST_ITEM_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
     let claimer = async {
         loop {
             match claim(app, &o).await? {
                 Some(c) => {
                     let id = c.0;
+                    if let Some(d) = item_delay {
+                        tokio::time::sleep(d).await;
+                    }
                     match load_item(app, c).await {
                         Ok(loaded) => {
                             if claim_tx.send(loaded).await.is_err() {
@@ -521,9 +610,10 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                 }
                 None => {
                     if o.until_empty {
-                        let open: i64 = sqlx::query_scalar(
-                            "SELECT count(*) FROM forge_items WHERE ($1::uuid IS NULL OR job_id = $1) AND status IN ('queued', 'running')",
-                        )
+                        let open: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                            "SELECT count(*) FROM forge_items WHERE ($1::uuid IS NULL OR job_id = $1) AND status IN ('queued', 'running') \
+                             AND (status = 'running' OR {CLAIMABLE_JOB})"
+                        )))
                         .bind(o.job)
                         .fetch_one(&app.pool)
                         .await?;
@@ -607,6 +697,7 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
                     .await?;
                     tx.commit().await?;
                     summary.done += 1;
+                    super::runner::finish_forge_job(&app.pool, c.job_id).await?;
                     if o.progress {
                         eprintln!("forged {} ({}) in {:.0} ms", c.item_id, c.method, c.claimed_at.elapsed().as_secs_f64() * 1e3);
                     }
@@ -620,6 +711,10 @@ pub async fn run_worker(app: &App, o: WorkerOptions) -> Result<WorkerSummary> {
     let heartbeat = async {
         loop {
             tokio::time::sleep(o.lease / 3).await;
+            // a cancelled job's items go back at once: the result of the one in flight is dropped
+            if let Err(e) = super::runner::release_cancelled_items(&app.pool, &o.name).await {
+                tracing::warn!(error = %e, "releasing cancelled items failed");
+            }
             let r = sqlx::query(
                 "UPDATE forge_items SET lease_until = now() + make_interval(secs => $2) WHERE worker = $1 AND status = 'running'",
             )

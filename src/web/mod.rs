@@ -188,7 +188,12 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::POST, "/admin/jobs/{id}/{action}", Access::Admin, post(admin::jobs::control)),
         (Method::GET, "/admin/import", Access::Admin, get(admin::import::form)),
         (Method::POST, "/admin/import", Access::Admin, post(admin::import::submit_folder)),
-        (Method::POST, "/admin/import/upload", Access::Admin, post(admin::import::submit_upload).layer(axum::extract::DefaultBodyLimit::disable())),
+        (
+            Method::POST,
+            "/admin/import/upload",
+            Access::Admin,
+            post(admin::import::submit_upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        ),
         (Method::GET, "/admin/masks", Access::Admin, get(admin::masks::form)),
         (Method::POST, "/admin/masks", Access::Admin, post(admin::masks::submit)),
         (Method::GET, "/admin/masks/preview/{source}", Access::Admin, get(admin::masks::preview)),

@@ -91,8 +91,10 @@ pub fn multipart(parts: &[Part<'_>]) -> (String, Vec<u8>) {
         body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
         match file {
             Some(f) => body.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
             ),
             None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
         }
@@ -107,8 +109,7 @@ pub fn multipart(parts: &[Part<'_>]) -> (String, Vec<u8>) {
 pub async fn wait_job(c: &reqwest::Client, base: &str, token: &str, id: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let v: serde_json::Value =
-            c.get(format!("{base}/admin/jobs/{id}")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = c.get(format!("{base}/admin/jobs/{id}")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
         let state = v["state"].as_str().unwrap_or_default().to_string();
         if matches!(state.as_str(), "done" | "failed" | "cancelled") {
             return v;

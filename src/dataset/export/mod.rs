@@ -22,8 +22,8 @@ pub mod formats;
 pub mod rle;
 
 use crate::app::App;
-use crate::storage::split::{self, Split, SplitRatios};
 use crate::dataset::stats::{StatSample, Stats};
+use crate::storage::split::{self, Split, SplitRatios};
 use crate::storage::store::{BlobKey, FsBlobStore};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -292,6 +292,9 @@ pub struct Out {
     pub removed: AtomicU64,
     pub bytes: AtomicU64,
     pub done: AtomicU64,
+    /// Set when the export is stopped (its job cancelled or paused): the writer refuses the next
+    /// file, so the export ends at its next file and resumes later.
+    pub stop: std::sync::atomic::AtomicBool,
 }
 
 /// How many file names a resume prints per kind of finding (the counts are always complete).
@@ -309,6 +312,7 @@ impl Out {
             removed: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             done: AtomicU64::new(0),
+            stop: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -333,6 +337,9 @@ impl Out {
     }
 
     fn target(&self, rel: &str) -> Result<(PathBuf, PathBuf)> {
+        if self.stop.load(Ordering::Relaxed) {
+            bail!("the export was stopped");
+        }
         let path = self.root.join(rel);
         let dir = path.parent().ok_or_else(|| anyhow!("bad export path {rel}"))?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -664,6 +671,21 @@ fn check_out(o: &ExportOptions) -> Result<bool> {
 
 /// Runs an export to the end (or resumes one), with progress on stderr and in the `exports` table.
 pub async fn run(app: &App, o: &ExportOptions) -> Result<ExportSummary> {
+    run_with(app, o, indicatif::ProgressBar::new(0), None).await
+}
+
+/// Sets [`Out::stop`] when dropped: an export future dropped midway stops its writer thread.
+struct StopOnDrop(Arc<Out>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// [`run`] reporting progress on `bar` (samples written of samples), recorded in `exports` under
+/// `export_id` (the job's id) when given. Dropping the future stops the writer at its next file.
+pub async fn run_with(app: &App, o: &ExportOptions, bar: indicatif::ProgressBar, export_id: Option<uuid::Uuid>) -> Result<ExportSummary> {
     let started = std::time::Instant::now();
     if o.shard_bytes < 1024 {
         bail!("--shard-size must be at least 1024 bytes");
@@ -679,16 +701,20 @@ pub async fn run(app: &App, o: &ExportOptions) -> Result<ExportSummary> {
     let resumed = check_out(o)?;
     let _lock = lock_out(o)?;
     std::fs::write(o.out.join(STATE_FILE), serde_json::to_vec_pretty(o)?)?;
-    let export_id = uuid::Uuid::new_v4();
-    sqlx::query("INSERT INTO exports (id, format, out_dir, options, total) VALUES ($1, $2, $3, $4, $5)")
-        .bind(export_id)
-        .bind(o.format.name())
-        .bind(o.out.display().to_string())
-        .bind(serde_json::to_value(o)?)
-        .bind(samples.len() as i32)
-        .execute(&app.pool)
-        .await?;
+    let export_id = export_id.unwrap_or_else(uuid::Uuid::new_v4);
+    sqlx::query(
+        "INSERT INTO exports (id, format, out_dir, options, total) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (id) DO UPDATE SET status = 'running', total = $5, error = NULL, updated_at = now()",
+    )
+    .bind(export_id)
+    .bind(o.format.name())
+    .bind(o.out.display().to_string())
+    .bind(serde_json::to_value(o)?)
+    .bind(samples.len() as i32)
+    .execute(&app.pool)
+    .await?;
     let out = Arc::new(Out::new(o.out.clone(), app.store.clone(), o.link));
+    let _stop = StopOnDrop(out.clone());
     let listed = if resumed {
         eprintln!("export: resuming the export in {}: every file already there is checked against what it should be", o.out.display());
         clean_start(&out)?
@@ -696,7 +722,7 @@ pub async fn run(app: &App, o: &ExportOptions) -> Result<ExportSummary> {
         Default::default()
     };
     let samples = Arc::new(samples);
-    let bar = indicatif::ProgressBar::new(samples.len() as u64);
+    bar.set_length(samples.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("export {bar:40} {pos}/{len} samples {per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

@@ -59,8 +59,22 @@ pub struct ImportOptions {
     pub progress: bool,
 }
 
-#[tracing::instrument(name = "import", skip_all, fields(dataset = opts.dataset.name(), root = ?opts.root))]
 pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>) -> Result<Summary> {
+    let bar = if opts.progress { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    run_with(app, opts, finder, bar, None).await
+}
+
+/// [`run`] reporting progress on `bar` (inputs done of inputs to read: its position and length
+/// are what the job system reads), with the run recorded under `run_id` (the job's id) when given.
+/// Dropping the future stops the decoding workers at their next input.
+#[tracing::instrument(name = "import", skip_all, fields(dataset = opts.dataset.name(), root = ?opts.root))]
+pub async fn run_with(
+    app: &App,
+    opts: ImportOptions,
+    finder: Option<Arc<FaceFinder>>,
+    bar: ProgressBar,
+    run_id: Option<uuid::Uuid>,
+) -> Result<Summary> {
     let dataset = opts.dataset;
     let mut summary = Summary::default();
     let (mut cands, others) = match &opts.root {
@@ -99,14 +113,17 @@ pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>
         }
     }
 
-    let run_id = uuid::Uuid::new_v4();
+    let run_id = run_id.unwrap_or_else(uuid::Uuid::new_v4);
     let root_text = opts.root.as_ref().map(|r| r.display().to_string()).unwrap_or_else(|| "(files)".into());
-    sqlx::query("INSERT INTO import_runs (id, dataset, root, status) VALUES ($1, $2, $3, 'running')")
-        .bind(run_id)
-        .bind(dataset.name())
-        .bind(&root_text)
-        .execute(&app.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO import_runs (id, dataset, root, status) VALUES ($1, $2, $3, 'running') \
+         ON CONFLICT (id) DO UPDATE SET status = 'running', finished_at = NULL",
+    )
+    .bind(run_id)
+    .bind(dataset.name())
+    .bind(&root_text)
+    .execute(&app.pool)
+    .await?;
 
     let present: HashSet<String> = sqlx::query_scalar("SELECT DISTINCT original_id FROM sources WHERE dataset = $1")
         .bind(dataset.name())
@@ -125,7 +142,8 @@ pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>
         None if cands.is_empty() => None,
         None => Some(Arc::new(FaceFinder::load()?)),
     };
-    let bar = if opts.progress { ProgressBar::new(cands.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_length(cands.len() as u64 + summary.already_present);
+    bar.set_position(summary.already_present);
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
             .expect("static template")
@@ -137,6 +155,10 @@ pub async fn run(app: &App, opts: ImportOptions, finder: Option<Arc<FaceFinder>>
     let limits = opts.limits;
     let worker = tokio::task::spawn_blocking(move || {
         cands.into_par_iter().for_each_with(tx, |tx, c| {
+            // the import was stopped (cancelled, paused): leave the rest
+            if tx.is_closed() {
+                return;
+            }
             let out = datasets::process(dataset, c, finder.as_deref(), limits);
             let _ = tx.blocking_send(out);
         });

@@ -52,4 +52,3 @@ pub async fn list(pool: &sqlx::PgPool, limit: i64) -> Result<Vec<ActionRow>, sql
         .map(|r| ActionRow { id: r.get(0), user: r.get(1), action: r.get(2), detail: r.get(3), via: r.get(4), at: r.get(5) })
         .collect())
 }
-

@@ -23,7 +23,10 @@ pub const PAPER_ROWS: [(&str, [Option<f64>; 9]); 8] = [
     ("LISA-7B", [Some(18.1), Some(29.4), Some(15.5), Some(8.6), Some(4.9), Some(23.3), Some(68.52), Some(77.80), Some(84.64)]),
     ("Osprey", [Some(9.2), Some(16.7), Some(7.8), Some(4.4), Some(2.5), Some(18.5), None, None, None]),
     ("InstructBLIP", [Some(20.9), Some(30.6), Some(16.8), Some(9.8), Some(5.6), Some(24.8), Some(67.38), Some(85.47), Some(80.25)]),
-    ("ForgeryTalker (paper)", [Some(21.5), Some(31.1), Some(16.9), Some(9.8), Some(5.9), Some(24.3), Some(70.81), Some(87.06), Some(78.34)]),
+    (
+        "ForgeryTalker (paper)",
+        [Some(21.5), Some(31.1), Some(16.9), Some(9.8), Some(5.9), Some(24.3), Some(70.81), Some(87.06), Some(78.34)],
+    ),
     (
         "ForgeryTalker w/ FPN-GT (oracle regions)",
         [Some(48.1), Some(38.0), Some(22.4), Some(14.4), Some(9.5), Some(32.3), Some(70.26), Some(88.83), Some(77.93)],
@@ -57,7 +60,8 @@ async fn ground_truths(state: &AppState) -> Result<Vec<GroundTruth>, WebError> {
         let is_mmtt = params.and_then(|p| p.get("format")).and_then(|f| f.as_str()) == Some("mmtt");
         let dir = params.and_then(|p| p.get("out")).and_then(|o| o.as_str()).map(PathBuf::from);
         if let (true, "done", Some(dir)) = (is_mmtt, j.state.as_str(), dir) {
-            let splits: Vec<String> = ["test", "val", "train"].iter().filter(|s| dir.join(format!("{s}.json")).is_file()).map(|s| s.to_string()).collect();
+            let splits: Vec<String> =
+                ["test", "val", "train"].iter().filter(|s| dir.join(format!("{s}.json")).is_file()).map(|s| s.to_string()).collect();
             if !splits.is_empty() {
                 out.push(GroundTruth { job: j.id.clone(), out: dir.display().to_string(), splits });
             }
@@ -78,7 +82,12 @@ struct EvalPage<'a> {
     jobs: Vec<JobRow>,
 }
 
-async fn page(state: &AppState, admin: &Admin, error: Option<&Refusal>, values: &Fields) -> Result<(Html<String>, serde_json::Value), WebError> {
+async fn page(
+    state: &AppState,
+    admin: &Admin,
+    error: Option<&Refusal>,
+    values: &Fields,
+) -> Result<(Html<String>, serde_json::Value), WebError> {
     let truths = ground_truths(state).await?;
     let jobs = recent(&state.pool, Some("eval")).await?;
     let data = serde_json::json!({ "ground_truths": truths, "jobs": jobs });
@@ -140,7 +149,8 @@ fn check_predictions(text: &str) -> Result<Vec<String>, Refusal> {
         let s = |names: &[&str]| names.iter().find_map(|k| v.get(*k).and_then(|x| x.as_str()).map(str::to_string));
         let id = s(&["image_id"]).ok_or_else(|| at("no image_id: each line needs image_id, caption and mask_path"))?;
         s(&["caption", "pred_caption", "prediction"]).ok_or_else(|| at("no caption: each line needs image_id, caption and mask_path"))?;
-        let mask = s(&["mask_path", "pred_mask_path"]).ok_or_else(|| at("no mask_path: each line needs image_id, caption and mask_path"))?;
+        let mask =
+            s(&["mask_path", "pred_mask_path"]).ok_or_else(|| at("no mask_path: each line needs image_id, caption and mask_path"))?;
         if !ids.insert(id.clone()) {
             return Err(at(&format!("image_id `{}` appears twice: keep one prediction per image", short(&id))));
         }
@@ -161,7 +171,9 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, mut mp: Multipa
     let mut pred: Option<Vec<u8>> = None;
     let mut archive: Option<Vec<u8>> = None;
     let read = async {
-        while let Some(field) = mp.next_field().await.map_err(|e| Refusal::new("predictions", format!("the upload was cut off or malformed ({e})")))? {
+        while let Some(field) =
+            mp.next_field().await.map_err(|e| Refusal::new("predictions", format!("the upload was cut off or malformed ({e})")))?
+        {
             let name = field.name().unwrap_or_default().to_string();
             let (limit, slot) = match name.as_str() {
                 "predictions" => (MAX_PRED_BYTES, &mut pred),
@@ -207,7 +219,10 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, mut mp: Multipa
         }
         let truths = ground_truths(&state).await.map_err(|e| Refusal::new("truth", e.to_string()))?;
         if truths.is_empty() {
-            return Err(Refusal::new("truth", "no finished export in the mmtt format: export one (Export page, format mmtt) to evaluate against"));
+            return Err(Refusal::new(
+                "truth",
+                "no finished export in the mmtt format: export one (Export page, format mmtt) to evaluate against",
+            ));
         }
         let truth = truths.iter().find(|t| t.job == values.val("truth")).ok_or_else(|| {
             Refusal::new("truth", format!("`{}` is not a finished mmtt-format export: choose one of the list", short(values.val("truth"))))
@@ -217,7 +232,8 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, mut mp: Multipa
             return Err(Refusal::new("split", format!("the export has no {} split: choose {}", short(split), truth.splits.join(", "))));
         }
         let pred = pred.as_deref().ok_or_else(|| Refusal::new("predictions", "missing: upload the JSONL prediction file"))?;
-        let text = std::str::from_utf8(pred).map_err(|_| Refusal::new("predictions", "not UTF-8 text: upload the JSONL prediction file"))?;
+        let text =
+            std::str::from_utf8(pred).map_err(|_| Refusal::new("predictions", "not UTF-8 text: upload the JSONL prediction file"))?;
         let named = check_predictions(text)?;
         let archive = archive.ok_or_else(|| Refusal::new("masks", "missing: upload a tar of the predicted masks named by mask_path"))?;
         let t2 = tmp.join("masks");
@@ -228,14 +244,17 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, mut mp: Multipa
         for m in &named {
             let norm: PathBuf = Path::new(m).components().filter(|c| matches!(c, Component::Normal(_))).collect();
             if !names.contains(&*norm.to_string_lossy()) {
-                return Err(Refusal::new("masks", format!("`{}` (a mask_path of the predictions) is not in the archive: add it", short(m))));
+                return Err(Refusal::new(
+                    "masks",
+                    format!("`{}` (a mask_path of the predictions) is not in the archive: add it", short(m)),
+                ));
             }
         }
         tokio::fs::create_dir_all(&tmp).await.map_err(|e| Refusal::new("predictions", format!("cannot store: {e}")))?;
-        tokio::fs::write(tmp.join("predictions.jsonl"), text).await.map_err(|e| Refusal::new("predictions", format!("cannot store: {e}")))?;
-        let out = PathBuf::from(&truth.out);
-        let spec = specs::eval(&out.join(format!("{split}.json")), &out, &dir.join("predictions.jsonl"), &dir.join("masks"), &row_name)?;
-        Ok((spec, row_name, truth.job.clone(), split.to_string()))
+        tokio::fs::write(tmp.join("predictions.jsonl"), text)
+            .await
+            .map_err(|e| Refusal::new("predictions", format!("cannot store: {e}")))?;
+        Ok((row_name, truth.job.clone(), truth.out.clone(), split.to_string()))
     }
     .await;
     match checked {
@@ -244,13 +263,32 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, mut mp: Multipa
             let html = page(&state, &admin, Some(&r), &values).await.map(|(h, _)| h);
             refused(admin.json, &r, |_| html)
         }
-        Ok((spec, row_name, truth, split)) => {
+        Ok((row_name, truth, out, split)) => {
             if let Err(e) = tokio::fs::rename(&tmp, &dir).await {
                 let _ = tokio::fs::remove_dir_all(&tmp).await;
                 return super::internal(admin.json, e);
             }
+            let out = PathBuf::from(out);
+            let spec = match specs::eval(
+                &out.join(format!("{split}.json")),
+                &out,
+                &dir.join("predictions.jsonl"),
+                &dir.join("masks"),
+                &row_name,
+            ) {
+                Ok(s) => s,
+                Err(r) => {
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                    let html = page(&state, &admin, Some(&r), &values).await.map(|(h, _)| h);
+                    return refused(admin.json, &r, |_| html);
+                }
+            };
             let detail = serde_json::json!({ "name": row_name, "ground_truth_export": truth, "split": split });
-            specs::submit_and_answer(&state, &admin, &spec, "evaluate", detail).await
+            let r = specs::submit_and_answer(&state, &admin, &spec, "evaluate", detail).await;
+            if !r.status().is_success() && !r.status().is_redirection() {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+            }
+            r
         }
     }
 }
@@ -276,7 +314,14 @@ impl BoardRow {
 pub async fn board(state: &AppState) -> Result<Vec<BoardRow>, WebError> {
     let mut rows: Vec<BoardRow> = PAPER_ROWS
         .iter()
-        .map(|(n, c)| BoardRow { name: n.to_string(), paper: true, by: "paper".into(), when: String::new(), job: String::new(), cells: c.to_vec() })
+        .map(|(n, c)| BoardRow {
+            name: n.to_string(),
+            paper: true,
+            by: "paper".into(),
+            when: String::new(),
+            job: String::new(),
+            cells: c.to_vec(),
+        })
         .collect();
     let filter = jobs::JobFilter { kind: Some(jobs::JobKind::Eval), limit: Some(1000), ..Default::default() };
     let evals = jobs::list(&state.pool, &filter).await.map_err(|e| WebError::Internal(e.to_string()))?;
@@ -286,7 +331,9 @@ pub async fn board(state: &AppState) -> Result<Vec<BoardRow>, WebError> {
         if j.state != "done" {
             continue;
         }
-        let Some(row) = j.view.get("result").and_then(|r| r.get("table2_row").or_else(|| r.get("report").and_then(|x| x.get("table2_row")))) else {
+        let Some(row) =
+            j.view.get("result").and_then(|r| r.get("table2_row").or_else(|| r.get("report").and_then(|x| x.get("table2_row"))))
+        else {
             continue;
         };
         let name = j.view.get("params").and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or("unnamed").to_string();

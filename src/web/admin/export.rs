@@ -44,7 +44,12 @@ async fn choices(state: &AppState) -> Result<(Vec<String>, Vec<String>), WebErro
     Ok((methods, datasets))
 }
 
-async fn page(state: &AppState, admin: &Admin, error: Option<&Refusal>, values: &Fields) -> Result<(Html<String>, serde_json::Value), WebError> {
+async fn page(
+    state: &AppState,
+    admin: &Admin,
+    error: Option<&Refusal>,
+    values: &Fields,
+) -> Result<(Html<String>, serde_json::Value), WebError> {
     let (methods, datasets) = choices(state).await?;
     let jobs = recent(&state.pool, Some("export")).await?;
     let data = serde_json::json!({ "formats": FORMATS.map(|f| f.0), "methods": methods, "datasets": datasets, "jobs": jobs });
@@ -120,7 +125,10 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, headers: Header
         if f.flag("resplit") {
             let seed = f.u64_or("split_seed", None, "the seed of the new splits, a whole number")?;
             let ratios: SplitRatios = f.opt("ratios").unwrap_or("8:1:1").parse().map_err(|_| {
-                Refusal::new("ratios", format!("`{}` is not train:validation:test ratios: give three whole numbers such as 8:1:1", short(f.val("ratios"))))
+                Refusal::new(
+                    "ratios",
+                    format!("`{}` is not train:validation:test ratios: give three whole numbers such as 8:1:1", short(f.val("ratios"))),
+                )
             })?;
             o.resplit = Some((seed, ratios));
         } else if f.opt("split_seed").is_some() {
@@ -249,10 +257,11 @@ pub async fn download(State(state): State<AppState>, admin: Admin, Path(id): Pat
             }
         }
     }
-    let mut res = match tower_http::services::ServeFile::new_with_mime(&tar_path, &"application/x-tar".parse().expect("mime")).try_call(req).await {
-        Ok(r) => r.map(Body::new),
-        Err(e) => return super::internal(admin.json, e),
-    };
+    let mut res =
+        match tower_http::services::ServeFile::new_with_mime(&tar_path, &"application/x-tar".parse().expect("mime")).try_call(req).await {
+            Ok(r) => r.map(Body::new),
+            Err(e) => return super::internal(admin.json, e),
+        };
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"export-{}.tar\"", id.simple())) {
         res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }

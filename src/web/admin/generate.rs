@@ -79,10 +79,16 @@ fn check_models(models: &Path, method: &str) -> Result<String, String> {
             .map(|_| format!("{} matches its manifest", path.display()))
             .map_err(|e| format!("{e}")),
         _ => {
-            let missing: Vec<&str> = ["text_encoder/model.onnx", "text_encoder_2/model.onnx", "unet/model.onnx", "vae_encoder/model.onnx", "vae_decoder/model.onnx"]
-                .into_iter()
-                .filter(|f| !path.join(f).is_file())
-                .collect();
+            let missing: Vec<&str> = [
+                "text_encoder/model.onnx",
+                "text_encoder_2/model.onnx",
+                "unet/model.onnx",
+                "vae_encoder/model.onnx",
+                "vae_decoder/model.onnx",
+            ]
+            .into_iter()
+            .filter(|f| !path.join(f).is_file())
+            .collect();
             if missing.is_empty() {
                 Ok(format!("{} has its five graphs (checked against the manifest when a worker loads them)", path.display()))
             } else {
@@ -135,7 +141,12 @@ struct GeneratePage<'a> {
     jobs: Vec<JobRow>,
 }
 
-async fn page(state: &AppState, admin: &Admin, error: Option<&Refusal>, values: &Fields) -> Result<(Html<String>, serde_json::Value), WebError> {
+async fn page(
+    state: &AppState,
+    admin: &Admin,
+    error: Option<&Refusal>,
+    values: &Fields,
+) -> Result<(Html<String>, serde_json::Value), WebError> {
     let (generators, cuda) = generators(state).await?;
     let jobs = recent(&state.pool, Some("forge")).await?;
     let data = serde_json::json!({ "generators": generators, "cuda_worker": cuda, "jobs": jobs });
@@ -165,7 +176,10 @@ pub async fn form(State(state): State<AppState>, admin: Admin) -> Response {
 
 fn known_method(field: &str, m: &str) -> Result<(), Refusal> {
     family_of(m).map(|_| ()).map_err(|_| {
-        Refusal::new(field, format!("unknown method `{}`: choose one of {}", short(m), METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ")))
+        Refusal::new(
+            field,
+            format!("unknown method `{}`: choose one of {}", short(m), METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ")),
+        )
     })
 }
 
@@ -220,7 +234,8 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, headers: Header
             Some(o) => return Err(Refusal::new("mix", format!("unknown mix `{}`: choose none or paper", short(o)))),
         };
         let methods: Vec<(&str, &str)> = if mix_paper {
-            let v = [("mix_swap", f.val("mix_swap")), ("mix_transformer", f.val("mix_transformer")), ("mix_diffusion", f.val("mix_diffusion"))];
+            let v =
+                [("mix_swap", f.val("mix_swap")), ("mix_transformer", f.val("mix_transformer")), ("mix_diffusion", f.val("mix_diffusion"))];
             for (field, m) in v {
                 if m.is_empty() {
                     return Err(Refusal::new(field, "missing: choose the method standing for this family in the paper's mix"));
@@ -232,7 +247,10 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, headers: Header
             }
             for (field, m) in &v[1..] {
                 if family_of(m).ok() == Some("swap") {
-                    return Err(Refusal::new(field, format!("`{m}` is a face swap: choose an inpainting method (mat, lama, sdxl, patch-inpaint, part-swap)")));
+                    return Err(Refusal::new(
+                        field,
+                        format!("`{m}` is a face swap: choose an inpainting method (mat, lama, sdxl, patch-inpaint, part-swap)"),
+                    ));
                 }
             }
             v.to_vec()
@@ -263,9 +281,17 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, headers: Header
         }
         let models = state.admin.models_dir.clone();
         let names: Vec<(String, String)> = methods.iter().map(|(f, m)| (f.to_string(), m.to_string())).collect();
-        let checks = tokio::task::spawn_blocking(move || names.into_iter().map(|(f, m)| { let r = check_models(&models, &m); (f, m, r) }).collect::<Vec<_>>())
-            .await
-            .map_err(|e| Refusal::new("method", format!("cannot check the models: {e}")))?;
+        let checks = tokio::task::spawn_blocking(move || {
+            names
+                .into_iter()
+                .map(|(f, m)| {
+                    let r = check_models(&models, &m);
+                    (f, m, r)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Refusal::new("method", format!("cannot check the models: {e}")))?;
         for (field, m, r) in checks {
             if let Err(why) = r {
                 return Err(Refusal::new(&field, format!("`{m}` cannot run on this server: {why}")));

@@ -10,7 +10,7 @@ use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, Response};
 use std::path::{Path, PathBuf};
 
 /// The layouts an import reads, as the form offers them.
@@ -117,9 +117,10 @@ fn check_layout(layout: &str, dir: &Path) -> Result<(), Refusal> {
         }
     };
     match discover(dataset, dir) {
-        Ok((items, _)) if items.is_empty() => {
-            Err(Refusal::new("folder", format!("no images (.jpg, .jpeg, .png, .webp) in {}: give the folder that holds them", dir.display())))
-        }
+        Ok((items, _)) if items.is_empty() => Err(Refusal::new(
+            "folder",
+            format!("no images (.jpg, .jpeg, .png, .webp) in {}: give the folder that holds them", dir.display()),
+        )),
         Ok(_) => Ok(()),
         Err(e) => Err(Refusal::new("folder", format!("{e:#}"))),
     }
@@ -257,40 +258,35 @@ pub async fn submit_upload(State(state): State<AppState>, admin: Admin, mp: Mult
     if let Err(e) = tokio::fs::create_dir_all(&tmp).await {
         return super::internal(admin.json, format!("cannot create {}: {e}", tmp.display()));
     }
-    let received = receive(&state, mp, &tmp).await;
-    let result = match received {
-        Err(r) => Err((r, Fields::default())),
-        Ok((values, n)) => match admin.check_csrf(values.csrf()) {
-            Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&tmp).await;
-                return super::error_response(e, admin.json);
-            }
-            Ok(()) => {
-                let dir = uploads.join(format!("photos-{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), id.simple()));
-                match specs::import("photos", &dir, None) {
-                    Err(r) => Err((r, values)),
-                    Ok(spec) => Ok((spec, dir, n)),
-                }
-            }
-        },
-    };
-    match result {
-        Err((r, values)) => {
+    let (values, n) = match receive(&state, mp, &tmp).await {
+        Ok(x) => x,
+        Err(r) => {
             let _ = tokio::fs::remove_dir_all(&tmp).await;
-            let html = page(&state, &admin, Some(&r), &values).await;
-            refused(admin.json, &r, |_| html)
+            let html = page(&state, &admin, Some(&r), &Fields::default()).await;
+            return refused(admin.json, &r, |_| html);
         }
-        Ok((spec, dir, n)) => {
-            if let Err(e) = tokio::fs::rename(&tmp, &dir).await {
-                let _ = tokio::fs::remove_dir_all(&tmp).await;
-                return super::internal(admin.json, format!("cannot keep the upload: {e}"));
-            }
-            let detail = serde_json::json!({ "dataset": "photos", "uploaded": n, "folder": dir });
-            let r = specs::submit_and_answer(&state, &admin, &spec, "import upload", detail).await;
-            if r.status().is_server_error() || r.status() == StatusCode::UNPROCESSABLE_ENTITY {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-            }
-            r.into_response()
-        }
+    };
+    if let Err(e) = admin.check_csrf(values.csrf()) {
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        return super::error_response(e, admin.json);
     }
+    let dir = uploads.join(format!("photos-{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), id.simple()));
+    if let Err(e) = tokio::fs::rename(&tmp, &dir).await {
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        return super::internal(admin.json, format!("cannot keep the upload: {e}"));
+    }
+    let spec = match specs::import("photos", &dir, None) {
+        Ok(s) => s,
+        Err(r) => {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            let html = page(&state, &admin, Some(&r), &values).await;
+            return refused(admin.json, &r, |_| html);
+        }
+    };
+    let detail = serde_json::json!({ "dataset": "photos", "uploaded": n, "folder": dir });
+    let r = specs::submit_and_answer(&state, &admin, &spec, "import upload", detail).await;
+    if r.status().is_server_error() || r.status() == StatusCode::UNPROCESSABLE_ENTITY {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+    }
+    r
 }

@@ -9,7 +9,7 @@ use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, Response};
+use axum::response::{Html, IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -139,7 +139,9 @@ pub struct WorkerRow {
 
 fn list_text(v: &Value, k: &str) -> String {
     match v.get(k) {
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(", "),
+        Some(Value::Array(a)) => {
+            a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(", ")
+        }
         _ => text(v, k),
     }
 }
@@ -228,8 +230,6 @@ pub async fn show(State(state): State<AppState>, admin: Admin, Path(id): Path<St
         Err(e) => e.into_response(),
     }
 }
-
-use axum::response::IntoResponse;
 
 /// POST /admin/jobs/{id}/{action}: cancel, pause, resume, retry (the failed items).
 pub async fn control(

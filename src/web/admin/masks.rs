@@ -33,7 +33,8 @@ struct MasksPage<'a> {
 
 /// The statistics for people, like `mmtt masks stats`.
 pub fn stats_text(s: &PlanStats) -> String {
-    let mut t = format!("inpainting masks: {} (full face {} = {:.1}%), swap masks: {}\n", s.n, s.full_face, 100.0 * s.full_face_share, s.swap);
+    let mut t =
+        format!("inpainting masks: {} (full face {} = {:.1}%), swap masks: {}\n", s.n, s.full_face, 100.0 * s.full_face_share, s.swap);
     let parts_total: u64 = s.k_histogram.values().sum();
     for (k, v) in &s.k_histogram {
         let share = if parts_total > 0 { 100.0 * *v as f64 / parts_total as f64 } else { 0.0 };
@@ -54,7 +55,13 @@ pub struct SeedQuery {
     seed: Option<String>,
 }
 
-async fn page(state: &AppState, admin: &Admin, error: Option<&Refusal>, values: &Fields, seed: Option<u64>) -> Result<(Html<String>, serde_json::Value), WebError> {
+async fn page(
+    state: &AppState,
+    admin: &Admin,
+    error: Option<&Refusal>,
+    values: &Fields,
+    seed: Option<u64>,
+) -> Result<(Html<String>, serde_json::Value), WebError> {
     let st = masks::stats(&app_of(state), seed).await?;
     let mut stats = vec![("all".to_string(), stats_text(&st.all))];
     for (d, s) in &st.by_dataset {
@@ -114,7 +121,10 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, headers: Header
             None | Some("all") => None,
             Some(d) if DATASETS.contains(&d) => Some(d.to_string()),
             Some(d) => {
-                return Err(Refusal::new("dataset", format!("unknown dataset `{}`: choose all or one of {}", short(d), DATASETS.join(", "))));
+                return Err(Refusal::new(
+                    "dataset",
+                    format!("unknown dataset `{}`: choose all or one of {}", short(d), DATASETS.join(", ")),
+                ));
             }
         };
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sources WHERE ($1::text IS NULL OR dataset = $1)")
@@ -149,6 +159,11 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, headers: Header
 /// GET /admin/masks/preview/{source}[?seed=N]: a PNG of the source and its planned masks.
 pub async fn preview(State(state): State<AppState>, admin: Admin, Path(source): Path<String>, Query(q): Query<SeedQuery>) -> Response {
     let Ok(source) = source.parse::<uuid::Uuid>() else { return super::error_response(WebError::NotFound, admin.json) };
+    match sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM sources WHERE id = $1)").bind(source).fetch_one(&state.pool).await {
+        Ok(true) => {}
+        Ok(false) => return super::error_response(WebError::NotFound, admin.json),
+        Err(e) => return super::internal(admin.json, e),
+    }
     let dir = state.admin.data_dir.join("tmp");
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         return super::internal(admin.json, e);

@@ -1,0 +1,270 @@
+//! What the `mmtt jobs`, `mmtt worker` and the long commands (`import`, `masks plan`, `export`)
+//! print, over the job system's API. The long commands record a job and run it in their own
+//! process under a lease ([`run_inline`]), so they appear in `mmtt jobs` and a killed one is
+//! taken over by a worker.
+
+use super::forge::WorkerOptions;
+use super::runner::{self, JobOutput, Stopped};
+use super::{JobAction, JobFilter, JobKind, JobSpec, JobState, JobView};
+use crate::app::App;
+use anyhow::{Result, anyhow, bail};
+use indicatif::ProgressBar;
+use uuid::Uuid;
+
+/// Who starts jobs from the command line (`cli:USER`).
+pub fn cli_user() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+}
+
+/// Records `spec` as a job held by this process and runs it here; a killed process's job is taken
+/// over by a worker once its lease (`MMTT_JOB_LEASE_SECONDS`, default 60) expires.
+pub async fn run_inline(app: &App, spec: &JobSpec, progress: bool) -> Result<(Uuid, JobOutput)> {
+    spec.validate()?;
+    let id = Uuid::new_v4();
+    let name = runner::process_name();
+    let lease = runner::inline_lease();
+    super::insert(&app.pool, id, spec, &cli_user(), Some((&name, lease))).await?;
+    let o = WorkerOptions {
+        name: name.clone(),
+        device: mmtt_generators::forge::onnx::Device::Cpu,
+        models_dir: super::forge::default_models_dir(&app.data_dir),
+        threads: 0,
+        lease,
+        until_empty: true,
+        job: Some(id),
+        progress,
+    };
+    let bar = if progress { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    match runner::execute(app, id, spec, &name, lease, &o, bar).await? {
+        Ok(out) => Ok((id, out)),
+        Err(Stopped::Lost) => bail!("job {id}: this process lost its lease (it stalled); another worker took the job over"),
+        Err(s) => bail!("job {id} was {} (`mmtt jobs show {id}`)", runner::stopped_state(s)),
+    }
+}
+
+/// `mmtt import` (not the release): the same output as before the job system.
+pub async fn import(app: &App, spec: super::ImportSpec, json: bool) -> Result<()> {
+    let dataset = spec.dataset.dataset();
+    match run_inline(app, &JobSpec::Import(spec), true).await?.1 {
+        JobOutput::Import(s) => {
+            if let Some(d) = dataset {
+                s.print_human(d);
+            }
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            }
+        }
+        JobOutput::Release(s) => {
+            println!(
+                "imported {} samples from the MMTT release ({}); {} were already present",
+                s.imported,
+                s.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+                s.already_present
+            );
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            }
+        }
+        other => bail!("an import job produced {other:?}"),
+    }
+    Ok(())
+}
+
+/// `mmtt masks plan`.
+pub async fn masks_plan(app: &App, spec: super::MasksSpec, json: bool) -> Result<()> {
+    let JobOutput::Masks(s) = run_inline(app, &JobSpec::Masks(spec), true).await?.1 else {
+        bail!("a masks job produced something else");
+    };
+    println!(
+        "masks planned for {} sources, {} already planned, {} without facial parts",
+        s.planned,
+        s.already_planned,
+        s.unplannable.len()
+    );
+    for u in &s.unplannable {
+        println!("  {u}");
+    }
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+    }
+    Ok(())
+}
+
+/// `mmtt export`.
+pub async fn export(app: &App, spec: super::ExportSpec, json: bool) -> Result<()> {
+    let JobOutput::Export(r) = run_inline(app, &JobSpec::Export(spec), true).await?.1 else {
+        bail!("an export job produced something else");
+    };
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "exported {} samples ({}) to {} in {:.1} s: {} files, {:.1} MB ({} verified from an earlier run: {} kept, {} rewritten; {} stale removed); splits seed {} ratios {}",
+            r.samples,
+            r.per_split.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+            r.out,
+            r.seconds,
+            r.files,
+            r.bytes as f64 / 1e6,
+            r.verified_files,
+            r.reused_files,
+            r.replaced_files,
+            r.removed_files,
+            r.split_seed,
+            r.split_ratios
+        );
+    }
+    Ok(())
+}
+
+/// `mmtt jobs [--kind K] [--state S] [--json]`: every kind, newest first.
+pub async fn list(app: &App, kind: Option<&str>, state: Option<&str>, json: bool) -> Result<()> {
+    let filter = JobFilter {
+        kind: kind.map(|k| k.parse::<JobKind>()).transpose().map_err(|e| anyhow!("--kind: {e}"))?,
+        state: state.map(|s| s.parse::<JobState>()).transpose().map_err(|e| anyhow!("--state: {e}"))?,
+        limit: Some(1000),
+    };
+    let jobs = super::list(&app.pool, &filter).await?;
+    if json {
+        println!("{}", serde_json::to_string(&jobs)?);
+        return Ok(());
+    }
+    for j in &jobs {
+        print_line(j);
+    }
+    let workers = super::live_workers(&app.pool).await?;
+    if !workers.is_empty() {
+        println!("live workers:");
+        for w in workers {
+            println!(
+                "  {} (pid {}, v{}) devices {} methods {}{}",
+                w.name,
+                w.pid,
+                w.version,
+                w.devices.join(","),
+                w.methods.join(","),
+                w.current_job.map(|j| format!(", working on {j}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_line(j: &JobView) {
+    let tail = |j: &JobView| {
+        let mut t = String::new();
+        if let Some(r) = j.rate_per_s {
+            t.push_str(&format!(", {r:.2}/s"));
+        }
+        if let Some(e) = j.eta_s {
+            t.push_str(&format!(", eta {e:.0} s"));
+        }
+        if let Some(e) = &j.error {
+            t.push_str(&format!(" ({e})"));
+        }
+        if let Some(b) = &j.blocked {
+            t.push_str(&format!(" [blocked: {b}]"));
+        }
+        t
+    };
+    match j.kind {
+        JobKind::Forge => {
+            println!(
+                "job {} {}: {} done, {} queued, {} running, {} failed (of {} requested); {}{}",
+                j.id,
+                j.params["methods"],
+                j.done,
+                j.queued,
+                j.running,
+                j.failed,
+                j.params["count"],
+                j.state,
+                tail(j)
+            );
+            for f in &j.failures {
+                println!("  failed {} ({}): {}", f.item, f.method, f.reason.as_deref().unwrap_or_default());
+            }
+        }
+        JobKind::Export => println!(
+            "export {} {} -> {}: {}, {}/{} samples{}",
+            j.id,
+            j.params["format"].as_str().unwrap_or("?"),
+            j.params["out"].as_str().unwrap_or("?"),
+            j.state,
+            j.done,
+            j.total,
+            tail(j)
+        ),
+        JobKind::Import => println!(
+            "import {} {} from {}: {}, {}/{} inputs{}",
+            j.id,
+            j.params["dataset"].as_str().unwrap_or("?"),
+            j.params["root"].as_str().unwrap_or("?"),
+            j.state,
+            j.done,
+            j.total,
+            tail(j)
+        ),
+        _ => println!("{} {}: {}, {}/{}{}", j.kind, j.id, j.state, j.done, j.total, tail(j)),
+    }
+}
+
+/// `mmtt jobs show ID [--json]`.
+pub async fn show(app: &App, id: Uuid, json: bool) -> Result<()> {
+    let j = super::get(&app.pool, id).await?.ok_or_else(|| anyhow!("no job {id} (`mmtt jobs` lists them)"))?;
+    if json {
+        println!("{}", serde_json::to_string(&j)?);
+        return Ok(());
+    }
+    print_line(&j);
+    println!("  started by {} at {}, attempts {} of {}", j.started_by, j.created_at, j.attempts, j.max_attempts);
+    println!("  params {}", j.params);
+    if let Some(r) = &j.result {
+        println!("  result {r}");
+    }
+    for e in &j.events {
+        println!(
+            "  {} {:<5} {}{}",
+            e.at.format("%H:%M:%S"),
+            e.level,
+            e.worker.as_deref().map(|w| format!("[{w}] ")).unwrap_or_default(),
+            e.message
+        );
+    }
+    Ok(())
+}
+
+/// `mmtt jobs cancel|pause|resume|retry ID`.
+pub async fn control(app: &App, id: Uuid, action: JobAction) -> Result<()> {
+    let j = super::control(&app.pool, id, action, &cli_user()).await?;
+    println!("job {id}: {} ({} done, {} failed of {})", j.state, j.done, j.failed, j.total);
+    Ok(())
+}
+
+/// `mmtt worker`.
+pub async fn worker(app: &App, o: WorkerOptions) -> Result<()> {
+    let s = runner::run(app, o).await?;
+    println!("worker done: {} forged, {} failed attempts", s.done, s.failed_attempts);
+    Ok(())
+}
+
+/// Runs `serve` with an embedded worker beside it (restarted after an error) unless `worker` is None.
+pub async fn serve_with_worker(
+    app: &App,
+    serve: impl std::future::Future<Output = Result<()>>,
+    worker: Option<WorkerOptions>,
+) -> Result<()> {
+    let Some(o) = worker else { return serve.await };
+    let embedded = async {
+        loop {
+            if let Err(e) = runner::run(app, o.clone()).await {
+                tracing::warn!(error = %format!("{e:#}"), "the embedded worker stopped; restarting it in 5 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    };
+    tokio::select! {
+        r = serve => r,
+        _ = embedded => unreachable!("the embedded worker loop never ends"),
+    }
+}
