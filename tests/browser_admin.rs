@@ -7,7 +7,7 @@
 mod common;
 
 use common::Env;
-use common::admin::{PASSWORD, accept_all, add_users, serve};
+use common::admin::{PASSWORD, accept_all, add_users, count, serve};
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -144,6 +144,7 @@ fn an_admin_goes_from_an_empty_project_to_a_downloaded_export_in_a_browser() {
         photos.extend(more.into_iter().take(2));
     }
     common::web::rt().block_on(async {
+        let pool = sqlx::PgPool::connect(&env.db.url).await.unwrap();
         let c = browser(&driver, profiles.path(), downloads.path()).await;
         c.goto(&format!("{base}/login")).await.unwrap();
         c.find(Locator::Css("input[name=name]")).await.unwrap().send_keys("adm").await.unwrap();
@@ -161,13 +162,13 @@ fn an_admin_goes_from_an_empty_project_to_a_downloaded_export_in_a_browser() {
         let refusal = c.wait().for_element(Locator::Id("form-error")).await.unwrap().text().await.unwrap();
         assert!(refusal.contains("photos:") && refusal.contains("notes.png") && refusal.contains("not an image"), "{refusal}");
         shot(&c, "02-import-refused").await;
-        assert_eq!(env.db.scalar_i64("SELECT count(*) FROM jobs"), 0);
+        assert_eq!(count(&pool, "SELECT count(*) FROM jobs").await, 0);
         let list = photos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n");
         c.find(Locator::Id("photos")).await.unwrap().send_keys(&list).await.unwrap();
         c.find(Locator::Id("upload")).await.unwrap().click().await.unwrap();
         watch_job(&c, "import").await;
         shot(&c, "03-import-job").await;
-        assert!(env.db.scalar_i64("SELECT count(*) FROM sources WHERE dataset = 'photos'") >= 2);
+        assert!(count(&pool, "SELECT count(*) FROM sources WHERE dataset = 'photos'").await >= 2);
 
         // masks
         c.goto(&format!("{base}/admin/masks")).await.unwrap();
@@ -194,13 +195,13 @@ fn an_admin_goes_from_an_empty_project_to_a_downloaded_export_in_a_browser() {
         eprintln!("generation progress seen: {seen:?}");
         assert_eq!(seen.last(), Some(&100));
         shot(&c, "06-generate-job").await;
-        let forged = env.db.scalar_i64("SELECT count(*) FROM forgeries");
+        let forged = count(&pool, "SELECT count(*) FROM forgeries").await;
         assert!(forged >= 2, "{forged} forgeries");
         c.goto(&format!("{base}/admin/jobs")).await.unwrap();
         shot(&c, "07-jobs").await;
 
         // the reviewers' part, outside the console
-        assert_eq!(accept_all(&env), forged);
+        assert_eq!(accept_all(&pool).await, forged);
 
         // export, then the download through the page's link
         c.goto(&format!("{base}/admin/export")).await.unwrap();

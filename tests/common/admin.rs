@@ -119,12 +119,19 @@ pub async fn wait_job(c: &reqwest::Client, base: &str, token: &str, id: &str) ->
     }
 }
 
+/// One number from SQL (inside async tests, where `TestDb::scalar_i64` cannot block).
+pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await.unwrap()
+}
+
 /// Accepted annotations for every forgery (the reviewers' work, which the console does not do).
-pub fn accept_all(env: &Env) -> i64 {
-    env.db.scalar_i64(
+pub async fn accept_all(pool: &sqlx::PgPool) -> i64 {
+    count(
+        pool,
         "WITH a AS (INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, mentions) \
                SELECT gen_random_uuid(), f.id, u.id, 'The skin of the nose is smoother than the cheeks.', '{nose}', 10, 70, 80, 'accepted', '{nose}' \
                FROM forgeries f, users u WHERE u.name = 'ann' RETURNING 1) \
          SELECT count(*) FROM a",
     )
+    .await
 }

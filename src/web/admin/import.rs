@@ -189,6 +189,7 @@ async fn receive(state: &AppState, mut mp: Multipart, tmp: &Path) -> Result<(Fie
     let cfg = &state.admin;
     let mut values = Fields::default();
     let mut n = 0usize;
+    let mut received: Vec<(PathBuf, String)> = Vec::new();
     loop {
         let field = match mp.next_field().await {
             Ok(Some(f)) => f,
@@ -237,15 +238,26 @@ async fn receive(state: &AppState, mut mp: Multipart, tmp: &Path) -> Result<(Fie
                 Err(e) => return Err(Refusal::new("photos", format!("the upload was cut off ({e}): send it again"))),
             }
         }
-        let decoded = tokio::task::spawn_blocking(move || decode_image(bytes, DecodeLimits::default()).map(|d| (d.bytes, d.format)))
-            .await
-            .map_err(|e| Refusal::new("photos", format!("cannot decode: {e}")))?;
-        let (bytes, format) = decoded.map_err(|why| Refusal::new("photos", format!("`{}` is not usable: {why}", short(&original))))?;
-        let path = tmp.join(stored_name(n, &original, format));
-        tokio::fs::write(&path, &bytes).await.map_err(|e| Refusal::new("photos", format!("cannot store the upload: {e}")))?;
+        let raw = tmp.join(format!("{n:04}.upload"));
+        tokio::fs::write(&raw, &bytes).await.map_err(|e| Refusal::new("photos", format!("cannot store the upload: {e}")))?;
+        received.push((raw, original));
     }
     if n == 0 {
         return Err(Refusal::new("photos", "no photo chosen: choose one or more JPEG, PNG or WebP files"));
+    }
+    // every file decoded with the CLI import's checks, once the count and sizes are known good
+    for (i, (raw, original)) in received.into_iter().enumerate() {
+        let r = raw.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&r).map_err(|e| format!("cannot read the upload: {e}"))?;
+            decode_image(bytes, DecodeLimits::default()).map(|d| d.format)
+        })
+        .await
+        .map_err(|e| Refusal::new("photos", format!("cannot decode: {e}")))?;
+        let format = decoded.map_err(|why| Refusal::new("photos", format!("`{}` is not usable: {why}", short(&original))))?;
+        tokio::fs::rename(&raw, tmp.join(stored_name(i + 1, &original, format)))
+            .await
+            .map_err(|e| Refusal::new("photos", format!("cannot store the upload: {e}")))?;
     }
     Ok((values, n))
 }
