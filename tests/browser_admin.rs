@@ -187,9 +187,9 @@ fn an_admin_goes_from_an_empty_project_to_a_downloaded_export_in_a_browser() {
         assert_eq!(ready, "ready");
         shot(&c, "05-generate").await;
         c.find(Locator::Css("#method option[value='patch-inpaint']")).await.unwrap().click().await.unwrap();
-        let count = c.find(Locator::Id("count")).await.unwrap();
-        count.clear().await.unwrap();
-        count.send_keys("4").await.unwrap();
+        let count_input = c.find(Locator::Id("count")).await.unwrap();
+        count_input.clear().await.unwrap();
+        count_input.send_keys("4").await.unwrap();
         c.find(Locator::Id("start-generate")).await.unwrap().click().await.unwrap();
         let seen = watch_job(&c, "generation").await;
         eprintln!("generation progress seen: {seen:?}");
