@@ -168,6 +168,9 @@ pub async fn form(State(state): State<AppState>, admin: Admin) -> Response {
     let mut values = Fields::default();
     values.0.push(("count".into(), "10".into()));
     values.0.push(("seed".into(), "1".into()));
+    for (k, v) in [("mix_swap", "e4s"), ("mix_transformer", "mat"), ("mix_diffusion", "sdxl")] {
+        values.0.push((k.into(), v.into()));
+    }
     match page(&state, &admin, None, &values).await {
         Ok((html, data)) => page_or_json(admin.json, &data, || Ok(html)),
         Err(e) => super::error_response(e, admin.json),
