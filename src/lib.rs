@@ -13,7 +13,7 @@
 pub mod app;
 pub mod dataset;
 pub mod devtools;
-pub mod generate;
 pub mod jobs;
 pub mod storage;
+pub mod generate;
 pub mod web;

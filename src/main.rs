@@ -989,7 +989,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 if *wait {
                     let o = worker_options(&cli, worker, (*device).into(), true, Some(e.job_id));
-                    let s = mmtt::jobs::forge::run_worker(app, o).await?;
+                    let s = mmtt::jobs::runner::run(app, o).await?;
                     println!("forged {} ({} failed attempts)", s.done, s.failed_attempts);
                 }
                 if *json {
@@ -1100,13 +1100,8 @@ async fn run(cli: Cli) -> Result<()> {
                 let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone())
                     .with_admin(mmtt::web::admin::AdminConfig::new(&app.data_dir, roots));
                 let worker = (!*no_worker).then(|| {
-                    let mut o = worker_options(
-                        &cli,
-                        &WorkerArgs { models: None, threads: 0, lease_seconds: 60, name: None },
-                        Device::Cpu,
-                        false,
-                        None,
-                    );
+                    let args = WorkerArgs { models: None, threads: 0, lease_seconds: 60, name: None };
+                    let mut o = worker_options(&cli, &args, Device::Cpu, false, None);
                     o.progress = false;
                     o
                 });

@@ -50,7 +50,7 @@ pub enum JobOutput {
     Forge(Enqueued),
     Export(export::ExportSummary),
     Eval {
-        report: mmtt_model::eval::report::Report,
+        report: Box<mmtt_model::eval::report::Report>,
         line: String,
     },
 }
@@ -228,12 +228,15 @@ pub struct ClaimedJob {
     pub attempts: i32,
 }
 
+/// A claimed job's row: id, params, attempts, max_attempts, and the previous holder, its last
+/// heartbeat and the state before the claim.
+type JobClaimRow = (Uuid, serde_json::Value, i32, i32, Option<String>, Option<chrono::DateTime<chrono::Utc>>, String);
+
 /// Claims the oldest queued job (or one whose worker's lease expired, to take it over).
 pub async fn claim_job(pool: &PgPool, name: &str, lease: Duration, only: Option<Uuid>) -> Result<Option<ClaimedJob>, JobError> {
     loop {
-        let row: Option<(Uuid, serde_json::Value, i32, i32, Option<String>, Option<chrono::DateTime<chrono::Utc>>, String)> =
-            sqlx::query_as(
-                "WITH c AS (SELECT id, worker AS prev, heartbeat_at AS prev_hb, state AS prev_state FROM jobs \
+        let row: Option<JobClaimRow> = sqlx::query_as(
+            "WITH c AS (SELECT id, worker AS prev, heartbeat_at AS prev_hb, state AS prev_state FROM jobs \
                    WHERE NOT fanned_out AND kind <> 'train' AND ($3::uuid IS NULL OR id = $3) \
                      AND (state = 'queued' OR (state = 'running' AND lease_until < now() AND attempts < max_attempts)) \
                    ORDER BY created_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
@@ -241,12 +244,12 @@ pub async fn claim_job(pool: &PgPool, name: &str, lease: Duration, only: Option<
                    heartbeat_at = now(), attempts = j.attempts + 1, started_at = coalesce(j.started_at, now()), updated_at = now() \
                  FROM c WHERE j.id = c.id \
                  RETURNING j.id, j.params, j.attempts, j.max_attempts, c.prev, c.prev_hb, c.prev_state",
-            )
-            .bind(name)
-            .bind(lease.as_secs_f64())
-            .bind(only)
-            .fetch_optional(pool)
-            .await?;
+        )
+        .bind(name)
+        .bind(lease.as_secs_f64())
+        .bind(only)
+        .fetch_optional(pool)
+        .await?;
         let Some((id, params, attempts, max_attempts, prev, prev_hb, prev_state)) = row else { return Ok(None) };
         if prev_state == "running" {
             let at = prev_hb.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_else(|| "?".into());
@@ -434,7 +437,7 @@ async fn run_spec(app: &App, job: Uuid, spec: &JobSpec, o: &WorkerOptions, bar: 
             .await
             .map_err(|e| anyhow!("the evaluation panicked: {e}"))??;
             bar.inc(1);
-            JobOutput::Eval { report, line }
+            JobOutput::Eval { report: Box::new(report), line }
         }
     })
 }

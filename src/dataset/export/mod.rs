@@ -22,8 +22,8 @@ pub mod formats;
 pub mod rle;
 
 use crate::app::App;
-use crate::dataset::stats::{StatSample, Stats};
 use crate::storage::split::{self, Split, SplitRatios};
+use crate::dataset::stats::{StatSample, Stats};
 use crate::storage::store::{BlobKey, FsBlobStore};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};

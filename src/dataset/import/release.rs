@@ -15,8 +15,8 @@
 //! (`{prefix}_{32 hex digits}`) that names a forgery of this database is that forgery, already
 //! present, and is skipped.
 
-use crate::app::App;
 use crate::dataset::annotation::{REGION_LABELS, region_labels, word_count};
+use crate::app::App;
 use crate::storage::split::Split;
 use crate::storage::store::BlobStore;
 use anyhow::{Context, Result, anyhow, bail};
