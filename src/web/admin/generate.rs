@@ -54,7 +54,10 @@ fn signature(p: &Path) -> Option<String> {
     Some(s)
 }
 
-static CHECKS: Mutex<Option<HashMap<(String, String), Result<String, String>>>> = Mutex::new(None);
+/// (method, file signature) -> the check's outcome.
+type CheckCache = HashMap<(String, String), Result<String, String>>;
+
+static CHECKS: Mutex<Option<CheckCache>> = Mutex::new(None);
 
 /// Loads the method's models on the CPU and checks them against their manifest (cached per file
 /// version). SDXL's five graphs are only checked for presence here (loading them takes gigabytes);
