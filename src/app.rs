@@ -33,6 +33,12 @@ impl App {
         Ok(App { pool, store, data_dir: data_dir.to_path_buf(), lease })
     }
 
+    /// The context of a process that already holds its pool and store (the web server's): closing
+    /// it closes the pool only.
+    pub fn from_parts(pool: PgPool, store: Arc<FsBlobStore>, data_dir: &Path) -> Self {
+        App { pool, store, data_dir: data_dir.to_path_buf(), lease: None }
+    }
+
     /// Closes the pool and, if this was the last command using the private cluster, stops it.
     pub async fn close(self) -> Result<()> {
         self.pool.close().await;

@@ -35,6 +35,27 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("GET", "/admin/stats"), [401, 403, 403, 200]),
         (("GET", "/admin/users"), [401, 403, 403, 200]),
         (("POST", "/admin/users"), [401, 403, 403, 200]),
+        // the admin console (tests/admin_console.rs covers its forms, tokens and downloads)
+        (("GET", "/static/admin.js"), [200, 200, 200, 200]),
+        (("GET", "/admin/jobs"), [401, 403, 403, 200]),
+        (("GET", "/admin/jobs/{id}"), [401, 403, 403, 404]),
+        (("POST", "/admin/jobs/{id}/{action}"), [401, 403, 403, 404]),
+        (("GET", "/admin/import"), [401, 403, 403, 200]),
+        (("POST", "/admin/import"), [401, 403, 403, 422]),
+        (("POST", "/admin/import/upload"), [401, 403, 403, 400]),
+        (("GET", "/admin/masks"), [401, 403, 403, 200]),
+        (("POST", "/admin/masks"), [401, 403, 403, 422]),
+        (("GET", "/admin/masks/preview/{source}"), [401, 403, 403, 404]),
+        (("GET", "/admin/generate"), [401, 403, 403, 200]),
+        (("POST", "/admin/generate"), [401, 403, 403, 422]),
+        (("GET", "/admin/export"), [401, 403, 403, 200]),
+        (("POST", "/admin/export"), [401, 403, 403, 422]),
+        (("GET", "/admin/export/{id}"), [401, 403, 403, 404]),
+        (("GET", "/admin/export/{id}/download"), [401, 403, 403, 404]),
+        (("GET", "/admin/eval"), [401, 403, 403, 200]),
+        (("POST", "/admin/eval"), [401, 403, 403, 400]),
+        (("GET", "/admin/leaderboard"), [401, 403, 403, 200]),
+        (("GET", "/admin/actions"), [401, 403, 403, 200]),
     ])
 }
 
@@ -57,7 +78,12 @@ fn every_route_answers_every_role_as_expected() {
                 let url = format!(
                     "{}{}",
                     app.base,
-                    path.replace("{task}", &unknown).replace("{kind}", "forged").replace("{annotation}", &unknown)
+                    path.replace("{task}", &unknown)
+                        .replace("{kind}", "forged")
+                        .replace("{annotation}", &unknown)
+                        .replace("{id}", &unknown)
+                        .replace("{source}", &unknown)
+                        .replace("{action}", "cancel")
                 );
                 let req = match method.as_str() {
                     "GET" => c.get(&url),

@@ -222,6 +222,10 @@ impl SessionCache {
 /// guard calls this for every non-public route; it is the hook for other credentials (a bearer
 /// token for scripts: look it up here, before or after the cookie, and return its user).
 pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Option<User>, WebError> {
+    // scripts: `Authorization: Bearer TOKEN` (the admin console's API tokens)
+    if let Some(u) = super::admin::tokens::bearer_user(&parts.headers, &state.pool).await? {
+        return Ok(Some(u));
+    }
     let Some(token) = cookie_token(parts) else { return Ok(None) };
     let hash = token_hash(&token);
     if let Some(u) = state.sessions.get(&hash) {

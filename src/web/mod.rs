@@ -13,7 +13,9 @@
 //! - [`review`]: the reviewer's queue, false-positive flags, accept / edit / return.
 //! - [`dashboard`]: the admin's counts, per-annotator figures and jobs.
 //! - [`pages`]: login, home, admin users.
+//! - [`admin`]: the admin console (import, masks, generate, export, evaluate, jobs, actions) and its JSON variants.
 
+pub mod admin;
 pub mod annotate;
 pub mod auth;
 pub mod dashboard;
@@ -52,11 +54,22 @@ pub struct AppState {
     pub store: Arc<FsBlobStore>,
     pub config: Arc<WebConfig>,
     pub sessions: Arc<auth::SessionCache>,
+    /// The admin console's settings (import roots, upload limits, data directory).
+    pub admin: Arc<admin::AdminConfig>,
 }
 
 impl AppState {
     pub fn new(pool: sqlx::PgPool, store: Arc<FsBlobStore>, config: WebConfig) -> Self {
-        AppState { pool, store, config: Arc::new(config), sessions: Arc::default() }
+        // the blob store lives in DATA_DIR/blobs
+        let data_dir = store.root().parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| store.root().to_path_buf());
+        let admin = Arc::new(admin::AdminConfig::new(&data_dir, vec![]));
+        AppState { pool, store, config: Arc::new(config), sessions: Arc::default(), admin }
+    }
+
+    /// With the admin console's settings (`mmtt serve --import-root DIR`).
+    pub fn with_admin(mut self, admin: admin::AdminConfig) -> Self {
+        self.admin = Arc::new(admin);
+        self
     }
 }
 
@@ -218,6 +231,31 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::GET, "/admin/stats", Access::Admin, get(dashboard::stats)),
         (Method::GET, "/admin/users", Access::Admin, get(pages::users)),
         (Method::POST, "/admin/users", Access::Admin, post(pages::add_user)),
+        (Method::GET, "/static/admin.js", Access::Public, get(admin::admin_js)),
+        (Method::GET, "/admin/jobs", Access::Admin, get(admin::jobs::list)),
+        (Method::GET, "/admin/jobs/{id}", Access::Admin, get(admin::jobs::show)),
+        (Method::POST, "/admin/jobs/{id}/{action}", Access::Admin, post(admin::jobs::control)),
+        (Method::GET, "/admin/import", Access::Admin, get(admin::import::form)),
+        (Method::POST, "/admin/import", Access::Admin, post(admin::import::submit_folder)),
+        (
+            Method::POST,
+            "/admin/import/upload",
+            Access::Admin,
+            post(admin::import::submit_upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        ),
+        (Method::GET, "/admin/masks", Access::Admin, get(admin::masks::form)),
+        (Method::POST, "/admin/masks", Access::Admin, post(admin::masks::submit)),
+        (Method::GET, "/admin/masks/preview/{source}", Access::Admin, get(admin::masks::preview)),
+        (Method::GET, "/admin/generate", Access::Admin, get(admin::generate::form)),
+        (Method::POST, "/admin/generate", Access::Admin, post(admin::generate::submit)),
+        (Method::GET, "/admin/export", Access::Admin, get(admin::export::form)),
+        (Method::POST, "/admin/export", Access::Admin, post(admin::export::submit)),
+        (Method::GET, "/admin/export/{id}", Access::Admin, get(admin::export::show)),
+        (Method::GET, "/admin/export/{id}/download", Access::Admin, get(admin::export::download)),
+        (Method::GET, "/admin/eval", Access::Admin, get(admin::eval::form)),
+        (Method::POST, "/admin/eval", Access::Admin, post(admin::eval::submit).layer(axum::extract::DefaultBodyLimit::disable())),
+        (Method::GET, "/admin/leaderboard", Access::Admin, get(admin::eval::leaderboard)),
+        (Method::GET, "/admin/actions", Access::Admin, get(admin::audit::list)),
     ]
 }
 

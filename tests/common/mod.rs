@@ -2,6 +2,7 @@
 //! real face photos (Debian's samples, and `MMTT_FACES_DIR` in CI).
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod web;
 
 use std::path::{Path, PathBuf};
