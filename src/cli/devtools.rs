@@ -117,7 +117,13 @@ pub async fn demo(g: &Global, a: DemoArgs) -> Result<()> {
         let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), mmtt::web::WebConfig::default())
             .with_admin(mmtt::web::admin::AdminConfig::new(&app.data_dir, vec![]));
         println!("open http://{}/ and sign in (Ctrl-C stops the server)", a.bind);
-        let mut worker = super::forge::worker_options(g, &super::forge::WorkerArgs::embedded(), mmtt_generators::forge::runtime::Device::Cpu, false, None);
+        let mut worker = super::forge::worker_options(
+            g,
+            &super::forge::WorkerArgs::embedded(),
+            mmtt_generators::forge::runtime::Device::Cpu,
+            false,
+            None,
+        );
         worker.progress = false;
         mmtt::jobs::cli::serve_with_worker(app, mmtt::web::serve(state, &a.bind), Some(worker)).await
     })

@@ -3,7 +3,7 @@
 use super::Global;
 use anyhow::Result;
 use clap::Subcommand;
-use mmtt::dataset::import::{self, ImportOptions, datasets::Dataset, decode::DecodeLimits};
+use mmtt::dataset::import::{self, datasets::Dataset, decode::DecodeLimits};
 use mmtt_generators::detect::FaceFinder;
 use std::path::PathBuf;
 

@@ -3,8 +3,8 @@
 
 use super::Global;
 use anyhow::{Context, Result};
-use std::path::PathBuf;
 use clap::Subcommand;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -61,7 +61,13 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         .map(|r| r.canonicalize().with_context(|| format!("--import-root {} does not exist: create it or fix the path", r.display())))
         .collect::<Result<Vec<_>>>()?;
     let worker = (!a.no_worker).then(|| {
-        let mut o = super::forge::worker_options(g, &super::forge::WorkerArgs::embedded(), mmtt_generators::forge::runtime::Device::Cpu, false, None);
+        let mut o = super::forge::worker_options(
+            g,
+            &super::forge::WorkerArgs::embedded(),
+            mmtt_generators::forge::runtime::Device::Cpu,
+            false,
+            None,
+        );
         o.progress = false;
         o
     });

@@ -4,9 +4,9 @@
 //! ([`super::JobView::blocked`]).
 
 use super::forge::WorkerOptions;
-use mmtt_generators::registry::Method;
 use super::{JobError, runner};
 use mmtt_generators::forge::onnx::Device;
+use mmtt_generators::registry::Method;
 use sqlx::PgPool;
 use std::path::Path;
 
@@ -17,11 +17,6 @@ pub struct Capabilities {
     pub providers: Vec<String>,
     pub models: Vec<String>,
     pub methods: Vec<String>,
-}
-
-/// The model files a method needs under the models folder (None: a built-in, always available).
-pub fn model_path_of(method: &str) -> Option<&'static str> {
-    method.parse::<Method>().ok().and_then(Method::model_path)
 }
 
 /// CUDA is usable here: an NVIDIA device node and ONNX Runtime's CUDA provider library beside

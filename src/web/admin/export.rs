@@ -95,7 +95,7 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, headers: Header
         let (known_methods, known_datasets) = choices(&state).await.map_err(|e| Refusal::new("method", e.to_string()))?;
         let methods: Vec<String> = f.all("method").into_iter().map(str::to_string).collect();
         for m in &methods {
-            if crate::jobs::forge::family_of(m).is_err() && !known_methods.contains(m) {
+            if m.parse::<mmtt_generators::registry::Method>().is_err() && !known_methods.contains(m) {
                 return Err(Refusal::new("method", format!("unknown method `{}`: choose among {}", short(m), known_methods.join(", "))));
             }
         }

@@ -5,14 +5,14 @@
 
 use super::jobs::{JobRow, recent, workers};
 use super::{Admin, Fields, NAV, Refusal, fields, page_or_json, refused, short, specs};
-use crate::jobs::forge::{METHODS, family_of};
 use crate::web::{AppState, WebError, render};
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{Html, Response};
-use mmtt_generators::forge::onnx::{Device, Manifest, OnnxGenerator};
+use mmtt_generators::forge::runtime::Device;
+use mmtt_generators::registry::{Family, Method};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,12 +31,8 @@ pub struct GeneratorStatus {
 }
 
 /// Where a method's model files are (`None`: built in).
-fn model_path(models: &Path, method: &str) -> Option<PathBuf> {
-    match method {
-        "mat" | "lama" => Some(models.join(Manifest::builtin(method).map(|m| m.model_file).unwrap_or_else(|| format!("{method}.onnx")))),
-        "e4s" | "sdxl" => Some(models.join(method)),
-        _ => None,
-    }
+fn model_path(models: &Path, method: Method) -> Option<PathBuf> {
+    method.model_path().map(|p| models.join(p))
 }
 
 /// Sizes and modification times of the files under `p`: the cache key of a check.
@@ -62,7 +58,7 @@ static CHECKS: Mutex<Option<CheckCache>> = Mutex::new(None);
 /// Loads the method's models on the CPU and checks them against their manifest (cached per file
 /// version). SDXL's five graphs are only checked for presence here (loading them takes gigabytes);
 /// a worker checks them against the manifest when it loads them.
-fn check_models(models: &Path, method: &str) -> Result<String, String> {
+fn check_models(models: &Path, method: Method) -> Result<String, String> {
     let Some(path) = model_path(models, method) else { return Ok("built in".into()) };
     let Some(sig) = signature(&path) else {
         return Err(format!(
@@ -75,13 +71,7 @@ fn check_models(models: &Path, method: &str) -> Result<String, String> {
         return r;
     }
     let r = match method {
-        "mat" | "lama" => OnnxGenerator::load_builtin(method, models, Device::Cpu, 1)
-            .map(|_| format!("{} matches its manifest", path.display()))
-            .map_err(|e| format!("{e}")),
-        "e4s" => mmtt_generators::forge::e4s::E4s::load(models, Device::Cpu, 1)
-            .map(|_| format!("{} matches its manifest", path.display()))
-            .map_err(|e| format!("{e}")),
-        _ => {
+        Method::Sdxl => {
             let missing: Vec<&str> = [
                 "text_encoder/model.onnx",
                 "text_encoder_2/model.onnx",
@@ -98,6 +88,7 @@ fn check_models(models: &Path, method: &str) -> Result<String, String> {
                 Err(format!("{} lacks {}: export SDXL inpainting there (see generators/EXPORT.md)", path.display(), missing.join(", ")))
             }
         }
+        _ => method.load(models, Device::Cpu, 1).map(|_| format!("{} matches its manifest", path.display())).map_err(|e| format!("{e}")),
     };
     if let Ok(mut m) = CHECKS.lock() {
         m.get_or_insert_with(HashMap::new).insert(key, r.clone());
@@ -110,19 +101,19 @@ pub async fn generators(state: &AppState) -> Result<(Vec<GeneratorStatus>, bool)
     let (_, wv) = workers(&state.pool).await?;
     let cuda = wv.iter().any(|w| w.get("devices").and_then(|d| d.as_array()).is_some_and(|a| a.iter().any(|x| x.as_str() == Some("cuda"))));
     let models = state.admin.models_dir.clone();
-    let checks = tokio::task::spawn_blocking(move || METHODS.iter().map(|(m, _)| (*m, check_models(&models, m))).collect::<Vec<_>>())
+    let checks = tokio::task::spawn_blocking(move || Method::ALL.iter().map(|&m| (m, check_models(&models, m))).collect::<Vec<_>>())
         .await
         .map_err(|e| WebError::Internal(e.to_string()))?;
     let out = checks
         .into_iter()
         .map(|(m, r)| GeneratorStatus {
             method: m.to_string(),
-            family: family_of(m).unwrap_or("?").to_string(),
+            family: m.family().to_string(),
             ready: r.is_ok(),
             detail: r.unwrap_or_else(|e| e),
             workers: wv
                 .iter()
-                .filter(|w| w.get("methods").and_then(|d| d.as_array()).is_some_and(|a| a.iter().any(|x| x.as_str() == Some(m))))
+                .filter(|w| w.get("methods").and_then(|d| d.as_array()).is_some_and(|a| a.iter().any(|x| x.as_str() == Some(m.as_str()))))
                 .map(|w| w.get("name").and_then(|n| n.as_str()).unwrap_or("?").to_string())
                 .collect(),
         })
@@ -161,7 +152,7 @@ async fn page(
         values,
         generators,
         cuda,
-        methods: METHODS.iter().map(|(m, _)| *m).collect(),
+        methods: Method::ALL.iter().map(|m| m.as_str()).collect(),
         jobs,
     })?;
     Ok((html, data))
@@ -180,11 +171,15 @@ pub async fn form(State(state): State<AppState>, admin: Admin) -> Response {
     }
 }
 
-fn known_method(field: &str, m: &str) -> Result<(), Refusal> {
-    family_of(m).map(|_| ()).map_err(|_| {
+fn known_method(field: &str, m: &str) -> Result<Method, Refusal> {
+    m.parse::<Method>().map_err(|_| {
         Refusal::new(
             field,
-            format!("unknown method `{}`: choose one of {}", short(m), METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ")),
+            format!(
+                "unknown method `{}`: choose one of {}",
+                short(m),
+                Method::ALL.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+            ),
         )
     })
 }
@@ -248,11 +243,11 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, headers: Header
                 }
                 known_method(field, m)?;
             }
-            if family_of(v[0].1).ok() != Some("swap") {
+            if known_method("mix_swap", v[0].1)?.family() != Family::Swap {
                 return Err(Refusal::new("mix_swap", format!("`{}` is not a face swap: choose classic-swap or e4s", v[0].1)));
             }
             for (field, m) in &v[1..] {
-                if family_of(m).ok() == Some("swap") {
+                if known_method(field, m)?.family() == Family::Swap {
                     return Err(Refusal::new(
                         field,
                         format!("`{m}` is a face swap: choose an inpainting method (mat, lama, sdxl, patch-inpaint, part-swap)"),
@@ -291,7 +286,7 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, headers: Header
             names
                 .into_iter()
                 .map(|(f, m)| {
-                    let r = check_models(&models, &m);
+                    let r = m.parse::<Method>().map_err(|e| e.to_string()).and_then(|method| check_models(&models, method));
                     (f, m, r)
                 })
                 .collect::<Vec<_>>()
