@@ -81,7 +81,7 @@ pub async fn form(State(state): State<AppState>, admin: Admin) -> Response {
 pub async fn submit(State(state): State<AppState>, admin: Admin, headers: HeaderMap, body: Bytes) -> Response {
     let f = match fields(&admin, &headers, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let checked = async {
         let format = match f.val("format") {

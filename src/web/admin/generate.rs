@@ -226,7 +226,7 @@ fn sdxl_params(f: &Fields) -> Result<serde_json::Value, Refusal> {
 pub async fn submit(State(state): State<AppState>, admin: Admin, headers: HeaderMap, body: Bytes) -> Response {
     let f = match fields(&admin, &headers, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let checked = async {
         let mix_paper = match f.opt("mix") {

@@ -130,7 +130,7 @@ fn check_layout(layout: &str, dir: &Path) -> Result<(), Refusal> {
 pub async fn submit_folder(State(state): State<AppState>, admin: Admin, headers: HeaderMap, body: Bytes) -> Response {
     let f = match fields(&admin, &headers, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let checked = async {
         let layout = f.val("dataset").to_string();

@@ -202,8 +202,8 @@ struct JobPage<'a> {
     message: Option<String>,
 }
 
-fn parse_id(id: &str, json: bool) -> Result<uuid::Uuid, Response> {
-    id.parse().map_err(|_| super::error_response(WebError::NotFound, json))
+fn parse_id(id: &str, json: bool) -> Result<uuid::Uuid, Box<Response>> {
+    id.parse().map_err(|_| Box::new(super::error_response(WebError::NotFound, json)))
 }
 
 async fn job_page(state: &AppState, admin: &Admin, id: uuid::Uuid, message: Option<String>) -> Result<Html<String>, WebError> {
@@ -216,7 +216,7 @@ async fn job_page(state: &AppState, admin: &Admin, id: uuid::Uuid, message: Opti
 pub async fn show(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id, admin.json) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if admin.json {
         return match jobs::get(&state.pool, id).await {
@@ -241,10 +241,10 @@ pub async fn control(
 ) -> Response {
     let id = match parse_id(&id, admin.json) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = fields(&admin, &headers, &body) {
-        return r;
+        return *r;
     }
     let act = match action.as_str() {
         "cancel" => JobAction::Cancel,

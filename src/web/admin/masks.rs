@@ -113,7 +113,7 @@ pub async fn form(State(state): State<AppState>, admin: Admin, Query(q): Query<S
 pub async fn submit(State(state): State<AppState>, admin: Admin, headers: HeaderMap, body: Bytes) -> Response {
     let f = match fields(&admin, &headers, &body) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let checked = async {
         let seed = f.u64_or("seed", None, "the plan seed, a whole number such as 1")?;

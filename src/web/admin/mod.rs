@@ -277,11 +277,14 @@ pub fn short(s: &str) -> String {
 }
 
 /// The body of a form request, or the refusal of an unreadable one.
-pub fn fields(admin: &Admin, headers: &HeaderMap, body: &[u8]) -> Result<Fields, Response> {
+/// (The refusal is boxed: a `Response` is large, and this is the cold path.)
+pub fn fields(admin: &Admin, headers: &HeaderMap, body: &[u8]) -> Result<Fields, Box<Response>> {
     let f = Fields::parse(headers, body).map_err(|r| {
-        (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(serde_json::json!({"error": r.to_string(), "field": r.field}))).into_response()
+        Box::new(
+            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(serde_json::json!({"error": r.to_string(), "field": r.field}))).into_response(),
+        )
     })?;
-    admin.check_csrf(f.csrf()).map_err(|e| error_response(e, admin.json))?;
+    admin.check_csrf(f.csrf()).map_err(|e| Box::new(error_response(e, admin.json)))?;
     Ok(f)
 }
 
