@@ -131,4 +131,31 @@
   }
 
   document.querySelectorAll("[data-poll]").forEach(function (s) { setTimeout(function () { poll(s); }, INTERVAL / 2); });
+
+  // a training job's page: its metrics and chart, every few seconds while the job is open
+  function fixed(x, n) { return x == null || !isFinite(x) ? "" : Number(x).toFixed(n); }
+  function train(panel) {
+    var job = document.getElementById("job");
+    fetch(panel.dataset.chart, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (s) {
+        if (!s) return;
+        set(panel, ".m-step", s.last_step != null ? s.last_step : "");
+        set(panel, ".m-loss", fixed(s.last_loss, 4));
+        set(panel, ".m-lr", s.last_lr != null ? Number(s.last_lr).toExponential(3) : "");
+        set(panel, ".m-rate", fixed(s.last_images_per_s, 1));
+        set(panel, ".m-plm", s.last_plm != null ? fixed(100 * s.last_plm, 2) : "");
+        set(panel, ".m-best", s.best_plm != null ? fixed(100 * s.best_plm, 2) : "");
+        var img = document.getElementById("train-chart");
+        if (img) img.src = panel.dataset.chart + "?t=" + Date.now();
+      })
+      .catch(function () {})
+      .then(function () {
+        if (job && terminal(job.dataset.state) && panel.dataset.final) return;
+        if (job && terminal(job.dataset.state)) panel.dataset.final = "1";
+        setTimeout(function () { train(panel); }, 4 * INTERVAL);
+      });
+  }
+  var tp = document.getElementById("train-panel");
+  if (tp) setTimeout(function () { train(tp); }, 2 * INTERVAL);
 })();

@@ -89,6 +89,23 @@ pub enum BenchAction {
         #[arg(long, default_value_t = 2)]
         meteor_runs: usize,
     },
+    /// ForgeryTalker's region prompter: training images/s and peak memory of the presets on CPU
+    /// (each preset in its own process, a few steps on synthetic images).
+    Fpn {
+        /// The presets, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "tiny,vit-b16")]
+        presets: Vec<String>,
+        /// Steps per preset (default: 40 for tiny, 3 for the others; the first are warm-up).
+        #[arg(long)]
+        steps: Option<u64>,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+        /// (internal) train this one preset in this process and print its JSON line.
+        #[arg(long, hide = true)]
+        only: Option<String>,
+    },
     /// "Next task" + annotation page latency at many concurrent clients (fill the database first
     /// with `mmtt seed-synthetic`).
     Web {
@@ -157,6 +174,10 @@ pub async fn bench(g: &Global, action: BenchAction) -> Result<()> {
     match action {
         BenchAction::Forge { models, n, threads } => mmtt::devtools::bench::forge(models, n, threads),
         BenchAction::Masks { n } => mmtt::devtools::bench::masks(n),
+        BenchAction::Fpn { presets, steps, batch, json, only } => match only {
+            Some(p) => mmtt::devtools::bench::fpn_child(&p, steps, batch),
+            None => mmtt::devtools::bench::fpn(&presets, steps, batch, json).map(|_| ()),
+        },
         BenchAction::Captions { n, refs, preds, meteor_runs } => mmtt::devtools::bench::captions(n, refs, preds, meteor_runs),
         BenchAction::Export { out } => {
             g.with_app(async |app| {

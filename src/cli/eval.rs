@@ -1,7 +1,8 @@
-//! `mmtt eval captions|masks|report|labels` and `mmtt regions`: the paper's metrics over files
-//! (JSON on stdout, a table on stderr), no database.
+//! `mmtt eval captions|masks|report|labels|fpn` and `mmtt regions`: the paper's metrics over
+//! files (JSON on stdout, a table on stderr); no database, except `eval fpn` over the project's
+//! samples.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use mmtt_model::eval::meteor::MeteorData;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,32 @@ pub enum EvalAction {
         #[arg(long)]
         pred: PathBuf,
     },
+    /// A region-prompter checkpoint on a split: PLM, per-label, macro and micro figures; the
+    /// predicted regions of every sample written with --out (the JSON `eval labels --pred` and
+    /// stage 2 read).
+    Fpn(EvalFpnArgs),
+}
+
+#[derive(clap::Args)]
+pub struct EvalFpnArgs {
+    /// The checkpoint folder (or the authors' .bin).
+    #[arg(long, required_unless_present = "job")]
+    checkpoint: Option<PathBuf>,
+    /// A training job: its best checkpoint (else its last) is scored, and the figures are added
+    /// to the job's result.
+    #[arg(long, conflicts_with = "checkpoint")]
+    job: Option<uuid::Uuid>,
+    #[arg(long, default_value = "test", value_parser = super::train::parse_split)]
+    split: mmtt::storage::split::Split,
+    /// Write `{sample id: [predicted regions]}` here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// An hf or mmtt export folder instead of the database.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Ground-truth labels from the captions (extractor, default) or the annotators' chips.
+    #[arg(long, value_enum, default_value = "extractor")]
+    labels: super::train::LabelsArg,
 }
 
 #[derive(clap::Args)]
@@ -104,8 +131,9 @@ fn print_scores(v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-pub fn eval(action: EvalAction) -> Result<()> {
+pub async fn eval(g: &super::Global, action: EvalAction) -> Result<()> {
     let v = match action {
+        EvalAction::Fpn(a) => return eval_fpn(g, a).await,
         EvalAction::Captions { refs, preds, meteor_data: meteor_data_dir, metrics } => {
             let t = std::time::Instant::now();
             let set = mmtt_model::eval::captions::CaptionSet::parse(&read_text(&refs)?, &read_text(&preds)?)?;
@@ -142,6 +170,54 @@ pub fn eval(action: EvalAction) -> Result<()> {
         }
     };
     print_scores(&v)
+}
+
+async fn eval_fpn(g: &super::Global, a: EvalFpnArgs) -> Result<()> {
+    use mmtt::dataset::training::{self, DataSource, TrainData};
+    let labels = a.labels.into();
+    let bar = indicatif::ProgressBar::new(0);
+    let e = match (&a.data, a.job) {
+        (Some(dir), None) => {
+            let Some(ck) = a.checkpoint.clone() else { anyhow::bail!("give --checkpoint (or --job, with the database)") };
+            let (dir, split, b) = (dir.clone(), a.split, bar.clone());
+            tokio::task::spawn_blocking(move || {
+                let samples = training::from_export(&dir, split, labels)?;
+                b.set_length(samples.len() as u64);
+                training::evaluate_checkpoint(&ck, &samples, 16, |n| b.inc(n as u64))
+            })
+            .await??
+        }
+        (Some(_), Some(_)) => anyhow::bail!("--job scores on the database's samples: leave out --data"),
+        (None, _) => {
+            g.with_app(async |app| {
+                let data = TrainData { source: DataSource::Db, ..Default::default() };
+                let ck = match (a.job, &a.checkpoint) {
+                    (Some(job), _) => mmtt::jobs::train::job_checkpoint(&app.pool, job).await?,
+                    (None, Some(c)) => c.clone(),
+                    (None, None) => anyhow::bail!("give --checkpoint DIR or --job ID"),
+                };
+                let e = mmtt::jobs::train::evaluate(app, &ck, &data, a.split, labels, bar.clone()).await?;
+                if let Some(job) = a.job {
+                    mmtt::jobs::train::record_evaluation(&app.pool, job, a.split, &e).await?;
+                }
+                Ok(e)
+            })
+            .await?
+        }
+    };
+    bar.finish_and_clear();
+    if let Some(out) = &a.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&e.regions_json())?).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("predicted regions of {} samples written to {}", e.predictions.len(), out.display());
+    }
+    let s = &e.scores;
+    println!("{}", serde_json::to_string(s)?);
+    eprintln!("{:<12} {:>8.2}  ({} samples, {} split)", "PLM", 100.0 * s.plm, s.n, a.split);
+    eprintln!("{:<12} {:>8} {:>8} {:>8} {:>8}", "", "prec", "recall", "F1", "support");
+    for (name, x) in [("macro", &s.macro_avg), ("micro", &s.micro_avg)].into_iter().chain(s.per_label.iter().map(|(k, v)| (k.as_str(), v))) {
+        eprintln!("{:<12} {:>8.2} {:>8.2} {:>8.2} {:>8}", name, 100.0 * x.precision, 100.0 * x.recall, 100.0 * x.f1, x.support);
+    }
+    Ok(())
 }
 
 pub fn regions(a: RegionsArgs) -> Result<()> {

@@ -9,10 +9,11 @@
 //! - [`jobs`]: `jobs [show|cancel|pause|resume|retry]` (every kind of long work).
 //! - [`generate`]: `generate` (one forgery from files).
 //! - [`export`]: `export`, `stats`.
-//! - [`eval`]: `eval captions|masks|report|labels`, `regions`.
+//! - [`eval`]: `eval captions|masks|report|labels|fpn`, `regions`.
+//! - [`train`]: `train fpn`, `fpn predict|init`, `ablation fpn` (ForgeryTalker's region prompter).
 //! - [`web`]: `serve`, `user add`.
 //! - [`project`]: `project show|set-split`.
-//! - [`devtools`]: `demo`, `fixtures`, `seed-synthetic`, `bench`.
+//! - [`devtools`]: `demo`, `fixtures`, `seed-synthetic`, `bench` (`bench fpn`: training throughput).
 
 mod db;
 mod devtools;
@@ -24,6 +25,7 @@ mod import;
 mod jobs;
 mod masks;
 mod project;
+mod train;
 mod web;
 
 use anyhow::Result;
@@ -86,7 +88,7 @@ enum Command {
     Forge(forge::ForgeArgs),
     /// Process queued forgery items (any number of workers, on any machine).
     Worker(forge::WorkerCommand),
-    /// Show jobs of every kind (import, masks, forge, export, eval): progress, failures; control them.
+    /// Show jobs of every kind (import, masks, forge, export, eval, train): progress, failures; control them.
     Jobs(jobs::JobsArgs),
     /// List forgeries.
     Forgeries {
@@ -113,6 +115,21 @@ enum Command {
     },
     /// The 21 region labels a text mentions (the authors' extractor, spec section 7).
     Regions(eval::RegionsArgs),
+    /// Train a model as a job (`train fpn --config FILE.toml`).
+    Train {
+        #[command(subcommand)]
+        action: train::TrainAction,
+    },
+    /// ForgeryTalker's region prompter: predict regions of images, write a fresh checkpoint.
+    Fpn {
+        #[command(subcommand)]
+        action: train::FpnAction,
+    },
+    /// The paper's ablations (`ablation fpn`: Table 4).
+    Ablation {
+        #[command(subcommand)]
+        action: train::AblationAction,
+    },
     /// Fill a benchmark/test database with synthetic samples.
     SeedSynthetic(devtools::SeedSyntheticArgs),
     /// Manage users.
@@ -175,7 +192,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => web::serve(g, a).await,
         Command::Export(a) => export::export(g, a).await,
         Command::Stats(a) => export::stats(g, a).await,
-        Command::Eval { action } => eval::eval(action),
+        Command::Eval { action } => eval::eval(g, action).await,
+        Command::Train { action } => train::train(g, action).await,
+        Command::Fpn { action } => train::fpn(action),
+        Command::Ablation { action } => train::ablation(g, action).await,
         Command::Regions(a) => eval::regions(a),
         Command::SeedSynthetic(a) => devtools::seed_synthetic(g, a).await,
         Command::User { action } => web::user(g, action).await,

@@ -9,3 +9,4 @@ pub mod import;
 pub mod masks;
 pub mod sources;
 pub mod stats;
+pub mod training;

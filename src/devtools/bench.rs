@@ -1,4 +1,5 @@
-//! `mmtt bench forge`: throughput of the generators, printed as figures (never asserted in tests).
+//! `mmtt bench forge`: throughput of the generators, printed as figures (never asserted in tests);
+//! `mmtt bench fpn`: training images/s and peak memory of the region prompter's presets on CPU.
 //!
 //! ONNX: the `mat`- and `lama`-shaped models through mmtt (pre-processing, inference,
 //! post-processing, rounding) against the same models through Python onnxruntime with the same
@@ -293,5 +294,153 @@ pub fn masks(n: usize) -> Result<()> {
     println!("scores                mIoU {:.4} cIoU {:.4} precision {:.4} recall {:.4}", s.miou, s.ciou, s.precision, s.recall);
     println!("peak memory           {peak} kB (VmHWM of the whole process)");
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Peak resident memory of this process (VmHWM), in kB.
+pub fn peak_kb() -> Option<u64> {
+    let st = std::fs::read_to_string("/proc/self/status").ok()?;
+    st.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One preset's training throughput (`mmtt bench fpn`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FpnBench {
+    pub preset: String,
+    pub conv_branch: bool,
+    pub image_size: usize,
+    pub batch_size: usize,
+    /// Steps timed (after the warm-up steps).
+    pub steps: u64,
+    pub warmup_steps: u64,
+    pub seconds: f64,
+    /// Images per second over the timed steps (the trainer's own figure is beside it).
+    pub images_per_s: f64,
+    pub trainer_images_per_s: f64,
+    /// VmHWM of the process that trained (one process per preset), kB.
+    pub peak_kb: u64,
+    pub device: String,
+    pub threads: usize,
+}
+
+/// `mmtt bench fpn`: each preset trained for a few steps in its own process (so each peak memory
+/// is its own), on synthetic images at the model's size; a table, or JSON.
+pub fn fpn(presets: &[String], steps: Option<u64>, batch: usize, json: bool) -> Result<Vec<FpnBench>> {
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for p in presets {
+        mmtt_model::fpn::FpnConfig::preset(p)?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["bench", "fpn", "--only", p, "--batch", &batch.to_string()]);
+        if let Some(s) = steps {
+            cmd.args(["--steps", &s.to_string()]);
+        }
+        if !json {
+            eprintln!("training {p} for a few steps (batch {batch}) ...");
+        }
+        let out = cmd.output().context("running the benchmark's child process")?;
+        if !out.status.success() {
+            bail!("bench fpn {p} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let row: FpnBench = serde_json::from_str(text.lines().last().unwrap_or_default())
+            .with_context(|| format!("bench fpn {p}: unreadable child output: {text}"))?;
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("FPN training on {} (batch {batch}, {} threads)", rows.first().map(|r| r.device.as_str()).unwrap_or("cpu"), rows.first().map(|r| r.threads).unwrap_or(0));
+        println!("{:<10} {:>6} {:>6} {:>12} {:>14} {:>12}", "preset", "size", "steps", "images/s", "trainer img/s", "peak MB");
+        for r in &rows {
+            println!(
+                "{:<10} {:>6} {:>6} {:>12.2} {:>14.2} {:>12.1}",
+                r.preset,
+                r.image_size,
+                r.steps,
+                r.images_per_s,
+                r.trainer_images_per_s,
+                r.peak_kb as f64 / 1024.0
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// The child of [`fpn`]: trains `preset` on `batch * 4` synthetic images and prints one JSON line.
+pub fn fpn_child(preset: &str, steps: Option<u64>, batch: usize) -> Result<()> {
+    use mmtt_model::fpn::{self, Control, FpnConfig, Sample, TrainConfig};
+    let model = FpnConfig::preset(preset)?;
+    let steps = steps.unwrap_or(if preset == "tiny" { 40 } else { 3 }).max(2);
+    let warmup = if steps > 10 { 5 } else { 1 };
+    let tmp = std::env::temp_dir().join(format!("mmtt-bench-fpn-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&tmp)?;
+    let mut rng = mmtt_generators::forge::SplitMix64(7);
+    let mut samples = Vec::new();
+    for i in 0..(batch * 4).max(8) {
+        let s = model.image_size as u32;
+        let img = RgbImage::from_fn(s, s, |_, _| {
+            let v = rng.next_u64();
+            image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+        });
+        let path = tmp.join(format!("{i:03}.png"));
+        img.save(&path)?;
+        let mut labels = [false; 21];
+        for (j, l) in labels.iter_mut().enumerate() {
+            *l = (i + j) % 5 == 0;
+        }
+        samples.push(Sample { id: format!("s{i}"), image: path, labels });
+    }
+    let mut cfg = TrainConfig::tiny();
+    cfg.preset = preset.to_string();
+    cfg.steps = steps;
+    cfg.batch_size = batch;
+    cfg.warmup_steps = 1;
+    cfg.checkpoint_every = steps;
+    cfg.eval_every = steps + 1;
+    cfg.device = "cpu".into();
+    struct Timer {
+        warmup: u64,
+        start: Option<Instant>,
+        end: Option<Instant>,
+        last_rate: f64,
+    }
+    impl fpn::Progress for Timer {
+        fn step(&mut self, r: &fpn::StepReport) -> Control {
+            if r.step == self.warmup {
+                self.start = Some(Instant::now());
+            }
+            self.end = Some(Instant::now());
+            self.last_rate = r.images_per_s;
+            Control::Continue
+        }
+        fn validated(&mut self, _: &fpn::ValReport) {}
+        fn checkpoint(&mut self, _: u64, _: &Path) {}
+    }
+    let mut t = Timer { warmup, start: None, end: None, last_rate: 0.0 };
+    let run = tmp.join("run");
+    let r = fpn::train(&cfg, &samples, &[], &run, &mut t);
+    let _ = std::fs::remove_dir_all(&tmp);
+    r?;
+    let seconds = match (t.start, t.end) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => bail!("the trainer reported no steps"),
+    };
+    let timed = steps - warmup;
+    let row = FpnBench {
+        preset: preset.to_string(),
+        conv_branch: cfg.conv_branch,
+        image_size: model.image_size,
+        batch_size: batch,
+        steps: timed,
+        warmup_steps: warmup,
+        seconds,
+        images_per_s: (timed * batch as u64) as f64 / seconds.max(1e-9),
+        trainer_images_per_s: t.last_rate,
+        peak_kb: peak_kb().unwrap_or(0),
+        device: "cpu".into(),
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    println!("{}", serde_json::to_string(&row)?);
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! What the `mmtt jobs`, `mmtt worker` and the long commands (`import`, `masks plan`, `export`)
-//! print, over the job system's API. The long commands record a job and run it in their own
+//! What the `mmtt jobs`, `mmtt worker` and the long commands (`import`, `masks plan`, `export`,
+//! `train fpn`, `ablation fpn`) print, over the job system's API. The long commands record a job and run it in their own
 //! process under a lease ([`run_inline`]), so they appear in `mmtt jobs` and a killed one is
 //! taken over by a worker.
 
@@ -20,6 +20,9 @@ pub fn cli_user() -> String {
 /// over by a worker once its lease (`MMTT_JOB_LEASE_SECONDS`, default 60) expires.
 pub async fn run_inline(app: &App, spec: &JobSpec, progress: bool) -> Result<(Uuid, JobOutput)> {
     spec.validate()?;
+    if let JobSpec::Train(t) = spec {
+        super::train::check_run_dir_free(&app.pool, t, None).await?;
+    }
     let id = Uuid::new_v4();
     let name = runner::process_name();
     let lease = runner::inline_lease();
@@ -267,4 +270,113 @@ pub async fn serve_with_worker(
         r = serve => r,
         _ = embedded => unreachable!("the embedded worker loop never ends"),
     }
+}
+
+/// The default run folder of a training run: `DATA_DIR/runs/fpn-YYYYMMDD-HHMMSS-XXXXXX`.
+pub fn default_run_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("runs").join(format!(
+        "fpn-{}-{}",
+        chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+        &Uuid::new_v4().simple().to_string()[..6]
+    ))
+}
+
+fn print_train(s: &super::train::TrainSummary) {
+    println!(
+        "trained {} steps of {} ({} training, {} validation samples{}) in {:.0} s; final loss {}; best validation PLM {}",
+        s.last_step,
+        s.total_steps,
+        s.train_samples,
+        s.val_samples,
+        if s.resumed_from > 0 { format!(", resumed from step {}", s.resumed_from) } else { String::new() },
+        s.seconds,
+        s.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+        s.best_plm.map(|p| format!("{:.2}", 100.0 * p)).unwrap_or_else(|| "- (no validation)".into()),
+    );
+    println!("  run folder {}\n  best checkpoint {}\n  last checkpoint {}", s.run_dir.display(), s.best_dir.display(), s.last_dir.display());
+}
+
+/// `mmtt train fpn`: queues the training job (a worker runs it), or with `wait` runs it in this
+/// process with a progress bar (a killed command's job is taken over by a worker, which resumes
+/// from the run folder).
+pub async fn train(app: &App, spec: super::train::TrainSpec, wait: bool, json: bool) -> Result<()> {
+    let spec = JobSpec::Train(spec);
+    if !wait {
+        let id = super::submit(&app.pool, &spec, &cli_user()).await?;
+        if json {
+            println!("{}", serde_json::json!({ "job": id, "run_dir": spec_run_dir(&spec) }));
+        } else {
+            println!(
+                "queued train job {id} (run folder {}): a worker runs it (`mmtt worker`, or the one `mmtt serve` runs); follow it with `mmtt jobs show {id}`",
+                spec_run_dir(&spec).display()
+            );
+        }
+        return Ok(());
+    }
+    let (id, out) = run_inline(app, &spec, !json).await?;
+    let JobOutput::Train(s) = out else { bail!("a training job produced something else") };
+    if json {
+        println!("{}", serde_json::json!({ "job": id, "summary": s }));
+    } else {
+        println!("job {id}:");
+        print_train(&s);
+    }
+    Ok(())
+}
+
+fn spec_run_dir(spec: &JobSpec) -> std::path::PathBuf {
+    match spec {
+        JobSpec::Train(t) => t.run_dir.clone(),
+        _ => Default::default(),
+    }
+}
+
+/// `mmtt ablation fpn`: the four rows of the paper's Table 4, each trained (as a job run in this
+/// process; a row already trained in its folder is only resumed to its end) and scored on
+/// `split`, printed beside the paper's PLM.
+pub async fn ablation(
+    app: &App,
+    base: &super::train::ConfigFile,
+    root: &std::path::Path,
+    split: crate::storage::split::Split,
+    json: bool,
+) -> Result<Vec<super::train::AblationRow>> {
+    use super::train::{TABLE4, TrainModel, TrainSpec, ablation_config, ablation_dir, evaluate, scoring_checkpoint, unfinished};
+    let mut rows = Vec::new();
+    for (i, row) in TABLE4.iter().enumerate() {
+        let spec = TrainSpec { model: TrainModel::Fpn, config: ablation_config(&base.config, i), run_dir: ablation_dir(root, i), data: base.data.clone() };
+        if !json {
+            eprintln!("[{}/4] {}: training into {}", i + 1, row.0, spec.run_dir.display());
+        }
+        let (job, out) = run_inline(app, &JobSpec::Train(spec.clone()), !json).await?;
+        let JobOutput::Train(s) = out else { bail!("a training job produced something else") };
+        if let Some(why) = unfinished(&s) {
+            bail!("{}: the run {why}; run the ablation again to resume it", row.0);
+        }
+        let ck = scoring_checkpoint(&s);
+        let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        let e = evaluate(app, &ck, &base.data, split, base.config.labels, bar.clone()).await?;
+        bar.finish_and_clear();
+        super::train::record_evaluation(&app.pool, job, split, &e).await?;
+        rows.push(super::train::AblationRow {
+            name: row.0.to_string(),
+            paper_plm: row.5,
+            plm: 100.0 * e.scores.plm,
+            macro_f1: 100.0 * e.scores.macro_avg.f1,
+            micro_f1: 100.0 * e.scores.micro_avg.f1,
+            job,
+            run_dir: spec.run_dir,
+            checkpoint: ck,
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        println!("Table 4 (PLM in %, {} split)", split);
+        println!("{:<24} {:>10} {:>10} {:>10} {:>10}", "model", "paper PLM", "PLM", "macro F1", "micro F1");
+        for r in &rows {
+            println!("{:<24} {:>10.2} {:>10.2} {:>10.2} {:>10.2}", r.name, r.paper_plm, r.plm, r.macro_f1, r.micro_f1);
+        }
+    }
+    Ok(rows)
 }

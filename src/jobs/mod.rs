@@ -1,10 +1,11 @@
 //! The job system: every long-running piece of work (import, mask planning, forgery generation,
-//! export, evaluation; training later) is a row of `jobs` in PostgreSQL, and the workers that run
+//! export, evaluation, training) is a row of `jobs` in PostgreSQL, and the workers that run
 //! them are rows of `workers`.
 //!
-//! Owns the tables `jobs`, `job_events`, `workers`, and the forge queue (`forge_jobs`,
-//! `forge_items`, see [`forge`]). It calls the library functions of [`crate::dataset`] and
-//! `mmtt_model` to do the work; it may not reach into the web app or the CLI.
+//! Owns the tables `jobs`, `job_events`, `workers`, the forge queue (`forge_jobs`,
+//! `forge_items`, see [`forge`]) and the training figures (`train_metrics`, see [`train`]). It
+//! calls the library functions of [`crate::dataset`] and `mmtt_model` to do the work; it may not
+//! reach into the web app or the CLI.
 //!
 //! - [`submit`] validates a typed [`JobSpec`] (nothing is stored when it is refused) and queues it.
 //! - [`runner`] is the worker: it claims queued jobs under a lease with `FOR UPDATE SKIP LOCKED`,
@@ -28,6 +29,7 @@
 pub mod cli;
 pub mod forge;
 pub mod runner;
+pub mod train;
 pub mod workers;
 
 use serde::{Deserialize, Serialize};
@@ -335,6 +337,7 @@ pub enum JobSpec {
     Forge(ForgeRequest),
     Export(ExportSpec),
     Eval(EvalSpec),
+    Train(train::TrainSpec),
 }
 
 impl JobSpec {
@@ -345,6 +348,7 @@ impl JobSpec {
             JobSpec::Forge(_) => JobKind::Forge,
             JobSpec::Export(_) => JobKind::Export,
             JobSpec::Eval(_) => JobKind::Eval,
+            JobSpec::Train(_) => JobKind::Train,
         }
     }
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -354,6 +358,7 @@ impl JobSpec {
             JobSpec::Forge(s) => forge::validate(s),
             JobSpec::Export(s) => s.validate(),
             JobSpec::Eval(s) => s.validate(),
+            JobSpec::Train(s) => s.validate(),
         }
     }
     /// Attempts a worker gets at the job before it is failed (forge: per item).
@@ -582,6 +587,9 @@ pub struct WorkerView {
 /// Nothing is stored when the spec is refused.
 pub async fn submit(pool: &PgPool, spec: &JobSpec, started_by: &str) -> Result<Uuid, JobError> {
     spec.validate()?;
+    if let JobSpec::Train(t) = spec {
+        train::check_run_dir_free(pool, t, None).await?;
+    }
     let id = Uuid::new_v4();
     insert(pool, id, spec, started_by, None).await?;
     Ok(id)
@@ -673,8 +681,14 @@ fn view_of(r: &sqlx::postgres::PgRow) -> Result<(JobView, bool, Option<bool>), J
     let (done, total, failed): (i64, i64, i64) = (r.get(5), r.get(6), r.get(7));
     let rate: Option<f64> = r.get(10);
     let running: i64 = r.get(9);
+    // a training job's rate is images/s and its progress steps: a step is a batch of images
+    let per_unit = if kind == JobKind::Train {
+        r.get::<serde_json::Value, _>(3).pointer("/config/batch_size").and_then(|b| b.as_f64()).filter(|b| *b >= 1.0).unwrap_or(1.0)
+    } else {
+        1.0
+    };
     let eta_s = match rate {
-        Some(x) if x > 0.0 && matches!(state, JobState::Running) && total > 0 => Some(((total - done - failed).max(0)) as f64 / x),
+        Some(x) if x > 0.0 && matches!(state, JobState::Running) && total > 0 => Some(((total - done - failed).max(0)) as f64 * per_unit / x),
         _ => None,
     };
     let holder: Option<String> = r.get(13);

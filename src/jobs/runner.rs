@@ -53,6 +53,7 @@ pub enum JobOutput {
         report: Box<mmtt_model::eval::report::Report>,
         line: String,
     },
+    Train(Box<super::train::TrainSummary>),
 }
 
 impl JobOutput {
@@ -64,6 +65,7 @@ impl JobOutput {
             JobOutput::Forge(s) => serde_json::to_value(s),
             JobOutput::Export(s) => serde_json::to_value(s),
             JobOutput::Eval { report, line } => Ok(serde_json::json!({ "report": report, "table_line": line })),
+            JobOutput::Train(s) => serde_json::to_value(s),
         };
         v.unwrap_or_else(|e| serde_json::json!({ "unserializable": e.to_string() }))
     }
@@ -237,7 +239,7 @@ pub async fn claim_job(pool: &PgPool, name: &str, lease: Duration, only: Option<
     loop {
         let row: Option<JobClaimRow> = sqlx::query_as(
             "WITH c AS (SELECT id, worker AS prev, heartbeat_at AS prev_hb, state AS prev_state FROM jobs \
-                   WHERE NOT fanned_out AND kind <> 'train' AND ($3::uuid IS NULL OR id = $3) \
+                   WHERE NOT fanned_out AND ($3::uuid IS NULL OR id = $3) \
                      AND (state = 'queued' OR (state = 'running' AND lease_until < now() AND attempts < max_attempts)) \
                    ORDER BY created_at, id FOR UPDATE SKIP LOCKED LIMIT 1) \
                  UPDATE jobs j SET state = 'running', worker = $1, lease_until = now() + make_interval(secs => $2), \
@@ -282,7 +284,8 @@ pub async fn execute(
     bar: ProgressBar,
 ) -> Result<std::result::Result<JobOutput, Stopped>> {
     let pool = &app.pool;
-    let work = run_spec(app, job, spec, o, bar.clone());
+    let live = super::train::Live::default();
+    let work = run_spec(app, job, spec, o, bar.clone(), &live);
     let mut work = std::pin::pin!(work);
     let beat = (lease / 3).max(Duration::from_millis(200));
     let outcome = loop {
@@ -291,7 +294,7 @@ pub async fn execute(
             _ = tokio::time::sleep(beat) => {
                 let state: Option<String> = sqlx::query_scalar(
                     "UPDATE jobs SET lease_until = now() + make_interval(secs => $3), heartbeat_at = now(), updated_at = now(), \
-                       rate_per_s = CASE WHEN progress_at IS NULL OR $4 < done THEN rate_per_s \
+                       rate_per_s = CASE WHEN $6::float8 IS NOT NULL THEN $6 WHEN progress_at IS NULL OR $4 < done THEN rate_per_s \
                          ELSE 0.5 * coalesce(rate_per_s, ($4 - done) / greatest(extract(epoch FROM now() - progress_at)::float8, 0.001)) \
                             + 0.5 * ($4 - done) / greatest(extract(epoch FROM now() - progress_at)::float8, 0.001) END, \
                        progress_at = now(), done = $4, total = greatest($5, $4) \
@@ -302,6 +305,7 @@ pub async fn execute(
                 .bind(lease.as_secs_f64())
                 .bind(bar.position() as i64)
                 .bind(bar.length().unwrap_or(0) as i64)
+                .bind(live.rate())
                 .fetch_optional(pool)
                 .await
                 .unwrap_or_else(|e| {
@@ -318,10 +322,45 @@ pub async fn execute(
             }
         }
     };
+    if outcome.is_err() && matches!(spec, JobSpec::Train(_)) {
+        // a trainer runs on its own thread: ask it to checkpoint and return, and keep the lease
+        // meanwhile, so the job is marked (and can be resumed) only once its folder is settled
+        live.stop();
+        let beat = (lease / 3).max(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                r = &mut work => {
+                    if let Err(e) = r {
+                        tracing::warn!(job = %job, error = %format!("{e:#}"), "the stopped trainer returned an error");
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep(beat) => {
+                    let _ = sqlx::query(
+                        "UPDATE jobs SET lease_until = now() + make_interval(secs => $3), heartbeat_at = now(), done = $4 \
+                         WHERE id = $1 AND worker = $2",
+                    )
+                    .bind(job)
+                    .bind(worker)
+                    .bind(lease.as_secs_f64())
+                    .bind(bar.position() as i64)
+                    .execute(pool)
+                    .await;
+                }
+            }
+        }
+        let _ = sqlx::query("UPDATE jobs SET done = $3, rate_per_s = NULL WHERE id = $1 AND worker = $2")
+            .bind(job)
+            .bind(worker)
+            .bind(bar.position() as i64)
+            .execute(pool)
+            .await;
+    }
     bar.finish_and_clear();
     match outcome {
         Err(stopped) => {
-            // dropping the work future stops it at its next await (a blocking stage ends its current item)
+            // dropping the work future stops it at its next await (a blocking stage ends its current
+            // item); a trainer was stopped above
             let (sql, msg) = match stopped {
                 Stopped::Cancelled => (
                     "UPDATE jobs SET state = 'cancelled', worker = NULL, lease_until = NULL, finished_at = now(), updated_at = now() \
@@ -387,11 +426,12 @@ fn counts(out: &JobOutput, bar_total: i64) -> (i64, i64, i64) {
         }
         JobOutput::Export(s) => (s.samples as i64, s.samples as i64, 0),
         JobOutput::Eval { .. } => (1, 1, 0),
+        JobOutput::Train(s) => (s.last_step as i64, s.total_steps as i64, 0),
         JobOutput::Forge(_) => (0, bar_total, 0),
     }
 }
 
-async fn run_spec(app: &App, job: Uuid, spec: &JobSpec, o: &WorkerOptions, bar: ProgressBar) -> Result<JobOutput> {
+async fn run_spec(app: &App, job: Uuid, spec: &JobSpec, o: &WorkerOptions, bar: ProgressBar, live: &super::train::Live) -> Result<JobOutput> {
     Ok(match spec {
         JobSpec::Import(s) => match s.dataset.dataset() {
             Some(dataset) => {
@@ -439,6 +479,7 @@ async fn run_spec(app: &App, job: Uuid, spec: &JobSpec, o: &WorkerOptions, bar: 
             bar.inc(1);
             JobOutput::Eval { report: Box::new(report), line }
         }
+        JobSpec::Train(s) => JobOutput::Train(Box::new(super::train::run(app, job, s, bar, live, &o.name).await?)),
     })
 }
 
@@ -461,7 +502,7 @@ async fn job_loop(app: &App, o: &WorkerOptions) -> Result<u64> {
             None => {
                 if o.until_empty {
                     let open: i64 = sqlx::query_scalar(
-                        "SELECT count(*) FROM jobs WHERE NOT fanned_out AND kind <> 'train' AND ($1::uuid IS NULL OR id = $1) \
+                        "SELECT count(*) FROM jobs WHERE NOT fanned_out AND ($1::uuid IS NULL OR id = $1) \
                          AND state IN ('queued', 'running', 'cancelling')",
                     )
                     .bind(o.job)

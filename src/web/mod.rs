@@ -13,7 +13,7 @@
 //! - [`review`]: the reviewer's queue, false-positive flags, accept / edit / return.
 //! - [`dashboard`]: the admin's counts, per-annotator figures and jobs.
 //! - [`pages`]: login, home, admin users.
-//! - [`admin`]: the admin console (import, masks, generate, export, evaluate, jobs, actions) and its JSON variants.
+//! - [`admin`]: the admin console (import, masks, generate, export, evaluate, train, jobs, actions) and its JSON variants.
 
 pub mod admin;
 pub mod annotate;
@@ -255,6 +255,9 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::GET, "/admin/eval", Access::Admin, get(admin::eval::form)),
         (Method::POST, "/admin/eval", Access::Admin, post(admin::eval::submit).layer(axum::extract::DefaultBodyLimit::disable())),
         (Method::GET, "/admin/leaderboard", Access::Admin, get(admin::eval::leaderboard)),
+        (Method::GET, "/admin/train", Access::Admin, get(admin::train::form)),
+        (Method::POST, "/admin/train", Access::Admin, post(admin::train::submit)),
+        (Method::GET, "/admin/train/{id}/chart", Access::Admin, get(admin::train::chart)),
         (Method::GET, "/admin/actions", Access::Admin, get(admin::audit::list)),
     ]
 }

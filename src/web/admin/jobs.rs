@@ -200,6 +200,8 @@ struct JobPage<'a> {
     csrf: &'a str,
     job: JobRow,
     message: Option<String>,
+    /// A training job's figures (its chart is /admin/train/{id}/chart).
+    train: Option<super::train::TrainPanel>,
 }
 
 fn parse_id(id: &str, json: bool) -> Result<uuid::Uuid, Box<Response>> {
@@ -208,8 +210,9 @@ fn parse_id(id: &str, json: bool) -> Result<uuid::Uuid, Box<Response>> {
 
 async fn job_page(state: &AppState, admin: &Admin, id: uuid::Uuid, message: Option<String>) -> Result<Html<String>, WebError> {
     let job = jobs::get(&state.pool, id).await.map_err(|e| WebError::Internal(e.to_string()))?.ok_or(WebError::NotFound)?;
+    let train = if job.kind == jobs::JobKind::Train { Some(super::train::panel(&state.pool, id).await?) } else { None };
     let job = JobRow::from_view(serde_json::to_value(&job).unwrap_or(Value::Null));
-    render(&JobPage { nav: &NAV, name: &admin.user.name, csrf: &admin.user.csrf, job, message })
+    render(&JobPage { nav: &NAV, name: &admin.user.name, csrf: &admin.user.csrf, job, message, train })
 }
 
 /// GET /admin/jobs/{id}: one job with its log (JSON: the job's view).

@@ -1,8 +1,8 @@
 //! The admin console: the pages (and their JSON variants for scripts) that drive import, mask
-//! planning, generation, export and evaluation through the job system, the jobs page with live
+//! planning, generation, export, evaluation and training through the job system, the jobs page with live
 //! progress, the leaderboard of evaluated models, and the record of admin actions.
 //!
-//! One file per page group: [`import`], [`masks`], [`generate`], [`export`], [`eval`], [`jobs`],
+//! One file per page group: [`import`], [`masks`], [`generate`], [`export`], [`eval`], [`train`], [`jobs`],
 //! [`audit`] (the actions page); [`tokens`] owns `api_tokens` (bearer tokens for scripts) and
 //! [`actions`] is the one writer of `admin_actions`. [`specs`] turns validated form values into
 //! the job system's typed specs.
@@ -24,6 +24,7 @@ pub mod jobs;
 pub mod masks;
 pub mod specs;
 pub mod tokens;
+pub mod train;
 
 use super::auth::{Role, User};
 use super::{AppState, WebError};
@@ -289,7 +290,7 @@ pub fn fields(admin: &Admin, headers: &HeaderMap, body: &[u8]) -> Result<Fields,
 }
 
 /// The navigation of every console page.
-pub const NAV: [(&str, &str); 10] = [
+pub const NAV: [(&str, &str); 11] = [
     ("/admin", "Dashboard"),
     ("/admin/jobs", "Jobs"),
     ("/admin/import", "Import"),
@@ -297,6 +298,7 @@ pub const NAV: [(&str, &str); 10] = [
     ("/admin/generate", "Generate"),
     ("/admin/export", "Export"),
     ("/admin/eval", "Evaluate"),
+    ("/admin/train", "Train"),
     ("/admin/leaderboard", "Leaderboard"),
     ("/admin/actions", "Actions"),
     ("/admin/users", "Users"),

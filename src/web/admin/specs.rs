@@ -120,3 +120,17 @@ pub async fn submit_and_answer(state: &AppState, admin: &Admin, spec: &JobSpec, 
     }
     super::done(admin.json, StatusCode::CREATED, &json!({ "job": id, "url": format!("/admin/jobs/{id}") }), &format!("/admin/jobs/{id}"))
 }
+
+/// A training run (its config from the Train form).
+pub fn train(spec: crate::jobs::train::TrainSpec) -> Result<crate::jobs::train::TrainSpec, Refusal> {
+    spec.validate().map_err(|SpecError { field, message }| {
+        let field = match field {
+            "negative_weight" => "w",
+            "data" => "limit",
+            "run_dir" | "init" | "beta1" | "beta2" | "adam_eps" | "weight_decay" | "grad_clip" | "config" => "preset",
+            other => other,
+        };
+        Refusal::new(field, message)
+    })?;
+    Ok(spec)
+}

@@ -1,0 +1,272 @@
+//! The Train page: start a training run of ForgeryTalker's region prompter (stage 1) on the
+//! project's accepted triplets (a `train` job: preset, convolution branch, steps, batch, learning
+//! rate, warm-up, loss, w, seed, label source), the list of training runs, and each run's chart
+//! (loss and validation PLM against the step, SVG; JSON: the figures) that its job page shows
+//! beside the metrics.
+
+use super::jobs::{JobRow, recent};
+use super::{Admin, Fields, NAV, Refusal, fields, page_or_json, refused, short, specs};
+use crate::jobs::train::{self, Series, TrainModel, TrainSpec};
+use crate::web::{AppState, WebError, render};
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Response};
+use mmtt_model::fpn::{FpnConfig, LabelSource, LossConfig, TrainConfig};
+use std::path::PathBuf;
+
+/// The loss choices of the form: (value, label).
+pub const LOSSES: [(&str, &str); 4] = [
+    ("bce+dice", "paper: (BCE + Dice) / 2"),
+    ("bce", "paper: BCE only"),
+    ("dice", "paper: Dice only"),
+    ("release", "the authors' release loss (weighted BCE, focal, Dice, Jaccard)"),
+];
+
+#[derive(Template)]
+#[template(path = "admin_train.html")]
+struct TrainPage<'a> {
+    nav: &'a [(&'a str, &'a str)],
+    name: &'a str,
+    csrf: &'a str,
+    error: Option<&'a Refusal>,
+    values: &'a Fields,
+    presets: &'a [&'a str],
+    losses: &'a [(&'a str, &'a str)],
+    defaults: TrainConfig,
+    accepted: Vec<(String, i64)>,
+    jobs: Vec<JobRow>,
+}
+
+impl TrainPage<'_> {
+    /// The form's value of `name`, else the default shown.
+    fn v(&self, name: &str, default: String) -> String {
+        self.values.opt(name).map(str::to_string).unwrap_or(default)
+    }
+    fn sel(&self, name: &str, value: &str, default: &str) -> bool {
+        self.values.opt(name).unwrap_or(default) == value
+    }
+}
+
+/// The paper-loss discount shown by default.
+fn default_w(c: &TrainConfig) -> f64 {
+    match c.loss {
+        LossConfig::Paper { negative_weight, .. } => negative_weight,
+        LossConfig::Release => 0.2,
+    }
+}
+
+/// Accepted triplets per split (what a run trains and validates on).
+async fn accepted(state: &AppState) -> Result<Vec<(String, i64)>, WebError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT f.split, count(*) FROM forgeries f JOIN annotations a ON a.forgery_id = f.id WHERE a.status = 'accepted' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(rows)
+}
+
+async fn page(state: &AppState, admin: &Admin, error: Option<&Refusal>, values: &Fields) -> Result<(Html<String>, serde_json::Value), WebError> {
+    let jobs = recent(&state.pool, Some("train")).await?;
+    let accepted = accepted(state).await?;
+    let defaults = TrainConfig::tiny();
+    let data = serde_json::json!({ "presets": FpnConfig::PRESETS, "defaults": defaults, "accepted": accepted, "jobs": jobs });
+    let html = render(&TrainPage {
+        nav: &NAV,
+        name: &admin.user.name,
+        csrf: &admin.user.csrf,
+        error,
+        values,
+        presets: FpnConfig::PRESETS,
+        losses: &LOSSES,
+        defaults,
+        accepted,
+        jobs,
+    })?;
+    Ok((html, data))
+}
+
+/// GET /admin/train
+pub async fn form(State(state): State<AppState>, admin: Admin) -> Response {
+    match page(&state, &admin, None, &Fields::default()).await {
+        Ok((html, data)) => page_or_json(admin.json, &data, || Ok(html)),
+        Err(e) => super::error_response(e, admin.json),
+    }
+}
+
+fn f64_or(f: &Fields, name: &str, default: f64, what: &str) -> Result<f64, Refusal> {
+    Ok(f.f64_opt(name, what)?.unwrap_or(default))
+}
+
+/// The spec the form asks for (checked by the job system's own validation).
+fn spec_of(state: &AppState, f: &Fields) -> Result<TrainSpec, Refusal> {
+    let preset = f.opt("preset").unwrap_or("tiny");
+    if !FpnConfig::PRESETS.contains(&preset) {
+        return Err(Refusal::new("preset", format!("unknown preset `{}`: choose {}", short(preset), FpnConfig::PRESETS.join(", "))));
+    }
+    // the tiny preset's short defaults, else the paper's
+    let mut c = if preset == "tiny" { TrainConfig::tiny() } else { TrainConfig::paper() };
+    c.preset = preset.to_string();
+    c.conv_branch = match f.opt("variant").unwrap_or("fpn") {
+        "fpn" => true,
+        "vit" => false,
+        other => return Err(Refusal::new("variant", format!("`{}` is not a variant: choose fpn (with the convolution branch) or vit", short(other)))),
+    };
+    c.steps = f.u64_or("steps", Some(c.steps), "the number of training steps, such as 200")?;
+    c.batch_size = f.u64_or("batch_size", Some(c.batch_size as u64), "the batch size, such as 8")? as usize;
+    c.lr = f64_or(f, "lr", c.lr, "the learning rate, such as 7.5e-3")?;
+    c.warmup_steps = f.u64_or("warmup_steps", Some(c.warmup_steps), "the warm-up steps, such as 10")?;
+    c.seed = f.u64_or("seed", Some(c.seed), "the seed, a whole number")?;
+    c.checkpoint_every = f.u64_or("checkpoint_every", Some(c.checkpoint_every), "steps between checkpoints")?;
+    c.eval_every = f.u64_or("eval_every", Some(c.eval_every), "steps between validations")?;
+    let w = f64_or(f, "w", default_w(&c), "the discount w of the negatives, such as 0.2")?;
+    c.loss = match f.opt("loss").unwrap_or("bce+dice") {
+        "bce+dice" => LossConfig::Paper { negative_weight: w, bce: true, dice: true },
+        "bce" => LossConfig::Paper { negative_weight: w, bce: true, dice: false },
+        "dice" => LossConfig::Paper { negative_weight: w, bce: false, dice: true },
+        "release" => LossConfig::Release,
+        other => return Err(Refusal::new("loss", format!("`{}` is not a loss: choose bce+dice, bce, dice or release", short(other)))),
+    };
+    c.labels = match f.opt("labels").unwrap_or("extractor") {
+        "extractor" => LabelSource::Extractor,
+        "chips" => LabelSource::Chips,
+        other => return Err(Refusal::new("labels", format!("`{}` is not a label source: choose extractor or chips", short(other)))),
+    };
+    c.hflip = f.flag("hflip");
+    if let Some(d) = f.opt("device") {
+        c.device = d.to_string();
+    }
+    let mut data = crate::dataset::training::TrainData { include_unreviewed: f.flag("include_unreviewed"), ..Default::default() };
+    if let Some(l) = f.opt("limit") {
+        data.limit = Some(l.parse().map_err(|_| Refusal::new("limit", format!("`{}` is not a whole number: give at most how many samples per split, or nothing", short(l))))?);
+    }
+    let run_dir: PathBuf = state.admin.data_dir.join("runs").join(format!(
+        "fpn-{}-{}",
+        chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    ));
+    let spec = TrainSpec { model: TrainModel::Fpn, config: c, run_dir, data };
+    specs::train(spec)
+}
+
+/// POST /admin/train: start a training run (a `train` job).
+pub async fn submit(State(state): State<AppState>, admin: Admin, headers: HeaderMap, body: Bytes) -> Response {
+    let f = match fields(&admin, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let checked = async {
+        let spec = spec_of(&state, &f)?;
+        let counts = accepted(&state).await.map_err(|e| Refusal::new("preset", e.to_string()))?;
+        let n = counts.iter().find(|(s, _)| s == "train").map(|(_, n)| *n).unwrap_or(0);
+        if n == 0 && !spec.data.include_unreviewed {
+            return Err(Refusal::new(
+                "labels",
+                "no accepted triplets in the train split yet: annotate and review some first (or tick \"submitted, not yet reviewed, too\")",
+            ));
+        }
+        Ok(spec)
+    }
+    .await;
+    match checked {
+        Err(r) => {
+            let html = page(&state, &admin, Some(&r), &f).await.map(|(h, _)| h);
+            refused(admin.json, &r, |_| html)
+        }
+        Ok(spec) => {
+            let c = &spec.config;
+            let detail = serde_json::json!({
+                "model": "fpn", "preset": c.preset, "conv_branch": c.conv_branch, "steps": c.steps, "batch_size": c.batch_size,
+                "lr": c.lr, "seed": c.seed, "labels": c.labels, "run_dir": spec.run_dir,
+            });
+            specs::submit_and_answer(&state, &admin, &crate::jobs::JobSpec::Train(spec), "train fpn", detail).await
+        }
+    }
+}
+
+/// The SVG chart of a training job's figures: loss against the step (top), validation PLM in %
+/// (bottom).
+pub fn chart_svg(s: &Series) -> Result<String, String> {
+    use plotters::prelude::*;
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, 460)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let (top, bottom) = root.split_vertically(260);
+        let max_step = s.steps.last().copied().into_iter().chain(s.val.iter().map(|v| v.0)).max().unwrap_or(1).max(1);
+        let losses: Vec<f64> = s.loss.iter().copied().filter(|l| l.is_finite()).collect();
+        let (lo, hi) = losses.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(*x), b.max(*x)));
+        let (lo, hi) = if losses.is_empty() { (0.0, 1.0) } else if hi - lo < 1e-9 { (lo - 0.5, hi + 0.5) } else { (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)) };
+        let mut c = ChartBuilder::on(&top)
+            .caption("training loss", ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0u64..max_step, lo..hi)
+            .map_err(|x| e(&x))?;
+        c.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(|x| e(&x))?;
+        c.draw_series(LineSeries::new(s.steps.iter().copied().zip(s.loss.iter().copied()).filter(|(_, l)| l.is_finite()), RGBColor(45, 95, 168)))
+            .map_err(|x| e(&x))?;
+        let top_plm = s.val.iter().map(|v| 100.0 * v.1).fold(0.0f64, f64::max).max(1.0) * 1.1;
+        let mut c = ChartBuilder::on(&bottom)
+            .caption("validation PLM (%)", ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0u64..max_step, 0f64..top_plm.min(110.0))
+            .map_err(|x| e(&x))?;
+        c.configure_mesh().x_desc("step").y_desc("PLM").draw().map_err(|x| e(&x))?;
+        let pts: Vec<(u64, f64)> = s.val.iter().map(|(st, p)| (*st, 100.0 * p)).collect();
+        c.draw_series(LineSeries::new(pts.iter().copied(), RGBColor(200, 90, 40))).map_err(|x| e(&x))?;
+        c.draw_series(pts.iter().map(|p| Circle::new(*p, 3, RGBColor(200, 90, 40).filled()))).map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
+    }
+    Ok(svg)
+}
+
+/// GET /admin/train/{id}/chart: the chart (SVG), or the figures as JSON.
+pub async fn chart(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<uuid::Uuid>() else { return super::error_response(WebError::NotFound, admin.json) };
+    match crate::jobs::get(&state.pool, id).await {
+        Ok(Some(j)) if j.kind == crate::jobs::JobKind::Train => {}
+        Ok(_) => return super::error_response(WebError::NotFound, admin.json),
+        Err(e) => return super::internal(admin.json, e),
+    }
+    let s = match train::series(&state.pool, id, 600).await {
+        Ok(s) => s,
+        Err(e) => return super::internal(admin.json, e),
+    };
+    if admin.json {
+        return axum::Json(s).into_response();
+    }
+    match chart_svg(&s) {
+        Ok(svg) => ([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-cache")], svg).into_response(),
+        Err(m) => super::internal(false, m),
+    }
+}
+
+/// The figures a training job's page shows (filled in by static/admin.js as the run goes).
+#[derive(Debug, Clone, Default)]
+pub struct TrainPanel {
+    pub step: String,
+    pub loss: String,
+    pub lr: String,
+    pub rate: String,
+    pub last_plm: String,
+    pub best_plm: String,
+}
+
+pub async fn panel(pool: &sqlx::PgPool, id: uuid::Uuid) -> Result<TrainPanel, WebError> {
+    let s = train::series(pool, id, 10).await.map_err(|e| WebError::Internal(e.to_string()))?;
+    let f = |x: Option<f64>, p: usize| x.map(|v| format!("{v:.p$}")).unwrap_or_default();
+    Ok(TrainPanel {
+        step: s.last_step.map(|v| v.to_string()).unwrap_or_default(),
+        loss: f(s.last_loss, 4),
+        lr: s.last_lr.map(|v| format!("{v:.3e}")).unwrap_or_default(),
+        rate: f(s.last_images_per_s, 1),
+        last_plm: f(s.last_plm.map(|p| 100.0 * p), 2),
+        best_plm: f(s.best_plm.map(|p| 100.0 * p), 2),
+    })
+}
