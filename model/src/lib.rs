@@ -12,4 +12,3 @@
 //! - [`eval::report`]: the whole Table 2 row from the release-format ground truth and a prediction file.
 
 pub mod eval;
-pub mod fpn; // TEMPORARY STUB (i14-platform): replaced by the lead's model/src/fpn
