@@ -1,6 +1,8 @@
-//! ForgeryTalker evaluation: the paper's metrics computed exactly as the reference tools compute
-//! them, in Rust, without Java or Python at run time. (No model and no training code yet: the
-//! crate holds what scores a model's predictions.)
+//! ForgeryTalker: the paper's metrics computed exactly as the reference tools compute them, in
+//! Rust, without Java or Python at run time; and the models with their trainers, in burn.
+//!
+//! - [`fpn`]: stage 1, the Forgery Prompter Network (Face-ViT region classifier): model, weights
+//!   in the Hugging Face and release layouts, losses, trainer, predictor.
 //!
 //! - [`eval::tokenize`]: the PTBTokenizer behaviour pycocoevalcap relies on, and its punctuation
 //!   filter.
@@ -12,3 +14,4 @@
 //! - [`eval::report`]: the whole Table 2 row from the release-format ground truth and a prediction file.
 
 pub mod eval;
+pub mod fpn;

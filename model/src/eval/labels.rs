@@ -65,12 +65,21 @@ pub fn evaluate(gt: &str, pred: &str, labels: &[&str]) -> Result<LabelScores, Ev
             only_p.iter().take(20).collect::<Vec<_>>()
         )));
     }
+    let mut sets = Vec::with_capacity(g.len());
+    for (id, gv) in &g {
+        sets.push((parse_set(id, gv, labels)?, parse_set(id, &p[id], labels)?));
+    }
+    Ok(score_sets(&sets, labels))
+}
+
+/// Scores (ground truth, prediction) label sets, each `labels.len()` long: PLM, per-label,
+/// macro and micro figures. Callers that hold sets already (the FPN trainer's validation,
+/// `mmtt eval fpn`) use this directly; `sets` must not be empty.
+pub fn score_sets(sets: &[(Vec<bool>, Vec<bool>)], labels: &[&str]) -> LabelScores {
     let k = labels.len();
     let (mut tp, mut fp, mut fn_) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
     let mut plm = 0.0;
-    for (id, gv) in &g {
-        let gs = parse_set(id, gv, labels)?;
-        let ps = parse_set(id, &p[id], labels)?;
+    for (gs, ps) in sets {
         let (mut inter, mut union) = (0u64, 0u64);
         for i in 0..k {
             inter += (gs[i] && ps[i]) as u64;
@@ -81,7 +90,7 @@ pub fn evaluate(gt: &str, pred: &str, labels: &[&str]) -> Result<LabelScores, Ev
         }
         plm += if union == 0 { 1.0 } else { inter as f64 / union as f64 };
     }
-    let n = g.len() as u64;
+    let n = sets.len() as u64;
     let per: Vec<Prf> = (0..k).map(|i| prf(tp[i], fp[i], fn_[i])).collect();
     let macro_avg = Prf {
         precision: per.iter().map(|x| x.precision).sum::<f64>() / k as f64,
@@ -90,11 +99,11 @@ pub fn evaluate(gt: &str, pred: &str, labels: &[&str]) -> Result<LabelScores, Ev
         support: per.iter().map(|x| x.support).sum(),
     };
     let micro_avg = prf(tp.iter().sum(), fp.iter().sum(), fn_.iter().sum());
-    Ok(LabelScores {
-        plm: plm / n as f64,
+    LabelScores {
+        plm: if n == 0 { 0.0 } else { plm / n as f64 },
         per_label: labels.iter().zip(per).map(|(l, x)| (l.to_string(), x)).collect(),
         macro_avg,
         micro_avg,
         n,
-    })
+    }
 }
