@@ -71,7 +71,7 @@ fn the_config_file_is_checked_key_by_key_and_a_queued_run_keeps_its_folder() {
     };
     refused("preset = \"tiny\"\nstepz = 10\n", &["bad.toml", "stepz", "line 2"]);
     refused("preset = \"tiny\"\n[data]\nsauce = \"db\"\n", &["[data]", "sauce"]);
-    refused("preset = \"tiny\"\n[data]\nlimit = 4\n[loss]\nkind = \"paper\"\nnegative_weight = 0.2\nbce = true\ndice = true\nwat = 1\n", &["wat", "line 9"]);
+    refused("preset = \"tiny\"\n[data]\nlimit = 4\n[loss]\nkind = \"paper\"\nnegative_weight = 0.2\nbce = true\ndice = true\nwat = 1\n", &["wat", "line 4"]);
     refused("preset = \"vit-z\"\n", &["preset", "vit-z"]);
     refused("preset = \"tiny\"\nsteps = 0\n", &["steps"]);
     refused("preset = \"tiny\"\n[data]\nsource = \"export\"\n", &["dir"]);

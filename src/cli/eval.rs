@@ -189,6 +189,7 @@ async fn eval_fpn(g: &super::Global, a: EvalFpnArgs) -> Result<()> {
         }
         (Some(_), Some(_)) => anyhow::bail!("--job scores on the database's samples: leave out --data"),
         (None, _) => {
+            let mut got = None;
             g.with_app(async |app| {
                 let data = TrainData { source: DataSource::Db, ..Default::default() };
                 let ck = match (a.job, &a.checkpoint) {
@@ -200,9 +201,11 @@ async fn eval_fpn(g: &super::Global, a: EvalFpnArgs) -> Result<()> {
                 if let Some(job) = a.job {
                     mmtt::jobs::train::record_evaluation(&app.pool, job, a.split, &e).await?;
                 }
-                Ok(e)
+                got = Some(e);
+                Ok(())
             })
-            .await?
+            .await?;
+            got.ok_or_else(|| anyhow::anyhow!("the evaluation produced nothing"))?
         }
     };
     bar.finish_and_clear();

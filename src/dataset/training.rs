@@ -50,7 +50,7 @@ pub struct TrainData {
     #[serde(default)]
     pub dir: Option<PathBuf>,
     /// The split trained on (default `train`).
-    #[serde(default = "default_train_split")]
+    #[serde(default = "default_train_split", with = "split_name")]
     pub train_split: Split,
     /// The split the best checkpoint is chosen on (default `validation`; none: no validation).
     #[serde(default = "default_val_split", with = "opt_split")]
@@ -100,6 +100,18 @@ impl TrainData {
             return Err(format!("val_split is the training split ({}): choose another split, or \"none\"", self.train_split));
         }
         Ok(())
+    }
+}
+
+/// A split by name (`val` for `validation` too).
+mod split_name {
+    use super::Split;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Split, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.name())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Split, D::Error> {
+        super::parse_split(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -459,23 +459,39 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
         }
         Ok(())
     };
+    // a database error stops the trainer (it checkpoints) and fails the job once it has returned
+    let mut db_err: Option<JobError> = None;
+    let failed = |e: JobError, db_err: &mut Option<JobError>| {
+        if db_err.is_none() {
+            live.stop();
+            *db_err = Some(e);
+        }
+    };
     let outcome = loop {
         tokio::select! {
             r = &mut handle => {
                 while let Ok(m) = rx.try_recv() {
-                    handle_msg(m, &mut buf).await?;
+                    if let Err(e) = handle_msg(m, &mut buf).await {
+                        failed(e, &mut db_err);
+                    }
                 }
                 break r;
             }
             Some(m) = rx.recv() => {
-                handle_msg(m, &mut buf).await?;
-                if buf.len() >= 500 || last_flush.elapsed() > Duration::from_secs(1) {
-                    flush(pool, job, &mut buf).await?;
+                let mut r = handle_msg(m, &mut buf).await;
+                if r.is_ok() && (buf.len() >= 500 || last_flush.elapsed() > Duration::from_secs(1)) {
+                    r = flush(pool, job, &mut buf).await;
                     last_flush = Instant::now();
+                }
+                if let Err(e) = r {
+                    failed(e, &mut db_err);
                 }
             }
         }
     };
+    if let Some(e) = db_err {
+        return Err(anyhow::Error::new(e).context("recording the training figures"));
+    }
     flush(pool, job, &mut buf).await?;
     let outcome = outcome.map_err(|e| anyhow!("the trainer stopped unexpectedly (panic): {e}"))?;
     let o = match outcome {
@@ -700,11 +716,13 @@ mod tests {
         assert_eq!(c.data.limit, Some(5));
         assert_eq!(c.data.val_split, None);
         assert!(matches!(c.config.loss, LossConfig::Paper { negative_weight: 1.0, bce: true, dice: false }));
-        // an unknown key after [data]: the error names it and its line in the file
+        // an unknown key in a table after [data]: the error names it and its table's line in the file
         let e = parse_config("preset = \"tiny\"\n[data]\nlimit = 5\n[loss]\nkind = \"paper\"\nnegative_weight = 1.0\nbce = true\ndice = false\nwat = 1\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("wat") && e.contains("line 9"), "{e}");
+        assert!(e.contains("wat") && e.contains("line 4"), "{e}");
+        let e = parse_config("preset = \"tiny\"\n[data]\nlimit = 5\n\n[x]\n").unwrap_err().to_string();
+        assert!(e.contains("`x`") && e.contains("line 5"), "{e}");
         let e = parse_config("stepz = 3\n").unwrap_err().to_string();
         assert!(e.contains("stepz"), "{e}");
         let e = parse_config("[data]\nsauce = 1\n").unwrap_err().to_string();

@@ -207,8 +207,8 @@ pub fn chart_svg(s: &Series) -> Result<String, String> {
             .build_cartesian_2d(0u64..max_step, lo..hi)
             .map_err(|x| e(&x))?;
         c.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(|x| e(&x))?;
-        c.draw_series(LineSeries::new(s.steps.iter().copied().zip(s.loss.iter().copied()).filter(|(_, l)| l.is_finite()), RGBColor(45, 95, 168)))
-            .map_err(|x| e(&x))?;
+        let line: Vec<(u64, f64)> = s.steps.iter().copied().zip(s.loss.iter().copied()).filter(|(_, l)| l.is_finite()).collect();
+        c.draw_series(std::iter::once(PathElement::new(line, RGBColor(45, 95, 168)))).map_err(|x| e(&x))?;
         let top_plm = s.val.iter().map(|v| 100.0 * v.1).fold(0.0f64, f64::max).max(1.0) * 1.1;
         let mut c = ChartBuilder::on(&bottom)
             .caption("validation PLM (%)", ("sans-serif", 16))
@@ -219,7 +219,7 @@ pub fn chart_svg(s: &Series) -> Result<String, String> {
             .map_err(|x| e(&x))?;
         c.configure_mesh().x_desc("step").y_desc("PLM").draw().map_err(|x| e(&x))?;
         let pts: Vec<(u64, f64)> = s.val.iter().map(|(st, p)| (*st, 100.0 * p)).collect();
-        c.draw_series(LineSeries::new(pts.iter().copied(), RGBColor(200, 90, 40))).map_err(|x| e(&x))?;
+        c.draw_series(std::iter::once(PathElement::new(pts.clone(), RGBColor(200, 90, 40)))).map_err(|x| e(&x))?;
         c.draw_series(pts.iter().map(|p| Circle::new(*p, 3, RGBColor(200, 90, 40).filled()))).map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
     }
