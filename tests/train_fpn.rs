@@ -29,13 +29,13 @@ fn seeded(n: u64) -> Env {
     env
 }
 
-/// A tiny config: `steps` steps of batch 2, checkpoints every `every`.
-fn tiny_config(dir: &Path, name: &str, steps: u64, every: u64, extra: &str) -> String {
+/// A tiny config: `steps` steps of batch 2, checkpoints every `every`, validations every `eval`.
+fn tiny_config(dir: &Path, name: &str, steps: u64, every: u64, eval: u64, extra: &str) -> String {
     let p = dir.join(name);
     std::fs::write(
         &p,
         format!(
-            "preset = \"tiny\"\nsteps = {steps}\nbatch_size = 2\nlr = 1e-3\nwarmup_steps = 2\nseed = 3\ncheckpoint_every = {every}\neval_every = {every}\n{extra}\n[data]\nlimit = 16\n"
+            "preset = \"tiny\"\nsteps = {steps}\nbatch_size = 2\nlr = 1e-3\nwarmup_steps = 2\nseed = 3\ncheckpoint_every = {every}\neval_every = {eval}\n{extra}\n[data]\nlimit = 16\n"
         ),
     )
     .unwrap();
@@ -80,7 +80,7 @@ fn the_config_file_is_checked_key_by_key_and_a_queued_run_keeps_its_folder() {
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM jobs"), 0, "a refused config stores nothing");
 
     // a good one is queued with its settings, run folder and data
-    let cfg = tiny_config(d, "ok.toml", 30, 10, "labels = \"chips\"");
+    let cfg = tiny_config(d, "ok.toml", 30, 10, 10, "labels = \"chips\"");
     let run = d.join("runs").join("one");
     let v = env.json(&["train", "fpn", "--config", &cfg, "--run-dir", &run.display().to_string(), "--json"]);
     let id = v["job"].as_str().expect("job id").to_string();
@@ -112,12 +112,11 @@ fn a_run_from_the_train_form_shows_progress_pauses_resumes_is_cancelled_continue
         assert!(page.contains("id=\"train-form\"") && page.contains("href=\"/admin/train\""), "the Train page and its nav entry");
         // refusals name the field and start nothing
         for (field, value, want) in [("steps", "many", "steps"), ("preset", "vit-z", "preset"), ("w", "-1", "w"), ("loss", "mse", "loss")] {
-            let r = adm
-                .post(format!("{base}/admin/train"))
-                .form(&[("csrf", csrf.as_str()), ("preset", "tiny"), (field, value)])
-                .send()
-                .await
-                .unwrap();
+            let mut form = vec![("csrf", csrf.as_str()), (field, value)];
+            if field != "preset" {
+                form.push(("preset", "tiny"));
+            }
+            let r = adm.post(format!("{base}/admin/train")).form(&form).send().await.unwrap();
             assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{field}={value}");
             let html = r.text().await.unwrap();
             assert!(html.contains(&format!("data-field=\"{want}\"")), "{field}={value}: {html}");
@@ -182,7 +181,7 @@ fn a_run_from_the_train_form_shows_progress_pauses_resumes_is_cancelled_continue
         let paused_at = j["done"].as_i64().unwrap();
         assert!(paused_at < steps as i64, "paused before the end: {j}");
         let run_dir = j["params"]["run_dir"].as_str().unwrap().to_string();
-        assert!(Path::new(&run_dir).join("last").is_dir(), "a checkpoint in {run_dir}");
+        assert!(Path::new(&run_dir).join("checkpoints/latest").is_file(), "a checkpoint in {run_dir}");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(get(&id).await["done"].as_i64(), Some(paused_at), "a paused run does not move");
         // resume: it continues from its checkpoint (not from step 1)
@@ -229,7 +228,8 @@ fn a_run_from_the_train_form_shows_progress_pauses_resumes_is_cancelled_continue
         assert_eq!(line["regions"], serde_json::json!(want), "{line}");
         let preds = env.data.path().join("test-regions.json");
         let scores = env.json(&["eval", "fpn", "--job", &id, "--split", "test", "--out", &preds.display().to_string()]);
-        let n_test = env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE split = 'test'");
+        let pool = sqlx::PgPool::connect(&env.db.url).await.unwrap();
+        let n_test = common::admin::count(&pool, "SELECT count(*) FROM forgeries WHERE split = 'test'").await;
         assert_eq!(scores["n"].as_i64(), Some(n_test), "{scores}");
         assert!(scores["PLM"].as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)), "{scores}");
         let written: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&std::fs::read(&preds).unwrap()).unwrap();
@@ -242,7 +242,7 @@ fn a_run_from_the_train_form_shows_progress_pauses_resumes_is_cancelled_continue
 #[test]
 fn a_killed_wait_run_is_taken_over_and_resumes_from_its_run_folder() {
     let env = seeded(40);
-    let cfg = tiny_config(env.data.path(), "tiny.toml", 400, 5, "");
+    let cfg = tiny_config(env.data.path(), "tiny.toml", 400, 5, 100, "");
     let run = env.data.path().join("runs").join("killed");
     let mut cli = Command::new(env!("CARGO_BIN_EXE_mmtt"))
         .arg("--data-dir")
@@ -256,30 +256,32 @@ fn a_killed_wait_run_is_taken_over_and_resumes_from_its_run_folder() {
         .spawn()
         .unwrap();
     wait_until("a checkpoint past step 10", 600, || {
-        env.db.scalar_i64("SELECT coalesce(max(done), 0) FROM jobs WHERE kind = 'train'") >= 12 && run.join("last").is_dir()
+        env.db.scalar_i64("SELECT coalesce(max(done), 0) FROM jobs WHERE kind = 'train'") >= 12 && run.join("checkpoints/latest").is_file()
     });
     cli.kill().unwrap();
     cli.wait().unwrap();
-    let killed_at = env.db.scalar_i64("SELECT max(done) FROM jobs WHERE kind = 'train'");
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let killed_at: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
     let w = env.mmtt(&["worker", "--until-empty", "--lease-seconds", "2"]);
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
     let jobs = env.json(&["jobs", "--kind", "train", "--json"]);
     let id = jobs[0]["id"].as_str().unwrap().to_string();
     let j = env.json(&["jobs", "show", &id, "--json"]);
     assert_eq!(j["state"], "done", "{j}");
-    let ev = events(&j);
-    assert!(ev.iter().any(|e| e.contains("taken over from worker")), "{ev:?}");
+    let taken = env.db.scalar_i64(&format!("SELECT count(*) FROM job_events WHERE job_id = '{id}' AND message LIKE 'taken over from worker%'"));
+    assert_eq!(taken, 1, "{:?}", events(&j));
     let r = &j["result"];
     assert_eq!(r["last_step"].as_u64(), Some(400));
-    let from = r["resumed_from"].as_i64().unwrap();
-    assert!(from >= 5 && from <= killed_at, "resumed from a checkpoint at or before the kill (step {killed_at}): {r}");
+    let from = r["resumed_from"].as_u64().unwrap();
+    assert!(killed_at >= 10 && killed_at < 400, "killed mid-run, at checkpoint {killed_at}");
+    assert_eq!(from, killed_at, "resumed from the run folder's latest checkpoint: {r}");
     println!("FIGURES train kill: killed at step {killed_at}, resumed from step {from}");
 }
 
 #[test]
 fn the_ablation_prints_table_4_beside_the_paper() {
     let env = seeded(40);
-    let cfg = tiny_config(env.data.path(), "base.toml", 6, 3, "");
+    let cfg = tiny_config(env.data.path(), "base.toml", 6, 3, 3, "");
     let rows = env.json(&["ablation", "fpn", "--config", &cfg, "--json"]);
     let rows = rows.as_array().expect("rows");
     let paper: Vec<f64> = rows.iter().map(|r| r["paper_plm"].as_f64().unwrap()).collect();

@@ -287,7 +287,11 @@ pub async fn execute(
     let live = super::train::Live::default();
     let work = run_spec(app, job, spec, o, bar.clone(), &live);
     let mut work = std::pin::pin!(work);
-    let beat = (lease / 3).max(Duration::from_millis(200));
+    let mut beat = (lease / 3).max(Duration::from_millis(200));
+    if matches!(spec, JobSpec::Train(_)) {
+        // a training run's page follows its steps, and pause/cancel stop it within a second
+        beat = beat.min(Duration::from_secs(1));
+    }
     let outcome = loop {
         tokio::select! {
             r = &mut work => break Ok(r),
@@ -326,7 +330,6 @@ pub async fn execute(
         // a trainer runs on its own thread: ask it to checkpoint and return, and keep the lease
         // meanwhile, so the job is marked (and can be resumed) only once its folder is settled
         live.stop();
-        let beat = (lease / 3).max(Duration::from_millis(200));
         loop {
             tokio::select! {
                 r = &mut work => {

@@ -279,6 +279,18 @@ async fn flush(pool: &PgPool, job: Uuid, buf: &mut Vec<Point>) -> Result<(), Job
     if buf.is_empty() {
         return Ok(());
     }
+    // one row per step (a step's figures and its validation arrive apart)
+    buf.sort_by_key(|p| p.step);
+    buf.dedup_by(|later, kept| {
+        if later.step != kept.step {
+            return false;
+        }
+        kept.loss = later.loss.or(kept.loss);
+        kept.lr = later.lr.or(kept.lr);
+        kept.rate = later.rate.or(kept.rate);
+        kept.plm = later.plm.or(kept.plm);
+        true
+    });
     let col = |f: fn(&Point) -> Option<f64>| buf.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO train_metrics (job_id, step, loss, lr, images_per_s, val_plm) \
@@ -420,6 +432,7 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
     let mut first: Option<u64> = None;
     let mut last_loss = None;
     let mut last_rate = None;
+    let mut last_ckpt_event: Option<Instant> = None;
     let mut handle_msg = async |m: Msg, buf: &mut Vec<Point>| -> Result<(), JobError> {
         match m {
             Msg::Note(text) => super::event(pool, job, "info", Some(worker), &format!("trainer: {text}")).await?,
@@ -454,7 +467,11 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
             }
             Msg::Checkpoint { step, dir } => {
                 flush(pool, job, buf).await?;
-                super::event(pool, job, "info", Some(worker), &format!("checkpoint of step {step} written to {}", dir.display())).await?;
+                // the log keeps the last checkpoints of a stop and the end, and one every half minute
+                if live.stopping() || step == spec.config.steps || last_ckpt_event.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(30)) {
+                    last_ckpt_event = Some(Instant::now());
+                    super::event(pool, job, "info", Some(worker), &format!("checkpoint of step {step} written to {}", dir.display())).await?;
+                }
             }
         }
         Ok(())
