@@ -71,7 +71,10 @@ fn the_config_file_is_checked_key_by_key_and_a_queued_run_keeps_its_folder() {
     };
     refused("preset = \"tiny\"\nstepz = 10\n", &["bad.toml", "stepz", "line 2"]);
     refused("preset = \"tiny\"\n[data]\nsauce = \"db\"\n", &["[data]", "sauce"]);
-    refused("preset = \"tiny\"\n[data]\nlimit = 4\n[loss]\nkind = \"paper\"\nnegative_weight = 0.2\nbce = true\ndice = true\nwat = 1\n", &["wat", "line 4"]);
+    refused(
+        "preset = \"tiny\"\n[data]\nlimit = 4\n[loss]\nkind = \"paper\"\nnegative_weight = 0.2\nbce = true\ndice = true\nwat = 1\n",
+        &["wat", "line 4"],
+    );
     refused("preset = \"vit-z\"\n", &["preset", "vit-z"]);
     refused("preset = \"tiny\"\nsteps = 0\n", &["steps"]);
     refused("preset = \"tiny\"\n[data]\nsource = \"export\"\n", &["dir"]);
@@ -87,7 +90,11 @@ fn the_config_file_is_checked_key_by_key_and_a_queued_run_keeps_its_folder() {
     let j = env.json(&["jobs", "show", &id, "--json"]);
     assert_eq!((j["kind"].as_str(), j["state"].as_str()), (Some("train"), Some("queued")), "{j}");
     let p = &j["params"];
-    assert_eq!((p["model"].as_str(), p["config"]["preset"].as_str(), p["config"]["steps"].as_u64()), (Some("fpn"), Some("tiny"), Some(30)), "{p}");
+    assert_eq!(
+        (p["model"].as_str(), p["config"]["preset"].as_str(), p["config"]["steps"].as_u64()),
+        (Some("fpn"), Some("tiny"), Some(30)),
+        "{p}"
+    );
     assert_eq!(p["config"]["labels"], "chips");
     assert_eq!(p["run_dir"].as_str(), Some(run.display().to_string().as_str()));
     assert_eq!(p["data"]["limit"].as_u64(), Some(16));
@@ -223,7 +230,10 @@ fn a_run_from_the_train_form_shows_progress_pauses_resumes_is_cancelled_continue
         let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
         let probs: Vec<f64> = line["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).collect();
         assert_eq!(probs.len(), 21);
-        let labels = ["eye", "pupil", "lip", "mouth", "nose", "ear", "cheek", "forehead", "chin", "jaw", "eyebrow", "tooth", "tongue", "beard", "mustache", "skin", "hair", "wrinkle", "freckle", "scar", "dimple"];
+        let labels = [
+            "eye", "pupil", "lip", "mouth", "nose", "ear", "cheek", "forehead", "chin", "jaw", "eyebrow", "tooth", "tongue", "beard",
+            "mustache", "skin", "hair", "wrinkle", "freckle", "scar", "dimple",
+        ];
         let want: Vec<&str> = labels.iter().zip(&probs).filter(|(_, p)| **p > 0.5).map(|(l, _)| *l).collect();
         assert_eq!(line["regions"], serde_json::json!(want), "{line}");
         let preds = env.data.path().join("test-regions.json");
@@ -268,7 +278,8 @@ fn a_killed_wait_run_is_taken_over_and_resumes_from_its_run_folder() {
     let id = jobs[0]["id"].as_str().unwrap().to_string();
     let j = env.json(&["jobs", "show", &id, "--json"]);
     assert_eq!(j["state"], "done", "{j}");
-    let taken = env.db.scalar_i64(&format!("SELECT count(*) FROM job_events WHERE job_id = '{id}' AND message LIKE 'taken over from worker%'"));
+    let taken =
+        env.db.scalar_i64(&format!("SELECT count(*) FROM job_events WHERE job_id = '{id}' AND message LIKE 'taken over from worker%'"));
     assert_eq!(taken, 1, "{:?}", events(&j));
     let r = &j["result"];
     assert_eq!(r["last_step"].as_u64(), Some(400));

@@ -217,7 +217,8 @@ async fn eval_fpn(g: &super::Global, a: EvalFpnArgs) -> Result<()> {
     println!("{}", serde_json::to_string(s)?);
     eprintln!("{:<12} {:>8.2}  ({} samples, {} split)", "PLM", 100.0 * s.plm, s.n, a.split);
     eprintln!("{:<12} {:>8} {:>8} {:>8} {:>8}", "", "prec", "recall", "F1", "support");
-    for (name, x) in [("macro", &s.macro_avg), ("micro", &s.micro_avg)].into_iter().chain(s.per_label.iter().map(|(k, v)| (k.as_str(), v))) {
+    for (name, x) in [("macro", &s.macro_avg), ("micro", &s.micro_avg)].into_iter().chain(s.per_label.iter().map(|(k, v)| (k.as_str(), v)))
+    {
         eprintln!("{:<12} {:>8.2} {:>8.2} {:>8.2} {:>8}", name, 100.0 * x.precision, 100.0 * x.recall, 100.0 * x.f1, x.support);
     }
     Ok(())

@@ -65,7 +65,14 @@ pub struct TrainData {
 
 impl Default for TrainData {
     fn default() -> Self {
-        TrainData { source: DataSource::Db, dir: None, train_split: Split::Train, val_split: Some(Split::Validation), include_unreviewed: false, limit: None }
+        TrainData {
+            source: DataSource::Db,
+            dir: None,
+            train_split: Split::Train,
+            val_split: Some(Split::Validation),
+            include_unreviewed: false,
+            limit: None,
+        }
     }
 }
 
@@ -74,7 +81,9 @@ impl TrainData {
     pub fn export_dir(&self) -> Result<&Path> {
         match (&self.source, &self.dir) {
             (DataSource::Export, Some(d)) => Ok(d.as_path()),
-            (DataSource::Export, None) => bail!("[data] source = \"export\" needs dir = \"/path/to/the/export\" (an hf or mmtt export folder)"),
+            (DataSource::Export, None) => {
+                bail!("[data] source = \"export\" needs dir = \"/path/to/the/export\" (an hf or mmtt export folder)")
+            }
             (DataSource::Db, _) => bail!("[data] source is the database, not an export folder"),
         }
     }
@@ -183,7 +192,9 @@ pub async fn samples(app: &App, data: &TrainData, split: Split, labels: LabelSou
         DataSource::Db => from_db(app, split, labels, data.include_unreviewed).await?,
         DataSource::Export => {
             let dir = data.export_dir()?.to_path_buf();
-            tokio::task::spawn_blocking(move || from_export(&dir, split, labels)).await.map_err(|e| anyhow!("reading the export: {e}"))??
+            tokio::task::spawn_blocking(move || from_export(&dir, split, labels))
+                .await
+                .map_err(|e| anyhow!("reading the export: {e}"))??
         }
     };
     if let Some(n) = data.limit {
@@ -259,9 +270,7 @@ pub fn from_export(dir: &Path, split: Split, labels: LabelSource) -> Result<Vec<
             let records: Vec<serde_json::Value> =
                 serde_json::from_str(&read(&file)?).with_context(|| format!("{}: not a JSON list of samples", file.display()))?;
             for (i, r) in records.iter().enumerate() {
-                let field = |k: &str| {
-                    r.get(k).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("{} record {i}: no `{k}`", file.display()))
-                };
+                let field = |k: &str| r.get(k).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("{} record {i}: no `{k}`", file.display()));
                 let id = match r.get("image_id") {
                     Some(serde_json::Value::String(s)) => s.clone(),
                     Some(v) if !v.is_null() => v.to_string(),
@@ -279,9 +288,8 @@ pub fn from_export(dir: &Path, split: Split, labels: LabelSource) -> Result<Vec<
             for (n, line) in read(&file)?.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 let r: serde_json::Value =
                     serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", file.display(), n + 1))?;
-                let field = |k: &str| {
-                    r.get(k).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("{} line {}: no `{k}`", file.display(), n + 1))
-                };
+                let field =
+                    |k: &str| r.get(k).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("{} line {}: no `{k}`", file.display(), n + 1));
                 let chips: Vec<String> = r
                     .get("regions")
                     .and_then(|v| v.as_array())
@@ -295,7 +303,11 @@ pub fn from_export(dir: &Path, split: Split, labels: LabelSource) -> Result<Vec<
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(s) = out.iter().find(|s| !s.image.is_file()) {
-        bail!("{}: the image of sample {} is missing: re-run the export into that folder (it resumes and repairs)", s.image.display(), s.id);
+        bail!(
+            "{}: the image of sample {} is missing: re-run the export into that folder (it resumes and repairs)",
+            s.image.display(),
+            s.id
+        );
     }
     Ok(out)
 }
@@ -349,7 +361,11 @@ pub fn evaluate_checkpoint(checkpoint: &Path, samples: &[Sample], batch: usize, 
     if predictions.len() != samples.len() {
         bail!("{} samples share an id with another: give each sample its own id", samples.len() - predictions.len());
     }
-    let scores = mmtt_model::eval::labels::evaluate(&serde_json::Value::Object(gt).to_string(), &serde_json::Value::Object(pred).to_string(), &names)?;
+    let scores = mmtt_model::eval::labels::evaluate(
+        &serde_json::Value::Object(gt).to_string(),
+        &serde_json::Value::Object(pred).to_string(),
+        &names,
+    )?;
     Ok(CheckpointEval { scores, predictions })
 }
 

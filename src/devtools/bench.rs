@@ -350,7 +350,11 @@ pub fn fpn(presets: &[String], steps: Option<u64>, batch: usize, json: bool) -> 
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("FPN training on {} (batch {batch}, {} threads)", rows.first().map(|r| r.device.as_str()).unwrap_or("cpu"), rows.first().map(|r| r.threads).unwrap_or(0));
+        println!(
+            "FPN training on {} (batch {batch}, {} threads)",
+            rows.first().map(|r| r.device.as_str()).unwrap_or("cpu"),
+            rows.first().map(|r| r.threads).unwrap_or(0)
+        );
         println!("{:<10} {:>6} {:>6} {:>12} {:>14} {:>12}", "preset", "size", "steps", "images/s", "trainer img/s", "peak MB");
         for r in &rows {
             println!(

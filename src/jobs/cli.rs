@@ -274,11 +274,7 @@ pub async fn serve_with_worker(
 
 /// The default run folder of a training run: `DATA_DIR/runs/fpn-YYYYMMDD-HHMMSS-XXXXXX`.
 pub fn default_run_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
-    data_dir.join("runs").join(format!(
-        "fpn-{}-{}",
-        chrono::Utc::now().format("%Y%m%d-%H%M%S"),
-        &Uuid::new_v4().simple().to_string()[..6]
-    ))
+    data_dir.join("runs").join(format!("fpn-{}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"), &Uuid::new_v4().simple().to_string()[..6]))
 }
 
 fn print_train(s: &super::train::TrainSummary) {
@@ -293,7 +289,12 @@ fn print_train(s: &super::train::TrainSummary) {
         s.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
         s.best_plm.map(|p| format!("{:.2}", 100.0 * p)).unwrap_or_else(|| "- (no validation)".into()),
     );
-    println!("  run folder {}\n  best checkpoint {}\n  last checkpoint {}", s.run_dir.display(), s.best_dir.display(), s.last_dir.display());
+    println!(
+        "  run folder {}\n  best checkpoint {}\n  last checkpoint {}",
+        s.run_dir.display(),
+        s.best_dir.display(),
+        s.last_dir.display()
+    );
 }
 
 /// `mmtt train fpn`: queues the training job (a worker runs it), or with `wait` runs it in this
@@ -344,7 +345,12 @@ pub async fn ablation(
     use super::train::{TABLE4, TrainModel, TrainSpec, ablation_config, ablation_dir, evaluate, scoring_checkpoint, unfinished};
     let mut rows = Vec::new();
     for (i, row) in TABLE4.iter().enumerate() {
-        let spec = TrainSpec { model: TrainModel::Fpn, config: ablation_config(&base.config, i), run_dir: ablation_dir(root, i), data: base.data.clone() };
+        let spec = TrainSpec {
+            model: TrainModel::Fpn,
+            config: ablation_config(&base.config, i),
+            run_dir: ablation_dir(root, i),
+            data: base.data.clone(),
+        };
         if !json {
             eprintln!("[{}/4] {}: training into {}", i + 1, row.0, spec.run_dir.display());
         }

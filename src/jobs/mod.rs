@@ -688,7 +688,9 @@ fn view_of(r: &sqlx::postgres::PgRow) -> Result<(JobView, bool, Option<bool>), J
         1.0
     };
     let eta_s = match rate {
-        Some(x) if x > 0.0 && matches!(state, JobState::Running) && total > 0 => Some(((total - done - failed).max(0)) as f64 * per_unit / x),
+        Some(x) if x > 0.0 && matches!(state, JobState::Running) && total > 0 => {
+            Some(((total - done - failed).max(0)) as f64 * per_unit / x)
+        }
         _ => None,
     };
     let holder: Option<String> = r.get(13);

@@ -434,7 +434,14 @@ fn counts(out: &JobOutput, bar_total: i64) -> (i64, i64, i64) {
     }
 }
 
-async fn run_spec(app: &App, job: Uuid, spec: &JobSpec, o: &WorkerOptions, bar: ProgressBar, live: &super::train::Live) -> Result<JobOutput> {
+async fn run_spec(
+    app: &App,
+    job: Uuid,
+    spec: &JobSpec,
+    o: &WorkerOptions,
+    bar: ProgressBar,
+    live: &super::train::Live,
+) -> Result<JobOutput> {
     Ok(match spec {
         JobSpec::Import(s) => match s.dataset.dataset() {
             Some(dataset) => {

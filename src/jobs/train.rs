@@ -61,7 +61,10 @@ impl TrainSpec {
             return Err(SpecError::new("run_dir", "give the folder the run writes its checkpoints into"));
         }
         if self.run_dir.is_file() {
-            return Err(SpecError::new("run_dir", format!("{} is a file: give a new folder, or the folder of the run to resume", self.run_dir.display())));
+            return Err(SpecError::new(
+                "run_dir",
+                format!("{} is a file: give a new folder, or the folder of the run to resume", self.run_dir.display()),
+            ));
         }
         Ok(())
     }
@@ -81,7 +84,10 @@ pub fn check_config(c: &TrainConfig) -> Result<(), SpecError> {
         return Err(SpecError::new("lr", "the learning rate must be a positive number, such as 7.5e-3"));
     }
     if c.warmup_steps > c.steps {
-        return Err(SpecError::new("warmup_steps", format!("{} warm-up steps is more than the {} steps of the run", c.warmup_steps, c.steps)));
+        return Err(SpecError::new(
+            "warmup_steps",
+            format!("{} warm-up steps is more than the {} steps of the run", c.warmup_steps, c.steps),
+        ));
     }
     if !(c.weight_decay.is_finite() && c.weight_decay >= 0.0) {
         return Err(SpecError::new("weight_decay", "must be 0 or a positive number"));
@@ -105,14 +111,20 @@ pub fn check_config(c: &TrainConfig) -> Result<(), SpecError> {
     }
     if let LossConfig::Paper { negative_weight, bce, dice } = &c.loss {
         if !(0.0..=1.0).contains(negative_weight) {
-            return Err(SpecError::new("negative_weight", format!("the discount w is {negative_weight}; it must be in [0, 1] (the paper: 0.2)")));
+            return Err(SpecError::new(
+                "negative_weight",
+                format!("the discount w is {negative_weight}; it must be in [0, 1] (the paper: 0.2)"),
+            ));
         }
         if !bce && !dice {
             return Err(SpecError::new("loss", "the paper loss needs BCE, Dice or both switched on"));
         }
     }
     if !(c.device == "cpu" || c.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok())) {
-        return Err(SpecError::new("device", format!("`{}` is not a device: give cpu or cuda:N (cuda needs the `cuda` feature)", c.device)));
+        return Err(SpecError::new(
+            "device",
+            format!("`{}` is not a device: give cpu or cuda:N (cuda needs the `cuda` feature)", c.device),
+        ));
     }
     if let Some(p) = &c.init
         && !p.exists()
@@ -350,8 +362,9 @@ async fn run_samples(app: &App, spec: &TrainSpec) -> Result<(Vec<fpn::Sample>, V
     let file = spec.run_dir.join(FROZEN_SAMPLES);
     if file.is_file() {
         let text = tokio::fs::read_to_string(&file).await.with_context(|| format!("cannot read {}", file.display()))?;
-        let f: Frozen = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not the run's sample list (remove it to rebuild it from the data, which restarts the run's data)", file.display()))?;
+        let f: Frozen = serde_json::from_str(&text).with_context(|| {
+            format!("{}: not the run's sample list (remove it to rebuild it from the data, which restarts the run's data)", file.display())
+        })?;
         let train = f.train.into_iter().map(FrozenSample::sample).collect::<Result<Vec<_>>>()?;
         let val = f.val.into_iter().map(FrozenSample::sample).collect::<Result<Vec<_>>>()?;
         return Ok((train, val, true));
@@ -363,7 +376,9 @@ async fn run_samples(app: &App, spec: &TrainSpec) -> Result<(Vec<fpn::Sample>, V
         None => vec![],
     };
     if !train.is_empty() {
-        tokio::fs::create_dir_all(&spec.run_dir).await.with_context(|| format!("cannot create the run folder {}", spec.run_dir.display()))?;
+        tokio::fs::create_dir_all(&spec.run_dir)
+            .await
+            .with_context(|| format!("cannot create the run folder {}", spec.run_dir.display()))?;
         let f = Frozen { train: train.iter().map(FrozenSample::of).collect(), val: val.iter().map(FrozenSample::of).collect() };
         let tmp = file.with_extension("json.tmp");
         tokio::fs::write(&tmp, serde_json::to_vec(&f)?).await.with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -440,16 +455,28 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
                 if first.is_none() {
                     first = Some(step);
                     if step > 1 {
-                        super::event(pool, job, "info", Some(worker), &format!("resumed at step {step} of {total} from the run folder's checkpoint"))
-                            .await?;
+                        super::event(
+                            pool,
+                            job,
+                            "info",
+                            Some(worker),
+                            &format!("resumed at step {step} of {total} from the run folder's checkpoint"),
+                        )
+                        .await?;
                     }
                 }
                 last_loss = Some(loss);
                 last_rate = Some(rate).filter(|r| r.is_finite() && *r > 0.0);
                 buf.push(Point { step: step as i64, loss: Some(loss), lr: Some(lr), rate: last_rate, plm: None });
                 if step % every == 0 || step == total {
-                    super::event(pool, job, "info", Some(worker), &format!("step {step}/{total}: loss {loss:.4}, lr {lr:.3e}, {rate:.1} images/s"))
-                        .await?;
+                    super::event(
+                        pool,
+                        job,
+                        "info",
+                        Some(worker),
+                        &format!("step {step}/{total}: loss {loss:.4}, lr {lr:.3e}, {rate:.1} images/s"),
+                    )
+                    .await?;
                 }
             }
             Msg::Val { .. } if n_val == 0 => {}
@@ -461,16 +488,24 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
                     job,
                     "info",
                     Some(worker),
-                    &format!("validation at step {step}: PLM {:.2}{}", 100.0 * plm, if best { " (best so far: checkpoint best/)" } else { "" }),
+                    &format!(
+                        "validation at step {step}: PLM {:.2}{}",
+                        100.0 * plm,
+                        if best { " (best so far: checkpoint best/)" } else { "" }
+                    ),
                 )
                 .await?;
             }
             Msg::Checkpoint { step, dir } => {
                 flush(pool, job, buf).await?;
                 // the log keeps the last checkpoints of a stop and the end, and one every half minute
-                if live.stopping() || step == spec.config.steps || last_ckpt_event.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(30)) {
+                if live.stopping()
+                    || step == spec.config.steps
+                    || last_ckpt_event.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(30))
+                {
                     last_ckpt_event = Some(Instant::now());
-                    super::event(pool, job, "info", Some(worker), &format!("checkpoint of step {step} written to {}", dir.display())).await?;
+                    super::event(pool, job, "info", Some(worker), &format!("checkpoint of step {step} written to {}", dir.display()))
+                        .await?;
                 }
             }
         }
@@ -582,10 +617,11 @@ pub async fn series(pool: &PgPool, job: Uuid, max_points: i64) -> Result<Series,
         sqlx::query_scalar("SELECT max(step) FROM train_metrics WHERE job_id = $1 AND loss IS NOT NULL").bind(job).fetch_one(pool).await?;
     let mut s = Series::default();
     let Some(max_step) = max_step else {
-        let val: Vec<(i64, f64)> = sqlx::query_as("SELECT step, val_plm FROM train_metrics WHERE job_id = $1 AND val_plm IS NOT NULL ORDER BY step")
-            .bind(job)
-            .fetch_all(pool)
-            .await?;
+        let val: Vec<(i64, f64)> =
+            sqlx::query_as("SELECT step, val_plm FROM train_metrics WHERE job_id = $1 AND val_plm IS NOT NULL ORDER BY step")
+                .bind(job)
+                .fetch_all(pool)
+                .await?;
         s.val = val.into_iter().map(|(a, b)| (a as u64, b)).collect();
         return Ok(s);
     };
@@ -707,16 +743,13 @@ pub async fn record_evaluation(pool: &PgPool, job: Uuid, split: Split, e: &train
         .bind(v)
         .execute(pool)
         .await?;
-    super::event(pool, job, "info", None, &format!("evaluated on {split}: PLM {:.2} over {} samples", 100.0 * e.scores.plm, e.scores.n)).await
+    super::event(pool, job, "info", None, &format!("evaluated on {split}: PLM {:.2} over {} samples", 100.0 * e.scores.plm, e.scores.n))
+        .await
 }
 
 /// Why a run of the ablation did not finish.
 pub fn unfinished(s: &TrainSummary) -> Option<String> {
-    if s.stopped || s.last_step < s.total_steps {
-        Some(format!("stopped at step {} of {}", s.last_step, s.total_steps))
-    } else {
-        None
-    }
+    if s.stopped || s.last_step < s.total_steps { Some(format!("stopped at step {} of {}", s.last_step, s.total_steps)) } else { None }
 }
 
 #[cfg(test)]
@@ -734,9 +767,11 @@ mod tests {
         assert_eq!(c.data.val_split, None);
         assert!(matches!(c.config.loss, LossConfig::Paper { negative_weight: 1.0, bce: true, dice: false }));
         // an unknown key in a table after [data]: the error names it and its table's line in the file
-        let e = parse_config("preset = \"tiny\"\n[data]\nlimit = 5\n[loss]\nkind = \"paper\"\nnegative_weight = 1.0\nbce = true\ndice = false\nwat = 1\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse_config(
+            "preset = \"tiny\"\n[data]\nlimit = 5\n[loss]\nkind = \"paper\"\nnegative_weight = 1.0\nbce = true\ndice = false\nwat = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("wat") && e.contains("line 4"), "{e}");
         let e = parse_config("preset = \"tiny\"\n[data]\nlimit = 5\n\n[x]\n").unwrap_err().to_string();
         assert!(e.contains("`x`") && e.contains("line 5"), "{e}");

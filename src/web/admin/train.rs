@@ -67,7 +67,12 @@ async fn accepted(state: &AppState) -> Result<Vec<(String, i64)>, WebError> {
     Ok(rows)
 }
 
-async fn page(state: &AppState, admin: &Admin, error: Option<&Refusal>, values: &Fields) -> Result<(Html<String>, serde_json::Value), WebError> {
+async fn page(
+    state: &AppState,
+    admin: &Admin,
+    error: Option<&Refusal>,
+    values: &Fields,
+) -> Result<(Html<String>, serde_json::Value), WebError> {
     let jobs = recent(&state.pool, Some("train")).await?;
     let accepted = accepted(state).await?;
     let defaults = TrainConfig::tiny();
@@ -111,7 +116,12 @@ fn spec_of(state: &AppState, f: &Fields) -> Result<TrainSpec, Refusal> {
     c.conv_branch = match f.opt("variant").unwrap_or("fpn") {
         "fpn" => true,
         "vit" => false,
-        other => return Err(Refusal::new("variant", format!("`{}` is not a variant: choose fpn (with the convolution branch) or vit", short(other)))),
+        other => {
+            return Err(Refusal::new(
+                "variant",
+                format!("`{}` is not a variant: choose fpn (with the convolution branch) or vit", short(other)),
+            ));
+        }
     };
     c.steps = f.u64_or("steps", Some(c.steps), "the number of training steps, such as 200")?;
     c.batch_size = f.u64_or("batch_size", Some(c.batch_size as u64), "the batch size, such as 8")? as usize;
@@ -139,7 +149,9 @@ fn spec_of(state: &AppState, f: &Fields) -> Result<TrainSpec, Refusal> {
     }
     let mut data = crate::dataset::training::TrainData { include_unreviewed: f.flag("include_unreviewed"), ..Default::default() };
     if let Some(l) = f.opt("limit") {
-        data.limit = Some(l.parse().map_err(|_| Refusal::new("limit", format!("`{}` is not a whole number: give at most how many samples per split, or nothing", short(l))))?);
+        data.limit = Some(l.parse().map_err(|_| {
+            Refusal::new("limit", format!("`{}` is not a whole number: give at most how many samples per split, or nothing", short(l)))
+        })?);
     }
     let run_dir: PathBuf = state.admin.data_dir.join("runs").join(format!(
         "fpn-{}-{}",
@@ -198,7 +210,13 @@ pub fn chart_svg(s: &Series) -> Result<String, String> {
         let max_step = s.steps.last().copied().into_iter().chain(s.val.iter().map(|v| v.0)).max().unwrap_or(1).max(1);
         let losses: Vec<f64> = s.loss.iter().copied().filter(|l| l.is_finite()).collect();
         let (lo, hi) = losses.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(*x), b.max(*x)));
-        let (lo, hi) = if losses.is_empty() { (0.0, 1.0) } else if hi - lo < 1e-9 { (lo - 0.5, hi + 0.5) } else { (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)) };
+        let (lo, hi) = if losses.is_empty() {
+            (0.0, 1.0)
+        } else if hi - lo < 1e-9 {
+            (lo - 0.5, hi + 0.5)
+        } else {
+            (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+        };
         let mut c = ChartBuilder::on(&top)
             .caption("training loss", ("sans-serif", 16))
             .margin(10)
