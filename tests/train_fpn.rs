@@ -284,7 +284,7 @@ fn a_killed_wait_run_is_taken_over_and_resumes_from_its_run_folder() {
     let r = &j["result"];
     assert_eq!(r["last_step"].as_u64(), Some(400));
     let from = r["resumed_from"].as_u64().unwrap();
-    assert!(killed_at >= 10 && killed_at < 400, "killed mid-run, at checkpoint {killed_at}");
+    assert!((10..400).contains(&killed_at), "killed mid-run, at checkpoint {killed_at}");
     assert_eq!(from, killed_at, "resumed from the run folder's latest checkpoint: {r}");
     println!("FIGURES train kill: killed at step {killed_at}, resumed from step {from}");
 }

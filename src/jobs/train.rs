@@ -612,6 +612,9 @@ pub struct Series {
     pub last_plm: Option<f64>,
 }
 
+/// (step, loss, lr, images/s, validation PLM) of `train_metrics`.
+type MetricRow = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
 pub async fn series(pool: &PgPool, job: Uuid, max_points: i64) -> Result<Series, JobError> {
     let max_step: Option<i64> =
         sqlx::query_scalar("SELECT max(step) FROM train_metrics WHERE job_id = $1 AND loss IS NOT NULL").bind(job).fetch_one(pool).await?;
@@ -626,7 +629,7 @@ pub async fn series(pool: &PgPool, job: Uuid, max_points: i64) -> Result<Series,
         return Ok(s);
     };
     let stride = (max_step / max_points.max(1)).max(1);
-    let rows: Vec<(i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>)> = sqlx::query_as(
+    let rows: Vec<MetricRow> = sqlx::query_as(
         "SELECT step, loss, lr, images_per_s, val_plm FROM train_metrics \
          WHERE job_id = $1 AND (val_plm IS NOT NULL OR step % $2 = 0 OR step = $3) ORDER BY step",
     )
