@@ -28,6 +28,7 @@ fn console_routes() -> Vec<(String, String)> {
                     "/admin/generate",
                     "/admin/export",
                     "/admin/eval",
+                    "/admin/train",
                     "/admin/leaderboard",
                     "/admin/actions",
                 ]
@@ -52,7 +53,7 @@ fn only_admins_reach_the_console_and_tokens_act_as_their_admin() {
         let pool = sqlx::PgPool::connect(&env.db.url).await.unwrap();
         let base = &served.base;
         let routes = console_routes();
-        assert!(routes.len() >= 19, "the console's routes are in the route table: {routes:?}");
+        assert!(routes.len() >= 22, "the console's routes are in the route table: {routes:?}");
         let anon = client();
         let (ann, ann_csrf) = login(base, "ann").await;
         let (rev, rev_csrf) = login(base, "rev").await;
@@ -92,6 +93,7 @@ fn only_admins_reach_the_console_and_tokens_act_as_their_admin() {
             "/admin/generate",
             "/admin/export",
             "/admin/eval",
+            "/admin/train",
             "/admin/leaderboard",
             "/admin/actions",
         ] {

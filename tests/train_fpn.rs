@@ -4,7 +4,8 @@
 //! Train form over HTTP shows its progress and chart, pauses, resumes from its checkpoint, is
 //! cancelled and continued, and finishes; a `--wait` run killed mid-way is taken over by a worker
 //! and resumes from its run folder; the finished checkpoint predicts and is scored
-//! (`fpn predict`, `eval fpn`); the Table 4 ablation prints its four rows.
+//! (`fpn predict`, `eval fpn`); an `hf` or `mmtt` export folder is a data source that gives the
+//! same samples as the database; the Table 4 ablation prints its four rows.
 
 mod common;
 
@@ -308,4 +309,43 @@ fn the_ablation_prints_table_4_beside_the_paper() {
     // the table for people
     let out = env.ok(&["ablation", "fpn", "--config", &cfg]);
     assert!(out.contains("paper PLM") && out.contains("FPN, w=0.2, BCE+Dice") && out.contains("41.05"), "{out}");
+}
+
+#[test]
+fn export_folders_give_the_databases_samples() {
+    let env = seeded(40);
+    let d = env.data.path();
+    let (hf, mm) = (d.join("hf"), d.join("mmtt"));
+    env.ok(&["export", "--format", "hf", "--out", &hf.display().to_string()]);
+    env.ok(&["export", "--format", "mmtt", "--out", &mm.display().to_string()]);
+    let ck = d.join("init");
+    env.ok(&["fpn", "init", "--preset", "tiny", "--seed", "5", "--out", &ck.display().to_string()]);
+    let n_test = env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE split = 'test'");
+    // one checkpoint scored on the test split from the database and from both layouts: the same samples, the same figures
+    let ck = ck.display().to_string();
+    let from_db = env.json(&["eval", "fpn", "--checkpoint", &ck, "--split", "test"]);
+    assert_eq!(from_db["n"].as_i64(), Some(n_test), "{from_db}");
+    for dir in [&hf, &mm] {
+        let v = env.json(&["eval", "fpn", "--checkpoint", &ck, "--split", "test", "--data", &dir.display().to_string()]);
+        assert_eq!(v, from_db, "{} gives the database's test samples and labels", dir.display());
+    }
+    // chips: the hf layout keeps them (the synthetic chips are the extractor's labels), the mmtt layout has none
+    let v = env.json(&["eval", "fpn", "--checkpoint", &ck, "--split", "test", "--labels", "chips", "--data", &hf.display().to_string()]);
+    assert_eq!(v["PLM"], from_db["PLM"]);
+    let out = env.mmtt(&["eval", "fpn", "--checkpoint", &ck, "--labels", "chips", "--data", &mm.display().to_string()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no region chips"));
+    // a run trained from an export folder
+    let cfg = d.join("export.toml");
+    std::fs::write(&cfg, format!("preset = \"tiny\"\nsteps = 4\nwarmup_steps = 1\nbatch_size = 2\ncheckpoint_every = 2\neval_every = 2\n[data]\nsource = \"export\"\ndir = \"{}\"\n", hf.display())).unwrap();
+    let v = env.json(&["train", "fpn", "--config", &cfg.display().to_string(), "--wait", "--json"]);
+    let n_train = env.db.scalar_i64("SELECT count(*) FROM forgeries WHERE split = 'train'");
+    assert_eq!((v["summary"]["last_step"].as_u64(), v["summary"]["train_samples"].as_i64()), (Some(4), Some(n_train)), "{v}");
+    // a folder that is no export is refused before anything is queued
+    std::fs::write(&cfg, format!("preset = \"tiny\"\n[data]\nsource = \"export\"\ndir = \"{}\"\n", d.join("init").display())).unwrap();
+    let out = env.mmtt(&["train", "fpn", "--config", &cfg.display().to_string()]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("neither an mmtt export"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
