@@ -208,6 +208,17 @@ fn print_line(j: &JobView) {
             j.total,
             tail(j)
         ),
+        JobKind::Train => println!(
+            "train {} {} {} -> {}: {}, step {}/{}{}",
+            j.id,
+            j.params["model"].as_str().unwrap_or("?"),
+            j.params["config"]["preset"].as_str().unwrap_or("?"),
+            j.params["run_dir"].as_str().unwrap_or("?"),
+            j.state,
+            j.done,
+            j.total,
+            tail(j).replacen("/s", " images/s", 1)
+        ),
         _ => println!("{} {}: {}, {}/{}{}", j.kind, j.id, j.state, j.done, j.total, tail(j)),
     }
 }
