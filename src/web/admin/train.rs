@@ -288,3 +288,30 @@ pub async fn panel(pool: &sqlx::PgPool, id: uuid::Uuid) -> Result<TrainPanel, We
         best_plm: f(s.best_plm.map(|p| 100.0 * p), 2),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_draws_the_loss_and_the_plm() {
+        let steps: Vec<u64> = (1..=100).collect();
+        let s = Series {
+            loss: steps.iter().map(|s| 1.0 / (*s as f64).sqrt()).collect(),
+            lr: vec![1e-3; 100],
+            images_per_s: vec![Some(50.0); 100],
+            val: vec![(50, 0.3), (100, 0.45)],
+            steps,
+            ..Default::default()
+        };
+        let svg = chart_svg(&s).unwrap();
+        assert!(svg.contains("training loss") && svg.contains("validation PLM"), "both panels are captioned");
+        assert_eq!(svg.matches("<circle").count(), 2, "a point per validation");
+        assert!(svg.matches("<polyline").count() >= 2, "the loss and PLM lines");
+        if let Ok(dir) = std::env::var("MMTT_CHART_OUT") {
+            std::fs::write(std::path::Path::new(&dir).join("train-chart.svg"), &svg).unwrap();
+        }
+        // no figures yet: empty panels, no error
+        assert!(chart_svg(&Series::default()).unwrap().contains("<svg"));
+    }
+}
