@@ -73,10 +73,10 @@ impl FpnConfig {
         if self.patch_size == 0 || self.image_size < self.patch_size {
             return bad(format!("image_size {} must be at least patch_size {}", self.image_size, self.patch_size));
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return bad(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads));
         }
         if self.num_channels != 3 {
@@ -293,7 +293,7 @@ impl Preprocess {
                 p.height, p.width, cfg.image_size, cfg.image_size
             )));
         }
-        if p.std.iter().any(|s| *s == 0.0) {
+        if p.std.contains(&0.0) {
             return Err(FpnError::Config("preprocessor_config.json: image_std has a zero".into()));
         }
         Ok(p)

@@ -14,6 +14,7 @@
 use super::FpnError;
 use super::config::{FpnConfig, Preprocess};
 use super::face_vit::{FaceVit, Init};
+use burn::module::Module;
 use burn::store::{
     ApplyError, ApplyResult, BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore,
     SafetensorsStore,
@@ -107,6 +108,16 @@ fn file_name(layout: Layout, path: &str) -> String {
     name
 }
 
+/// A shape as the file writes it: burn keeps linear weights as [in, out], PyTorch as [out, in]
+/// (every rank-2 parameter of this model is a linear weight).
+fn torch_dims(s: &burn::tensor::Shape) -> Vec<usize> {
+    let mut d = s.as_slice().to_vec();
+    if d.len() == 2 {
+        d.reverse();
+    }
+    d
+}
+
 /// Turns an [`ApplyResult`] into `Ok` only when every tensor of the module was found, with its
 /// shape, and nothing in the file was left over (`num_batches_tracked` aside: burn keeps no
 /// such counter). `lenient` accepts missing and mis-shaped tensors whose module path matches it
@@ -140,8 +151,8 @@ fn check(layout: Layout, file: &Path, r: &ApplyResult, lenient: &dyn Fn(&str) ->
             ApplyError::ShapeMismatch { path, expected, found } => problems.push(format!(
                 "mis-shaped: `{}` is {:?} in the file, the model needs {:?}",
                 file_name(layout, path),
-                found.as_slice(),
-                expected.as_slice()
+                torch_dims(found),
+                torch_dims(expected)
             )),
             ApplyError::DTypeMismatch { path, expected, found } => {
                 problems.push(format!("wrong dtype: `{}` is {found:?} in the file, the model needs {expected:?}", file_name(layout, path)))
@@ -192,6 +203,10 @@ pub fn load_into(model: &mut FaceVit, layout: Layout, file: &Path, lenient: &dyn
 /// Writes `model.safetensors` in the Hugging Face layout (metadata `format: pt`, which
 /// transformers requires), atomically.
 pub fn save_safetensors(model: &FaceVit, file: &Path) -> Result<(), FpnError> {
+    // `valid()` folds pending BatchNorm running-stat updates into the stored value (burn keeps the
+    // latest one per thread until a sync, and saving reads the stored value): without it a
+    // checkpoint would hold the statistics one step old, and a resumed run would drift.
+    let model = &model.valid();
     let tmp = file.with_extension("safetensors.tmp");
     let mut store = SafetensorsStore::from_file(&tmp)
         .with_to_adapter(BurnToPyTorchAdapter)
