@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The demo: sets up the machine, builds mmtt, imports the sample faces (plus --faces DIR),
-# plans masks and writes previews. Extra arguments go to `mmtt demo` (e.g. --faces DIR).
+# plans masks, writes previews, forges every face, gives each forgery an accepted demo caption
+# (generated, by the account `demo`: not a human explanation) and serves the web app. Extra
+# arguments go to `mmtt demo` (e.g. --faces DIR, --no-serve).
 # Uses DATABASE_URL when set, else mmtt's private PostgreSQL cluster under the data directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."

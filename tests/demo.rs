@@ -1,4 +1,5 @@
-//! `mmtt demo` end to end: sample faces imported, masks planned, previews written and listed.
+//! `mmtt demo` end to end: sample faces imported, masks planned, previews written and listed,
+//! forged, and the forgeries given demo captions (accepted annotations by `demo`).
 
 mod common;
 
@@ -42,8 +43,20 @@ fn demo_imports_plans_and_writes_previews() {
         assert!(out.lines().any(|l| l.trim().starts_with(role) && l.contains(&format!("demo-{role}")) && l.contains("password ")), "{out}");
     }
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM users WHERE name LIKE 'demo-%'"), 3);
+    // every forgery has an accepted demo caption, said to be one
+    assert!(out.contains("demo captions: 6 written by `demo`") && out.contains("NOT human explanations"), "{out}");
+    assert_eq!(
+        env.db.scalar_i64(
+            "SELECT count(*) FROM annotations a JOIN users u ON u.id = a.annotator_id JOIN annotation_tasks t ON t.forgery_id = a.forgery_id \
+             WHERE u.name = 'demo' AND a.status = 'accepted' AND t.status = 'accepted' AND cardinality(a.regions) > 0"
+        ),
+        6
+    );
     // running the demo again adds nothing
     let again = env.ok(&["demo", "--seed", "3", "--no-serve"]);
     assert!(again.contains("0 imported (0 faces), 2 already present"), "{again}");
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM sources"), 2);
+    assert!(again.contains("demo captions: 0 written by `demo`"), "{again}");
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM annotations"), 6);
+    assert_eq!(env.db.scalar_i64("SELECT count(*) FROM annotation_revisions"), 12);
 }

@@ -13,7 +13,7 @@ pub struct DemoArgs {
     faces: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Stop after the forgeries instead of serving the web app.
+    /// Stop after the forgeries and their demo captions instead of serving the web app.
     #[arg(long)]
     no_serve: bool,
     #[arg(long, default_value = "127.0.0.1:8080")]

@@ -1,4 +1,6 @@
-//! `mmtt demo`: imports sample faces, plans masks, writes previews and says where to look.
+//! `mmtt demo`: imports sample faces, plans masks, writes previews, forges every face, writes
+//! the demo captions (generated, accepted annotations by the account `demo`, so that the FPN has
+//! data to train on: [`super::demo_captions`]) and says where to look.
 //!
 //! The sample faces come from Debian packages (`python3-skimage`'s astronaut.png,
 //! `python-matplotlib-data`'s grace_hopper.jpg), plus any `--faces DIR`.
@@ -90,6 +92,9 @@ pub async fn run(app: &App, faces: Option<&Path>, seed: u64) -> Result<()> {
         forgery_preview(Path::new(&s("original")), Path::new(&s("image")), Path::new(&s("mask")), &out)?;
         println!("  {}", out.display());
     }
+    // demo captions: one accepted annotation per forgery that has none (generated, not human)
+    println!();
+    super::demo_captions::write(app, seed).await?.print_human();
     println!(
         "\nimages and masks are in {}; `mmtt sources list`, `mmtt forgeries list` and `mmtt masks stats` say more.",
         app.data_dir.join("blobs").display()

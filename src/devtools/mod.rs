@@ -4,5 +4,6 @@
 pub mod bench;
 pub mod bench_web;
 pub mod demo;
+pub mod demo_captions;
 pub mod fixtures;
 pub mod synthetic;

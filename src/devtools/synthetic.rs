@@ -8,7 +8,7 @@
 use crate::app::App;
 use crate::storage::split;
 use crate::storage::store::BlobStore;
-use crate::storage::tables::{annotation_tasks, forgeries, mask_plans};
+use crate::storage::tables::{annotations, forgeries, mask_plans};
 use anyhow::{Result, bail};
 use image::{GrayImage, RgbImage};
 use mmtt_generators::forge::SplitMix64;
@@ -189,20 +189,17 @@ pub async fn seed(app: &App, samples: u64, seed: u64, state: SyntheticState, for
         forgeries::insert_synthetic_bulk(&mut tx, &batch).await?;
         if state == SyntheticState::Accepted {
             let ann: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
-            sqlx::query(
-                "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, fp_labels, mentions) \
-                 SELECT id, fid, uid, tx, coalesce(string_to_array(nullif(rg, ''), ','), '{}'), wc, act, act * 1.3, 'accepted', \
-                        coalesce(string_to_array(nullif(fp, ''), ','), '{}'), coalesce(string_to_array(nullif(rg, ''), ','), '{}') \
-                 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::float8[], $7::text[], $8::text[]) AS t(id, fid, uid, tx, wc, act, rg, fp)",
-            )
-            .bind(&ann).bind(&c.forgery).bind(&c.annotator).bind(&c.text).bind(&c.words).bind(&c.active).bind(&c.regions).bind(&c.fp)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) SELECT id, text, regions, annotator_id, 'submit' FROM annotations WHERE id = ANY($1)")
-                .bind(&ann)
-                .execute(&mut *tx)
-                .await?;
-            annotation_tasks::mark_accepted_for_annotations(&mut tx, &ann).await?;
+            let batch = annotations::AcceptedBatch {
+                ids: &ann,
+                forgery_ids: &c.forgery,
+                annotator_ids: &c.annotator,
+                texts: &c.text,
+                word_counts: &c.words,
+                active_seconds: &c.active,
+                regions_csv: &c.regions,
+                fp_csv: &c.fp,
+            };
+            annotations::insert_accepted_bulk(&mut tx, &batch).await?;
         }
         tx.commit().await?;
         done += n;

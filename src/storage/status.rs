@@ -71,6 +71,22 @@ text_enum!(
 );
 
 text_enum!(
+    /// `annotation_revisions.action`: what made a version of an annotation.
+    RevisionAction, "revision action" {
+        /// Its annotator submitted it (or, for synthetic data, the seeder wrote it).
+        Submit => "submit",
+        /// A reviewer accepted it as it was.
+        Accept => "accept",
+        /// A reviewer edited the text or chips and accepted it.
+        EditAccept => "edit_accept",
+        /// A reviewer returned it to its annotator.
+        Return => "return",
+        /// It arrived accepted with its sample (the authors' release).
+        Import => "import",
+    }
+);
+
+text_enum!(
     /// `sources.dataset`: where a source face came from.
     SourceDataset, "source dataset" {
         CelebAMaskHq => "celebamask-hq",
@@ -96,6 +112,9 @@ mod tests {
         for s in AnnotationStatus::ALL {
             assert_eq!(s.as_str().parse::<AnnotationStatus>(), Ok(*s));
             assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+        }
+        for s in RevisionAction::ALL {
+            assert_eq!(s.to_string().parse::<RevisionAction>(), Ok(*s));
         }
         for s in TaskStatus::ALL {
             assert_eq!(s.to_string().parse::<TaskStatus>(), Ok(*s));

@@ -19,6 +19,7 @@ use crate::dataset::annotation::{
     word_count,
 };
 use crate::storage::store::{BlobKey, BlobStore};
+use crate::storage::tables::annotations;
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -296,37 +297,19 @@ pub async fn submit(
     };
     let (active, elapsed): (f64, f64) = (row.get(0), row.get(1));
     // a refinement of a returned annotation updates it; every version stays in the revisions
-    let id: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, fp_labels, mentions) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'submitted',$9,$10) \
-         ON CONFLICT (forgery_id) DO UPDATE SET text = EXCLUDED.text, regions = EXCLUDED.regions, word_count = EXCLUDED.word_count, mentions = EXCLUDED.mentions, \
-           active_seconds = EXCLUDED.active_seconds, elapsed_seconds = EXCLUDED.elapsed_seconds, status = 'submitted', \
-           fp_labels = EXCLUDED.fp_labels, version = annotations.version + 1, updated_at = now() \
-         WHERE annotations.annotator_id = EXCLUDED.annotator_id RETURNING id",
-    )
-    .bind(uuid::Uuid::new_v4())
-    .bind(task)
-    .bind(user.id)
-    .bind(&text)
-    .bind(&regions)
-    .bind(words as i32)
-    .bind(active)
-    .bind(elapsed)
-    .bind(&fp)
-    .bind(region_labels(&text))
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) VALUES ($1, $2, $3, $4, 'submit')")
-        .bind(id)
-        .bind(&text)
-        .bind(&regions)
-        .bind(user.id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE annotation_tasks SET status = 'submitted', lease_until = NULL, draft = NULL, draft_regions = NULL, updated_at = now() WHERE forgery_id = $1")
-        .bind(task)
-        .execute(&mut *tx)
-        .await?;
+    let mentions = region_labels(&text);
+    let submission = annotations::Submission {
+        forgery_id: task,
+        annotator_id: user.id,
+        text: &text,
+        regions: &regions,
+        word_count: words as i32,
+        mentions: &mentions,
+        fp_labels: &fp,
+        active_seconds: active,
+        elapsed_seconds: elapsed,
+    };
+    annotations::submit(&mut tx, &submission).await?;
     tx.commit().await?;
     Ok(Redirect::to("/annotate/next").into_response())
 }

@@ -154,6 +154,37 @@ pub async fn add_user(pool: &sqlx::PgPool, name: &UserName, role: Role, password
     Ok(id)
 }
 
+/// Why a system account cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemAccountError {
+    #[error(
+        "a user named `{0}` exists that people sign in with (or with another role): it is reserved for the platform's own writes; rename that user (UPDATE users SET name = ... WHERE name = '{0}') and run again"
+    )]
+    Taken(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The id of the account `name` that no one signs in with (the author of imported, synthetic or
+/// generated annotations), created disabled with the password hash `!marker` when missing: no
+/// argon2 hash starts with `!`, so every password fails, and a disabled account gets neither a
+/// session nor an API token. An existing user of that name must be such an account with `role`.
+pub async fn system_account(pool: &sqlx::PgPool, name: &UserName, role: Role, marker: &str) -> Result<uuid::Uuid, SystemAccountError> {
+    sqlx::query("INSERT INTO users (id, name, role, password_hash, disabled) VALUES ($1, $2, $3, $4, true) ON CONFLICT (name) DO NOTHING")
+        .bind(uuid::Uuid::new_v4())
+        .bind(name.as_str())
+        .bind(role.name())
+        .bind(format!("!{marker}"))
+        .execute(pool)
+        .await?;
+    let (id, r, hash): (uuid::Uuid, String, String) =
+        sqlx::query_as("SELECT id, role, password_hash FROM users WHERE name = $1").bind(name.as_str()).fetch_one(pool).await?;
+    if r != role.name() || !hash.starts_with('!') {
+        return Err(SystemAccountError::Taken(name.as_str().to_string()));
+    }
+    Ok(id)
+}
+
 /// The signed-in user of a request.
 #[derive(Debug, Clone)]
 pub struct User {

@@ -11,6 +11,8 @@ use crate::dataset::annotation::{
     Chip, MAX_COMMENT_CHARS, check_stored, check_text, chips, excerpt, false_positive_labels, highlight, known_regions, manipulated_parts,
     parse_regions, region_labels,
 };
+use crate::storage::status::RevisionAction;
+use crate::storage::tables::annotations;
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
 use axum::http::StatusCode;
@@ -181,37 +183,28 @@ pub async fn accept(
         Ok(n) => n,
         Err(e) => return refuse(&state, &user, id, Some((text, regions)), None, e.to_string()).await,
     };
-    let action = if text == a.text && regions.iter().copied().eq(a.regions.iter().map(String::as_str)) { "accept" } else { "edit_accept" };
+    let action = if text == a.text && regions.iter().copied().eq(a.regions.iter().map(String::as_str)) {
+        RevisionAction::Accept
+    } else {
+        RevisionAction::EditAccept
+    };
+    let mentions = region_labels(&text);
+    let acceptance = annotations::Acceptance {
+        annotation_id: id,
+        forgery_id: a.forgery,
+        version: a.version,
+        reviewer_id: user.id,
+        text: &text,
+        regions: &regions,
+        word_count: words as i32,
+        mentions: &mentions,
+        action,
+        comment,
+    };
     let mut tx = state.pool.begin().await?;
-    let n = sqlx::query(
-        "UPDATE annotations SET status = 'accepted', text = $2, regions = $3, word_count = $4, mentions = $6, version = version + 1, updated_at = now() \
-         WHERE id = $1 AND status = 'submitted' AND version = $5",
-    )
-    .bind(id)
-    .bind(&text)
-    .bind(&regions)
-    .bind(words as i32)
-    .bind(a.version)
-    .bind(region_labels(&text))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if n == 0 {
+    if !annotations::accept(&mut tx, &acceptance).await? {
         return Err(decided_first());
     }
-    sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action, comment) VALUES ($1,$2,$3,$4,$5,$6)")
-        .bind(id)
-        .bind(&text)
-        .bind(&regions)
-        .bind(user.id)
-        .bind(action)
-        .bind(comment)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE annotation_tasks SET status = 'accepted', updated_at = now() WHERE forgery_id = $1")
-        .bind(a.forgery)
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     Ok(Redirect::to("/review").into_response())
 }
@@ -238,30 +231,10 @@ pub async fn send_back(
         return refuse(&state, &user, id, None, Some(kept), e.to_string()).await;
     }
     let mut tx = state.pool.begin().await?;
-    let n = sqlx::query("UPDATE annotations SET status = 'returned', version = version + 1, updated_at = now() WHERE id = $1 AND status = 'submitted' AND version = $2")
-        .bind(id)
-        .bind(a.version)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if n == 0 {
+    // back to the same annotator, with the previous text and chips as the draft and the comment shown
+    if !annotations::send_back(&mut tx, id, a.forgery, a.version, user.id, comment).await? {
         return Err(decided_first());
     }
-    sqlx::query("INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action, comment) SELECT $1, text, regions, $2, 'return', $3 FROM annotations WHERE id = $1")
-        .bind(id)
-        .bind(user.id)
-        .bind(comment)
-        .execute(&mut *tx)
-        .await?;
-    // back to the same annotator, with the previous text and chips as the draft and the comment shown
-    sqlx::query(
-        "UPDATE annotation_tasks t SET status = 'returned', draft = a.text, draft_regions = a.regions, skip_reason = NULL, updated_at = now(), \
-         annotator_id = a.annotator_id FROM annotations a WHERE a.id = $2 AND t.forgery_id = $1",
-    )
-    .bind(a.forgery)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await?;
     Ok(Redirect::to("/review").into_response())
 }

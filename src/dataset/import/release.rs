@@ -19,7 +19,7 @@ use crate::app::App;
 use crate::dataset::annotation::{REGION_LABELS, region_labels, word_count};
 use crate::storage::split::Split;
 use crate::storage::store::BlobStore;
-use crate::storage::tables::annotation_tasks;
+use crate::storage::tables::annotations;
 use crate::storage::tables::forgeries::{self, NewForgery};
 use crate::storage::tables::mask_plans::{self, NewMaskPlan};
 use anyhow::{Context, Result, anyhow, bail};
@@ -231,23 +231,17 @@ pub async fn import(app: &App, root: &Path) -> Result<ReleaseSummary> {
                 release_instance_id: if r.instance_id.is_null() { None } else { Some(&r.instance_id) },
             };
             forgeries::insert(&mut tx, &new_forgery).await?;
-            sqlx::query(
-                "INSERT INTO annotations (id, forgery_id, annotator_id, text, regions, word_count, active_seconds, elapsed_seconds, status, mentions) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 'accepted', $7)",
-            )
-            .bind(ann).bind(forgery).bind(user).bind(&r.caption).bind(&labels).bind(words as i32).bind(region_labels(&r.caption))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO annotation_revisions (annotation_id, text, regions, author_id, action) VALUES ($1, $2, $3, $4, 'import')",
-            )
-            .bind(ann)
-            .bind(&r.caption)
-            .bind(&labels)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
-            annotation_tasks::mark_accepted(&mut tx, forgery, user).await?;
+            let mentions = region_labels(&r.caption);
+            let caption = annotations::Imported {
+                id: ann,
+                forgery_id: forgery,
+                annotator_id: user,
+                text: &r.caption,
+                regions: &labels,
+                word_count: words as i32,
+                mentions: &mentions,
+            };
+            annotations::import_accepted(&mut tx, &caption).await?;
             tx.commit().await?;
             summary.imported += 1;
             *summary.per_split.entry(split.name().to_string()).or_default() += 1;

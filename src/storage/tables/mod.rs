@@ -4,13 +4,16 @@
 //!
 //! - [`mask_plans`]: planned masks (`dataset::masks`, `dataset::import::release`, synthetic data).
 //! - [`forgeries`]: stored forgeries (the forge worker, the release importer, synthetic data).
+//! - [`annotations`]: annotations and their revisions (the web app's annotation and review
+//!   pages, the demo's generated captions, the release importer, synthetic data).
 //! - [`annotation_tasks`]: rows are made by a trigger on `forgeries`; what is written here is
-//!   the state of tasks whose annotation arrives with the sample (release import, synthetic data).
-//!   The web app's claim / submit / review lifecycle is its own.
+//!   the task state that goes with an annotation's writes. The web app's claim / heartbeat /
+//!   draft / skip statements are its own.
 //!
 //! Functions take a connection (usually a transaction's), never a pool: the caller decides what
 //! is committed together.
 
 pub mod annotation_tasks;
+pub mod annotations;
 pub mod forgeries;
 pub mod mask_plans;
