@@ -179,6 +179,13 @@ fn a_saved_checkpoint_keeps_the_names_and_reads_back_identically() {
     let b = Predictor::load(&dir).unwrap();
     assert_eq!(logits_of(&a, "pixel_values"), logits_of(&b, "pixel_values"), "reading back must be bit-identical");
     let _ = std::fs::remove_dir_all(&dir);
+
+    // For the fixture script's `verify` (transformers reads an mmtt-written checkpoint back):
+    // MMTT_FPN_WRITE_PLAIN=DIR writes the plain fixture model through mmtt's writer.
+    if let Some(out) = std::env::var_os("MMTT_FPN_WRITE_PLAIN") {
+        let l = weights::load(&fixtures().join("hf_plain"), None, &device).unwrap();
+        weights::save_dir(&l.model, &l.config, &l.preprocess, Path::new(&out)).unwrap();
+    }
 }
 
 #[test]
