@@ -1,11 +1,11 @@
-//! Images to pixel values as `ViTImageProcessor` makes them: resize to the model's size
-//! (bilinear, skipped when the image already has that size), rescale by 1/255, normalise with
-//! the checkpoint's mean and std; channels first.
+//! Images to pixel values as `ViTImageProcessor` makes them: resize to the model's size with
+//! Pillow's BILINEAR resampling (reproduced exactly: [`pil_bilinear`]; skipped when the image
+//! already has that size), rescale by 1/255, normalise with the checkpoint's mean and std;
+//! channels first.
 
 use super::FpnError;
 use super::config::Preprocess;
 use image::RgbImage;
-use image::imageops::FilterType;
 use std::path::Path;
 
 impl Preprocess {
@@ -13,7 +13,7 @@ impl Preprocess {
     pub fn pixels(&self, img: &RgbImage, flip: bool) -> Vec<f32> {
         let resized;
         let img = if self.do_resize && (img.width() as usize != self.width || img.height() as usize != self.height) {
-            resized = image::imageops::resize(img, self.width as u32, self.height as u32, FilterType::Triangle);
+            resized = pil_bilinear(img, self.width as u32, self.height as u32);
             &resized
         } else {
             img
@@ -39,4 +39,87 @@ impl Preprocess {
         let img = image::open(path).map_err(|e| FpnError::Image { path: path.to_path_buf(), msg: e.to_string() })?;
         Ok(img.to_rgb8())
     }
+}
+
+/// Pillow's fixed-point precision for 8-bit images (`Resample.c`: 32 - 8 - 2).
+const PRECISION_BITS: u32 = 22;
+
+/// Per output pixel: (first input index, fixed-point weights), as Pillow's `precompute_coeffs`
+/// and `normalize_coeffs_8bpc` compute them for the bilinear (triangle, support 1) filter, whose
+/// support widens by the downscale factor.
+fn pil_coeffs(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i64>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale;
+    let ss = 1.0 / filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
+            let w: Vec<f64> = (0..xmax.max(0))
+                .map(|x| {
+                    let t = ((x + xmin) as f64 - center + 0.5) * ss;
+                    if t.abs() < 1.0 { 1.0 - t.abs() } else { 0.0 }
+                })
+                .collect();
+            let ww: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|k| {
+                    let k = if ww != 0.0 { k / ww } else { *k };
+                    let f = k * (1u64 << PRECISION_BITS) as f64;
+                    if k < 0.0 { (f - 0.5) as i64 } else { (f + 0.5) as i64 }
+                })
+                .collect();
+            (xmin as usize, fixed)
+        })
+        .collect()
+}
+
+fn clip8(v: i64) -> u8 {
+    if v >= (1i64 << PRECISION_BITS << 8) {
+        255
+    } else if v <= 0 {
+        0
+    } else {
+        (v >> PRECISION_BITS) as u8
+    }
+}
+
+/// `PIL.Image.resize((w, h), Image.BILINEAR)` on an RGB image, bit for bit: horizontal pass then
+/// vertical pass, each rounding to 8 bits, as `ImagingResample` does.
+pub fn pil_bilinear(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let (iw, ih) = img.dimensions();
+    let horizontal = if iw != w {
+        let cx = pil_coeffs(iw, w);
+        RgbImage::from_fn(w, ih, |x, y| {
+            let (x0, k) = &cx[x as usize];
+            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+            for (i, kk) in k.iter().enumerate() {
+                let p = img.get_pixel((x0 + i) as u32, y).0;
+                for c in 0..3 {
+                    acc[c] += p[c] as i64 * kk;
+                }
+            }
+            image::Rgb(acc.map(clip8))
+        })
+    } else {
+        img.clone()
+    };
+    if ih == h {
+        return horizontal;
+    }
+    let cy = pil_coeffs(ih, h);
+    RgbImage::from_fn(w, h, |x, y| {
+        let (y0, k) = &cy[y as usize];
+        let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+        for (i, kk) in k.iter().enumerate() {
+            let p = horizontal.get_pixel(x, (y0 + i) as u32).0;
+            for c in 0..3 {
+                acc[c] += p[c] as i64 * kk;
+            }
+        }
+        image::Rgb(acc.map(clip8))
+    })
 }
