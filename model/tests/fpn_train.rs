@@ -203,3 +203,37 @@ fn bad_training_configs_are_refused_with_the_key_named() {
     assert!((c.lr_at(0) - 0.1).abs() < 1e-12 && (c.lr_at(9) - 1.0).abs() < 1e-12);
     assert!((c.lr_at(55) - 0.5).abs() < 1e-12 && c.lr_at(99) < 0.01);
 }
+
+/// Collects the trainer's notes.
+struct Notes(Vec<String>);
+impl Progress for Notes {
+    fn step(&mut self, _r: &StepReport) -> Control {
+        Control::Continue
+    }
+    fn note(&mut self, msg: &str) {
+        self.0.push(msg.to_string());
+    }
+}
+
+#[test]
+fn init_loads_a_backbone_and_keeps_only_the_head_and_branch_seeded() {
+    let root = tmp("init");
+    let data = synthetic(&root.join("data"), 8, 9);
+    // A plain tiny checkpoint (no convolution branch) as the starting point of an FPN run.
+    let mut plain = mmtt_model::fpn::FpnConfig::preset("tiny").unwrap();
+    plain.conv_branch = false;
+    mmtt_model::fpn::init_checkpoint(&plain, 11, &root.join("plain")).unwrap();
+    let cfg = TrainConfig { init: Some(root.join("plain")), steps: 1, warmup_steps: 1, ..small_config(1) };
+    let mut notes = Notes(Vec::new());
+    train(&cfg, &data, &[], &root.join("run"), &mut notes).unwrap();
+    let note = notes.0.iter().find(|n| n.starts_with("init from")).expect("a note on what init kept seeded");
+    assert!(note.contains("fpn.coord_conv_branch.0.conv.weight") && note.contains("fpn.conv_branch2.1.running_var"), "{note}");
+    assert!(!note.contains("vit.encoder"), "the backbone must come from the file: {note}");
+
+    // A backbone of another shape is an error naming the tensors, not a silent random init.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fpn/hf_plain");
+    let bad = TrainConfig { init: Some(fixture), ..cfg };
+    let err = train(&bad, &data, &[], &root.join("run-bad"), &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("mis-shaped: `vit.embeddings.cls_token`"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}

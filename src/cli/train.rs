@@ -29,6 +29,13 @@ pub struct TrainFpnArgs {
     /// the config's `labels`.
     #[arg(long, value_enum)]
     pub labels: Option<LabelsArg>,
+    /// Start from these weights (a Hugging Face ViT directory, e.g. an ImageNet ViT, or the
+    /// authors' .bin), overriding the config's `init`.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// The plain ViT (the ablation's ViT rows), overriding the config's `conv_branch`.
+    #[arg(long)]
+    pub no_conv_branch: bool,
     /// Run the job in this process with a progress bar until it ends (alias --local).
     #[arg(long, alias = "local")]
     pub wait: bool,
@@ -115,6 +122,13 @@ pub async fn train(g: &Global, action: TrainAction) -> Result<()> {
     if let Some(l) = a.labels {
         c.config.labels = l.into();
     }
+    if let Some(init) = a.init {
+        c.config.init = Some(std::path::absolute(&init).with_context(|| format!("--init {}", init.display()))?);
+    }
+    if a.no_conv_branch {
+        c.config.conv_branch = false;
+    }
+    mmtt::jobs::train::check_config(&c.config).with_context(|| format!("{}", a.config.display()))?;
     let run_dir = a.run_dir.clone().unwrap_or_else(|| mmtt::jobs::cli::default_run_dir(&g.data_dir));
     let spec = TrainSpec { model: TrainModel::Fpn, config: c.config, run_dir, data: c.data };
     g.with_app(async |app| mmtt::jobs::cli::train(app, spec, a.wait, a.json).await).await

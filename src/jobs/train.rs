@@ -80,6 +80,14 @@ pub fn check_config(c: &TrainConfig) -> Result<(), SpecError> {
     if c.batch_size == 0 {
         return Err(SpecError::new("batch_size", "must be at least 1"));
     }
+    if let Some(init) = &c.init
+        && !init.exists()
+    {
+        return Err(SpecError::new(
+            "init",
+            format!("{} does not exist: give a Hugging Face ViT directory or the authors' .bin", init.display()),
+        ));
+    }
     if !(c.lr.is_finite() && c.lr > 0.0) {
         return Err(SpecError::new("lr", "the learning rate must be a positive number, such as 7.5e-3"));
     }
