@@ -9,6 +9,8 @@
 //! - [`devtools`]: demo, fixtures, synthetic data, benchmarks; nothing in the product uses it.
 //! - [`app`]: one command's context (database pool, blob store, data directory).
 //! - [`generate`]: `mmtt generate`, one forgery from files, without the database.
+//! - [`explain`]: ForgeryTalker's explainer on the platform's side (input checks, mask files,
+//!   the server's lazily loaded model), shared by `mmtt explain` and the explain page.
 //!
 //! The command line sits on top, in the binary (`src/main.rs`, `src/cli/`): one module per
 //! command group, parsing arguments and calling the functions above; nothing here calls it.
@@ -16,6 +18,7 @@
 pub mod app;
 pub mod dataset;
 pub mod devtools;
+pub mod explain;
 pub mod generate;
 pub mod jobs;
 pub mod storage;

@@ -106,6 +106,29 @@ pub enum BenchAction {
         #[arg(long, hide = true)]
         only: Option<String>,
     },
+    /// ForgeryTalker's generation: forward and generation seconds, tokens/s and images/s of a
+    /// preset with random weights (tiny, release-xl).
+    Talker {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Images per batch.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Timed rounds (one forward pass and one generation of a batch each).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Beams [default: the release's, 5].
+        #[arg(long)]
+        num_beams: Option<usize>,
+        /// Most new tokens [default: the release's, 100].
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        /// cpu, or cuda:N (a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// "Next task" + annotation page latency at many concurrent clients (fill the database first
     /// with `mmtt seed-synthetic`).
     Web {
@@ -178,6 +201,10 @@ pub async fn bench(g: &Global, action: BenchAction) -> Result<()> {
             Some(p) => mmtt::devtools::bench::fpn_child(&p, steps, batch),
             None => mmtt::devtools::bench::fpn(&presets, steps, batch, json).map(|_| ()),
         },
+        BenchAction::Talker { preset, batch, rounds, num_beams, max_new_tokens, device, json } => {
+            let args = mmtt::devtools::bench::TalkerBenchArgs { preset, batch, rounds, num_beams, max_new_tokens, device };
+            mmtt::devtools::bench::talker(&args, json).map(|_| ())
+        }
         BenchAction::Captions { n, refs, preds, meteor_runs } => mmtt::devtools::bench::captions(n, refs, preds, meteor_runs),
         BenchAction::Export { out } => {
             g.with_app(async |app| {

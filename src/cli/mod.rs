@@ -11,13 +11,16 @@
 //! - [`export`]: `export`, `stats`.
 //! - [`eval`]: `eval captions|masks|report|labels|fpn`, `regions`.
 //! - [`train`]: `train fpn`, `fpn predict|init`, `ablation fpn` (ForgeryTalker's region prompter).
+//! - [`explain`]: `explain` (ForgeryTalker's explanations and masks of images).
 //! - [`web`]: `serve`, `user add`.
 //! - [`project`]: `project show|set-split`.
-//! - [`devtools`]: `demo`, `fixtures`, `seed-synthetic`, `bench` (`bench fpn`: training throughput).
+//! - [`devtools`]: `demo`, `fixtures`, `seed-synthetic`, `bench` (`bench fpn`: training throughput;
+//!   `bench talker`: generation throughput).
 
 mod db;
 mod devtools;
 mod eval;
+mod explain;
 mod export;
 mod forge;
 mod generate;
@@ -125,6 +128,8 @@ enum Command {
         #[command(subcommand)]
         action: train::FpnAction,
     },
+    /// ForgeryTalker's explanation (text, regions, mask) of face images, from a checkpoint.
+    Explain(explain::ExplainArgs),
     /// The paper's ablations (`ablation fpn`: Table 4).
     Ablation {
         #[command(subcommand)]
@@ -196,6 +201,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Train { action } => train::train(g, action).await,
         Command::Fpn { action } => train::fpn(action),
         Command::Ablation { action } => train::ablation(g, action).await,
+        Command::Explain(a) => explain::run(a),
         Command::Regions(a) => eval::regions(a),
         Command::SeedSynthetic(a) => devtools::seed_synthetic(g, a).await,
         Command::User { action } => web::user(g, action).await,

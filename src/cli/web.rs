@@ -25,6 +25,16 @@ pub struct ServeArgs {
     /// A server folder the admin console may import from (repeatable; default DATA_DIR/incoming).
     #[arg(long = "import-root", env = "MMTT_IMPORT_ROOTS", value_delimiter = ':')]
     import_roots: Vec<PathBuf>,
+    /// The explain page's model: a ForgeryTalker, Hugging Face InstructBLIP or release checkpoint
+    /// folder (see `mmtt explain --checkpoint`); loaded on the first explanation.
+    #[arg(long, env = "MMTT_TALKER")]
+    talker: Option<PathBuf>,
+    /// An FPN checkpoint folder that chooses the explain page's regions, instead of the model's own.
+    #[arg(long, env = "MMTT_TALKER_FPN", requires = "talker")]
+    talker_fpn: Option<PathBuf>,
+    /// Where the explain page's model runs: cpu, or cuda:N (a build with `--features cuda`).
+    #[arg(long, env = "MMTT_TALKER_DEVICE", default_value = "cpu")]
+    talker_device: String,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +70,26 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         .iter()
         .map(|r| r.canonicalize().with_context(|| format!("--import-root {} does not exist: create it or fix the path", r.display())))
         .collect::<Result<Vec<_>>>()?;
+    let talker = match &a.talker {
+        None => None,
+        Some(dir) => {
+            if !dir.is_dir() {
+                anyhow::bail!("--talker {}: no such folder: give a ForgeryTalker or InstructBLIP checkpoint folder", dir.display());
+            }
+            if let Some(f) = &a.talker_fpn
+                && !f.exists()
+            {
+                anyhow::bail!("--talker-fpn {}: no such folder: give an FPN checkpoint folder", f.display());
+            }
+            mmtt_model::fpn::parse_device(&a.talker_device).map_err(|e| anyhow::anyhow!("--talker-device: {e}"))?;
+            let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            Some(mmtt::explain::TalkerConfig {
+                checkpoint: abs(dir),
+                fpn: a.talker_fpn.as_ref().map(abs),
+                device: a.talker_device.clone(),
+            })
+        }
+    };
     let worker = (!a.no_worker).then(|| {
         let mut o = super::forge::worker_options(
             g,
@@ -72,8 +102,11 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         o
     });
     g.with_app(async |app| {
-        let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone())
+        let mut state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone())
             .with_admin(mmtt::web::admin::AdminConfig::new(&app.data_dir, roots.clone()));
+        if let Some(t) = &talker {
+            state = state.with_talker(t.clone());
+        }
         mmtt::jobs::cli::serve_with_worker(app, mmtt::web::serve(state, &a.bind), worker.clone()).await
     })
     .await

@@ -1,5 +1,6 @@
 //! `mmtt bench forge`: throughput of the generators, printed as figures (never asserted in tests);
-//! `mmtt bench fpn`: training images/s and peak memory of the region prompter's presets on CPU.
+//! `mmtt bench fpn`: training images/s and peak memory of the region prompter's presets on CPU;
+//! `mmtt bench talker`: ForgeryTalker's forward and generation time, tokens/s and images/s.
 //!
 //! ONNX: the `mat`- and `lama`-shaped models through mmtt (pre-processing, inference,
 //! post-processing, rounding) against the same models through Python onnxruntime with the same
@@ -447,4 +448,94 @@ pub fn fpn_child(preset: &str, steps: Option<u64>, batch: usize) -> Result<()> {
     };
     println!("{}", serde_json::to_string(&row)?);
     Ok(())
+}
+
+/// Settings of `mmtt bench talker`.
+#[derive(Debug, Clone)]
+pub struct TalkerBenchArgs {
+    pub preset: String,
+    pub batch: usize,
+    pub rounds: usize,
+    /// Beams and new tokens; the release's when `None`.
+    pub num_beams: Option<usize>,
+    pub max_new_tokens: Option<usize>,
+    pub device: String,
+}
+
+/// `mmtt bench talker`: ForgeryTalker's forward pass and generation on a preset with random
+/// weights (`mmtt_model::talker::bench`), printed as a table or JSON, with the peak memory.
+pub fn talker(a: &TalkerBenchArgs, json: bool) -> Result<serde_json::Value> {
+    use mmtt_model::talker::{self, GenerationConfig};
+    if !talker::PRESETS.contains(&a.preset.as_str()) {
+        bail!("--preset {}: unknown: use one of {}", a.preset, talker::PRESETS.join(", "));
+    }
+    if a.batch == 0 || a.rounds == 0 {
+        bail!("--batch and --rounds must be at least 1");
+    }
+    let release = GenerationConfig::release();
+    let gen_cfg = GenerationConfig {
+        num_beams: a.num_beams.unwrap_or(release.num_beams),
+        max_new_tokens: a.max_new_tokens.unwrap_or(release.max_new_tokens),
+        ..release
+    };
+    crate::explain::check_generation(&gen_cfg, crate::explain::GenerationLimits::CLI, |f| format!("--{}", f.replace('_', "-")))
+        .map_err(|(_, m)| anyhow!(m))?;
+    let device = mmtt_model::fpn::parse_device(&a.device).map_err(|e| anyhow!("--device: {e}"))?;
+    if !json {
+        eprintln!(
+            "ForgeryTalker {} with random weights on {}: batch {}, {} rounds, {} beams, at most {} new tokens ...",
+            a.preset, a.device, a.batch, a.rounds, gen_cfg.num_beams, gen_cfg.max_new_tokens
+        );
+    }
+    let f = talker::bench(&a.preset, a.batch, a.rounds, &gen_cfg, &device).with_context(|| format!("bench talker {}", a.preset))?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let peak_mb = peak_kb().map(|k| k as f64 / 1024.0);
+    let v = serde_json::json!({
+        "preset": f.preset,
+        "device": a.device,
+        "threads": threads,
+        "batch": f.batch,
+        "rounds": a.rounds,
+        "num_beams": f.num_beams,
+        "max_new_tokens": gen_cfg.max_new_tokens,
+        "images": f.images,
+        "new_tokens": f.new_tokens,
+        "forward_s": f.forward_s,
+        "generate_s": f.generate_s,
+        "tokens_per_s": f.tokens_per_s,
+        "images_per_s": f.images_per_s,
+        "params": f.params,
+        "peak_mb": peak_mb,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("ForgeryTalker generation, preset {} on {} ({threads} threads)", f.preset, a.device);
+        println!("{:<22} {:>14}", "parameters", group_digits(f.params));
+        println!("{:<22} {:>14}", "batch x rounds", format!("{} x {}", f.batch, a.rounds));
+        println!("{:<22} {:>14}", "beams", f.num_beams);
+        println!("{:<22} {:>14}", "images", f.images);
+        println!("{:<22} {:>14}", "new tokens", f.new_tokens);
+        println!("{:<22} {:>14.3}", "forward pass (s)", f.forward_s);
+        println!("{:<22} {:>14.3}", "generation (s)", f.generate_s);
+        println!("{:<22} {:>14.1}", "tokens/s", f.tokens_per_s);
+        println!("{:<22} {:>14.2}", "images/s", f.images_per_s);
+        if let Some(p) = peak_mb {
+            println!("{:<22} {:>14.1}", "peak memory (MB)", p);
+        }
+    }
+    Ok(v)
+}
+
+/// 1234567 as "1,234,567".
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

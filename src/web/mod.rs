@@ -13,12 +13,15 @@
 //! - [`review`]: the reviewer's queue, false-positive flags, accept / edit / return.
 //! - [`dashboard`]: the admin's counts, per-annotator figures and jobs.
 //! - [`pages`]: login, home, admin users.
+//! - [`explain`]: the explain page (reviewers and admins): ForgeryTalker's explanation and mask of
+//!   an uploaded face or a stored forgery, from the model `mmtt serve --talker DIR` configures.
 //! - [`admin`]: the admin console (import, masks, generate, export, evaluate, train, jobs, actions) and its JSON variants.
 
 pub mod admin;
 pub mod annotate;
 pub mod auth;
 pub mod dashboard;
+pub mod explain;
 pub mod pages;
 pub mod review;
 
@@ -56,6 +59,8 @@ pub struct AppState {
     pub sessions: Arc<auth::SessionCache>,
     /// The admin console's settings (import roots, upload limits, data directory).
     pub admin: Arc<admin::AdminConfig>,
+    /// The explain page's model (`mmtt serve --talker DIR`), loaded on first use.
+    pub talker: Arc<crate::explain::TalkerService>,
 }
 
 impl AppState {
@@ -63,12 +68,25 @@ impl AppState {
         // the blob store lives in DATA_DIR/blobs
         let data_dir = store.root().parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| store.root().to_path_buf());
         let admin = Arc::new(admin::AdminConfig::new(&data_dir, vec![]));
-        AppState { pool, store, config: Arc::new(config), sessions: Arc::default(), admin }
+        AppState {
+            pool,
+            store,
+            config: Arc::new(config),
+            sessions: Arc::default(),
+            admin,
+            talker: Arc::new(crate::explain::TalkerService::unconfigured()),
+        }
     }
 
     /// With the admin console's settings (`mmtt serve --import-root DIR`).
     pub fn with_admin(mut self, admin: admin::AdminConfig) -> Self {
         self.admin = Arc::new(admin);
+        self
+    }
+
+    /// With the explain page's model (`mmtt serve --talker DIR [--talker-fpn DIR]`).
+    pub fn with_talker(mut self, talker: crate::explain::TalkerConfig) -> Self {
+        self.talker = Arc::new(crate::explain::TalkerService::new(talker));
         self
     }
 }
@@ -227,6 +245,13 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::GET, "/review/{annotation}", Access::Reviewer, get(review::page)),
         (Method::POST, "/review/{annotation}/accept", Access::Reviewer, post(review::accept)),
         (Method::POST, "/review/{annotation}/return", Access::Reviewer, post(review::send_back)),
+        (Method::GET, "/explain", Access::Reviewer, get(explain::form)),
+        (
+            Method::POST,
+            "/explain",
+            Access::Reviewer,
+            post(explain::submit).layer(axum::extract::DefaultBodyLimit::max(explain::MAX_BODY_BYTES)),
+        ),
         (Method::GET, "/admin", Access::Admin, get(dashboard::dashboard)),
         (Method::GET, "/admin/stats", Access::Admin, get(dashboard::stats)),
         (Method::GET, "/admin/users", Access::Admin, get(pages::users)),

@@ -290,7 +290,7 @@ pub fn fields(admin: &Admin, headers: &HeaderMap, body: &[u8]) -> Result<Fields,
 }
 
 /// The navigation of every console page.
-pub const NAV: [(&str, &str); 11] = [
+pub const NAV: [(&str, &str); 12] = [
     ("/admin", "Dashboard"),
     ("/admin/jobs", "Jobs"),
     ("/admin/import", "Import"),
@@ -300,6 +300,7 @@ pub const NAV: [(&str, &str); 11] = [
     ("/admin/eval", "Evaluate"),
     ("/admin/train", "Train"),
     ("/admin/leaderboard", "Leaderboard"),
+    ("/explain", "Explain"),
     ("/admin/actions", "Actions"),
     ("/admin/users", "Users"),
 ];
