@@ -1,8 +1,9 @@
 //! The three roles in a real browser: Debian's headless Chromium driven over WebDriver
 //! (chromedriver + fantoccini) against the real app on a fresh database. An annotator is refused
 //! an early submission, waits out a short `--min-seconds`, writes, submits; a reviewer removes a
-//! flagged false-positive region and accepts; the admin sees the counts change. A screenshot of
-//! every page goes to `target/tmp/screenshots/`.
+//! flagged false-positive region and accepts; the admin sees the counts change. A reviewer uploads
+//! a face on the explain page (the tiny ForgeryTalker fixture) and sees the mask over it and the
+//! text `transformers` generates. A screenshot of every page goes to `target/tmp/screenshots/`.
 
 mod common;
 
@@ -204,5 +205,75 @@ fn three_roles_do_their_job_in_a_real_browser() {
         for c in [ann, rev, admin] {
             c.close().await.unwrap();
         }
+    });
+}
+
+/// The talker fixture (model/tests/fixtures/talker/): a tiny ForgeryTalker with its FPN and the
+/// texts `transformers` generates for its images.
+fn talker_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("model/tests/fixtures/talker")
+}
+
+#[test]
+fn a_reviewer_explains_an_uploaded_face_in_a_real_browser() {
+    let fx = talker_fixtures();
+    let exp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).expect("the talker fixtures")).unwrap();
+    let g = exp["talker"]["generations"].as_array().unwrap().iter().find(|g| g["name"] == "beam").expect("the beam generation").clone();
+    let want_text = g["texts"][0].as_str().unwrap().to_string();
+    let want_regions: Vec<String> = exp["talker"]["regions"][0].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+    let (w, h) = image::image_dimensions(fx.join("img_a.png")).unwrap();
+    let env = common::Env::new();
+    let profiles = tempfile::tempdir().unwrap();
+    let driver = Driver::start();
+    common::web::rt().block_on(async {
+        let talker = mmtt::explain::TalkerConfig { checkpoint: fx.join("talker"), fpn: None, device: "cpu".into() };
+        let app = common::web::spawn_app_with(&env, WebConfig::default(), Some(talker)).await;
+        let base = app.base.clone();
+        let rev = browser(&driver, &profiles.path().join("rev")).await;
+        sign_in(&rev, &base, "rev").await;
+        rev.find(Locator::LinkText("Explain a face")).await.unwrap().click().await.unwrap();
+        wait_for(&rev, "return location.pathname === '/explain'", "the explain page", 10).await;
+        shot(&rev, "20-explain").await;
+        rev.find(Locator::Id("image")).await.unwrap().send_keys(&fx.join("img_a.png").display().to_string()).await.unwrap();
+        // the release's settings, shorter: the fixture's beam search
+        rev.find(Locator::Css("#explain-form summary")).await.unwrap().click().await.unwrap();
+        for (id, key) in [("num_beams", "num_beams"), ("max_new_tokens", "max_new_tokens"), ("min_length", "min_length"), ("repetition_penalty", "repetition_penalty")] {
+            let v = match &g[key] {
+                serde_json::Value::Number(n) if key == "repetition_penalty" => n.as_f64().unwrap().to_string(),
+                serde_json::Value::Number(n) => n.as_u64().unwrap().to_string(),
+                other => panic!("{key}: {other}"),
+            };
+            let input = rev.find(Locator::Id(id)).await.unwrap();
+            input.clear().await.unwrap();
+            input.send_keys(&v).await.unwrap();
+        }
+        assert_eq!(js(&rev, "return document.getElementById('prompting-fpn').checked").await, true, "the model's FPN by default");
+        rev.find(Locator::Id("explain")).await.unwrap().click().await.unwrap();
+        rev.wait().at_most(Duration::from_secs(120)).for_element(Locator::Id("result")).await.unwrap();
+        // the mask over the image: both loaded, the overlay as large as the picture
+        wait_for(&rev, "var i = document.getElementById('explained-image'), o = document.getElementById('overlay'); return i.complete && o.complete && i.naturalWidth > 0 && o.naturalWidth > 0", "the image and its overlay", 10).await;
+        let dims = js(&rev, "var i = document.getElementById('explained-image'), o = document.getElementById('overlay'); var a = i.getBoundingClientRect(), b = o.getBoundingClientRect(); return [o.naturalWidth, o.naturalHeight, Math.round(a.width), Math.round(a.height), Math.round(b.width), Math.round(b.height), Math.round(a.left - b.left), Math.round(a.top - b.top)]").await;
+        let d: Vec<i64> = dims.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        assert_eq!((d[0], d[1]), (w as i64, h as i64), "the overlay has the image's size: {dims}");
+        assert!(d[2] > 100 && (d[2] - d[4]).abs() <= 1 && (d[3] - d[5]).abs() <= 1 && d[6] == 0 && d[7] == 0, "the overlay lies exactly over the image: {dims}");
+        // the text, the regions, the instruction and the model
+        let text = js(&rev, "return document.getElementById('explanation').textContent").await;
+        assert_eq!(text.as_str().unwrap(), want_text);
+        let regions = js(&rev, "return Array.prototype.map.call(document.querySelectorAll('#regions .chip'), function (c) { return c.textContent; })").await;
+        assert_eq!(regions, serde_json::json!(want_regions));
+        let instruction = js(&rev, "return document.getElementById('instruction').textContent").await;
+        assert_eq!(instruction, exp["talker"]["instructions"][0]);
+        let model = rev.find(Locator::Id("result-model")).await.unwrap().text().await.unwrap();
+        assert!(!model.trim().is_empty());
+        shot(&rev, "21-explain-result").await;
+        // hiding the mask hides the overlay (CSS only)
+        rev.find(Locator::Id("show-overlay")).await.unwrap().click().await.unwrap();
+        assert_eq!(js(&rev, "return getComputedStyle(document.getElementById('overlay')).display").await, "none");
+        // nothing the page loaded came from another server
+        let urls = js(&rev, "return performance.getEntriesByType('resource').map(function (e) { return e.name; })").await;
+        for u in urls.as_array().unwrap() {
+            assert!(u.as_str().unwrap().starts_with(&base) || u.as_str().unwrap().starts_with("data:"), "a request left the server: {u}");
+        }
+        rev.close().await.unwrap();
     });
 }

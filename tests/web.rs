@@ -31,6 +31,9 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("GET", "/review/{annotation}"), [401, 403, 404, 404]),
         (("POST", "/review/{annotation}/accept"), [401, 403, 404, 404]),
         (("POST", "/review/{annotation}/return"), [401, 403, 404, 404]),
+        // the explain page (tests/explain.rs covers it with a model); here no model is configured
+        (("GET", "/explain"), [401, 403, 200, 200]),
+        (("POST", "/explain"), [401, 403, 503, 503]),
         (("GET", "/admin"), [401, 403, 403, 200]),
         (("GET", "/admin/stats"), [401, 403, 403, 200]),
         (("GET", "/admin/users"), [401, 403, 403, 200]),

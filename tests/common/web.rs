@@ -1,6 +1,6 @@
 //! The web app on a fresh database per test: `world` (sample faces imported and forged),
 //! `spawn_app` (the real router on a loopback port, with an annotator, a second annotator, a
-//! reviewer and an admin), and signed-in HTTP clients.
+//! reviewer and an admin; `spawn_app_with`: and an explain model), and signed-in HTTP clients.
 
 use mmtt::web::auth::{Role, UserName, add_user};
 use mmtt::web::{AppState, WebConfig};
@@ -26,9 +26,17 @@ pub fn world() -> super::Env {
 }
 
 pub async fn spawn_app(env: &super::Env, config: WebConfig) -> TestApp {
+    spawn_app_with(env, config, None).await
+}
+
+/// [`spawn_app`] with the explain page's model (`mmtt serve --talker`).
+pub async fn spawn_app_with(env: &super::Env, config: WebConfig, talker: Option<mmtt::explain::TalkerConfig>) -> TestApp {
     let pool = mmtt::storage::db::connect_url(&env.db.url).await.expect("db");
     let store = Arc::new(mmtt::storage::store::FsBlobStore::open(env.data.path().join("blobs")).unwrap());
-    let state = AppState::new(pool.clone(), store, config);
+    let mut state = AppState::new(pool.clone(), store, config);
+    if let Some(t) = talker {
+        state = state.with_talker(t);
+    }
     let served = state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
