@@ -71,15 +71,6 @@ pub fn check_generation(
     Ok(())
 }
 
-/// What the prompting choice says, for people.
-pub fn describe_prompting(p: &Prompting) -> String {
-    match p {
-        Prompting::Fpn => "the model's FPN".into(),
-        Prompting::Regions(r) => format!("the regions {}", r.join(", ")),
-        Prompting::Instruction(_) => "a given instruction".into(),
-    }
-}
-
 /// PNG bytes of an image.
 pub fn png_bytes(img: &image::DynamicImage) -> Result<Vec<u8>, image::ImageError> {
     let mut out = std::io::Cursor::new(Vec::new());
@@ -268,7 +259,8 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        for (i, o) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
         {
             assert_eq!(base64(i.as_bytes()), o);
         }

@@ -9,6 +9,7 @@ mod common;
 
 use common::admin::{add_users, client, login, multipart, serve};
 use common::{Env, web::world};
+use image::GenericImageView;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -175,11 +176,13 @@ fn forgerytalker_with_its_fpn_equals_transformers_and_writes_masks() {
             let want = probs[i].iter().filter(|p| **p > 0.5).count() as f64 / probs[i].len() as f64;
             assert!((area - want).abs() < 0.01, "mask_area {area} vs {want}");
         }
-        let names: Vec<String> = std::fs::read_dir(&masks).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> =
+            std::fs::read_dir(&masks).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names.len(), 2, "two masks and no temporary files: {names:?}");
         // one image per batch gives the same answers, and progress lines on stderr
         if name == "greedy" {
-            let mut args = vec!["explain".to_string(), "--json".into(), "--checkpoint".into(), fixture("talker"), "--batch-size".into(), "1".into()];
+            let mut args =
+                vec!["explain".to_string(), "--json".into(), "--checkpoint".into(), fixture("talker"), "--batch-size".into(), "1".into()];
             args.extend(settings(g));
             args.extend(images.iter().cloned());
             let out = mmtt(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -343,8 +346,29 @@ fn element_attr(html: &str, id: &str, attr: &str) -> String {
     unescape(&tag[a..a + tag[a..].find('"').unwrap()])
 }
 
+/// HTML entities back to characters (askama writes `&#NN;`; named ones for safety).
 fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", "\"").replace("&quot;", "\"").replace("&#39;", "'").replace("&#x27;", "'").replace("&amp;", "&")
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find(';').map(|e| i + e).unwrap_or_else(|| panic!("an unterminated entity in {s}"));
+        let ent = &rest[i + 1..end];
+        let c = match ent {
+            "lt" => '<',
+            "gt" => '>',
+            "amp" => '&',
+            "quot" => '"',
+            "apos" => '\'',
+            _ if ent.starts_with("#x") => char::from_u32(u32::from_str_radix(&ent[2..], 16).unwrap()).unwrap(),
+            _ if ent.starts_with('#') => char::from_u32(ent[1..].parse().unwrap()).unwrap(),
+            _ => panic!("unknown entity &{ent};"),
+        };
+        out.push(c);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The beam-search generation's form fields.
@@ -387,7 +411,11 @@ fn the_explain_page_explains_an_upload_for_reviewers_and_admins() {
         assert!(!page.contains("id=\"not-configured\""));
 
         // an upload: the explanation, the regions, the instruction and the mask over the image
-        let mut parts = vec![("csrf", None, csrf.clone().into_bytes()), ("image", Some("img_a.png"), img_a.clone()), ("prompting", None, b"fpn".to_vec())];
+        let mut parts = vec![
+            ("csrf", None, csrf.clone().into_bytes()),
+            ("image", Some("img_a.png"), img_a.clone()),
+            ("prompting", None, b"fpn".to_vec()),
+        ];
         let fields = beam_fields(g);
         parts.extend(fields.iter().map(|(k, v)| (*k, None, v.clone().into_bytes())));
         let (ct, body) = multipart(&parts);
@@ -413,7 +441,10 @@ fn the_explain_page_explains_an_upload_for_reviewers_and_admins() {
                 probs[0][sy * size + sx] > 0.5
             })
             .count();
-        assert!(tinted > 0 && (tinted as i64 - want as i64).abs() <= (aw * ah / 200) as i64, "overlay pixels {tinted} vs the fixture's mask {want}");
+        assert!(
+            tinted > 0 && (tinted as i64 - want as i64).abs() <= (aw * ah / 200) as i64,
+            "overlay pixels {tinted} vs the fixture's mask {want}"
+        );
         let model = element_text(&html, "result-model");
         assert!(!model.is_empty());
 
@@ -447,7 +478,10 @@ fn the_explain_page_explains_an_upload_for_reviewers_and_admins() {
         let page = adm.get(format!("{base}/explain")).send().await.unwrap();
         assert_eq!(page.status(), StatusCode::OK);
         let page = page.text().await.unwrap();
-        assert!(page.contains("<a href=\"/explain\">Explain</a>") && page.contains("<a href=\"/admin/jobs\">Jobs</a>"), "the console's nav");
+        assert!(
+            page.contains("<a href=\"/explain\">Explain</a>") && page.contains("<a href=\"/admin/jobs\">Jobs</a>"),
+            "the console's nav"
+        );
         let console = adm.get(format!("{base}/admin/jobs")).send().await.unwrap().text().await.unwrap();
         assert!(console.contains("<a href=\"/explain\">Explain</a>"), "the console links the explain page");
         let v: Value = adm.get(format!("{base}/explain")).header("accept", "application/json").send().await.unwrap().json().await.unwrap();
@@ -460,7 +494,9 @@ fn the_explain_page_explains_an_upload_for_reviewers_and_admins() {
             let (ct, body) = multipart(&parts);
             c.post(format!("{base}/explain")).header("content-type", ct).body(body).send()
         };
-        let r = post(&adm, vec![("csrf", None, adm_csrf.clone().into_bytes()), ("image", Some("notes.png"), b"just some text".to_vec())]).await.unwrap();
+        let r = post(&adm, vec![("csrf", None, adm_csrf.clone().into_bytes()), ("image", Some("notes.png"), b"just some text".to_vec())])
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let t = r.text().await.unwrap();
         assert!(t.contains("not an image") && t.contains("id=\"form-error\""), "{t}");
@@ -488,8 +524,17 @@ fn the_explain_page_explains_an_upload_for_reviewers_and_admins() {
             ("image", Some("img_a.png"), img_a.clone()),
             ("num_beams", None, b"99".to_vec()),
         ]);
-        let v: Value =
-            adm.post(format!("{base}/explain")).header("content-type", ct).header("accept", "application/json").body(body).send().await.unwrap().json().await.unwrap();
+        let v: Value = adm
+            .post(format!("{base}/explain"))
+            .header("content-type", ct)
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(v["field"], "num_beams", "{v}");
     });
 }
@@ -500,8 +545,9 @@ fn the_explain_page_explains_a_stored_forgery_as_the_command_line_does() {
     add_users(&env);
     let served = serve(&env, &["--talker", &fixture("talker")]);
     let base = served.base.clone();
-    let (id, hash): (uuid::Uuid, String) =
-        env.db.query(async |p| sqlx::query_as("SELECT id, image_hash FROM forgeries ORDER BY created_at DESC, id LIMIT 1").fetch_one(p).await.unwrap());
+    let (id, hash): (uuid::Uuid, String) = env.db.query(async |p| {
+        sqlx::query_as("SELECT id, image_hash FROM forgeries ORDER BY created_at DESC, id LIMIT 1").fetch_one(p).await.unwrap()
+    });
     let forged = env.blob_path(&hash);
     let (w, h) = image::image_dimensions(&forged).unwrap();
     common::web::rt().block_on(async {
@@ -509,7 +555,14 @@ fn the_explain_page_explains_a_stored_forgery_as_the_command_line_does() {
         let page = rev.get(format!("{base}/explain")).send().await.unwrap().text().await.unwrap();
         assert!(page.contains(&format!("<option value=\"{id}\"")), "the recent forgeries are offered");
         let id_s = id.to_string();
-        let form = [("csrf", csrf.as_str()), ("forgery", id_s.as_str()), ("num_beams", "1"), ("max_new_tokens", "8"), ("min_length", "0"), ("repetition_penalty", "1.0")];
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("forgery", id_s.as_str()),
+            ("num_beams", "1"),
+            ("max_new_tokens", "8"),
+            ("min_length", "0"),
+            ("repetition_penalty", "1.0"),
+        ];
         // the page: the stored image (served by /images) under the overlay
         let html = rev.post(format!("{base}/explain")).form(&form).send().await.unwrap();
         assert_eq!(html.status(), StatusCode::OK);
@@ -522,7 +575,16 @@ fn the_explain_page_explains_a_stored_forgery_as_the_command_line_does() {
         let img = rev.get(format!("{base}/images/{id}/forged")).send().await.unwrap();
         assert_eq!(img.status(), StatusCode::OK, "reviewers may load the stored image");
         // JSON: the same words as `mmtt explain` on the stored file, with the same settings
-        let v: Value = rev.post(format!("{base}/explain")).header("accept", "application/json").form(&form).send().await.unwrap().json().await.unwrap();
+        let v: Value = rev
+            .post(format!("{base}/explain"))
+            .header("accept", "application/json")
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(v["source"]["kind"], "forgery");
         assert_eq!(v["source"]["forgery"], id.to_string());
         assert_eq!((v["source"]["width"].as_u64(), v["source"]["height"].as_u64()), (Some(w as u64), Some(h as u64)));
@@ -546,7 +608,8 @@ fn the_explain_page_explains_a_stored_forgery_as_the_command_line_does() {
         assert_eq!(v["regions"], cli[0]["regions"]);
         // an unknown forgery id
         let unknown = uuid::Uuid::new_v4().to_string();
-        let r = rev.post(format!("{base}/explain")).form(&[("csrf", csrf.as_str()), ("forgery_id", unknown.as_str())]).send().await.unwrap();
+        let r =
+            rev.post(format!("{base}/explain")).form(&[("csrf", csrf.as_str()), ("forgery_id", unknown.as_str())]).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert!(r.text().await.unwrap().contains("no forgery has the id"));
     });
@@ -563,10 +626,23 @@ fn without_a_model_the_page_says_how_to_configure_one() {
         let page = rev.get(format!("{base}/explain")).send().await.unwrap();
         assert_eq!(page.status(), StatusCode::OK);
         let page = page.text().await.unwrap();
-        assert!(page.contains("id=\"not-configured\"") && page.contains("mmtt serve --talker DIR") && page.contains("MMTT_TALKER"), "{page}");
-        let img = std::fs::read(fixtures().join("img_a.png")).unwrap();
-        let (ct, body) = multipart(&[("csrf", None, csrf.into_bytes()), ("image", Some("img_a.png"), img)]);
-        let r = rev.post(format!("{base}/explain")).header("content-type", ct).header("accept", "application/json").body(body).send().await.unwrap();
+        assert!(
+            page.contains("id=\"not-configured\"") && page.contains("mmtt serve --talker DIR") && page.contains("MMTT_TALKER"),
+            "{page}"
+        );
+        let mut img = Vec::new();
+        image::RgbImage::from_pixel(32, 32, image::Rgb([200, 150, 120]))
+            .write_to(&mut std::io::Cursor::new(&mut img), image::ImageFormat::Png)
+            .unwrap();
+        let (ct, body) = multipart(&[("csrf", None, csrf.into_bytes()), ("image", Some("face.png"), img)]);
+        let r = rev
+            .post(format!("{base}/explain"))
+            .header("content-type", ct)
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let v: Value = r.json().await.unwrap();
         assert!(v["error"].as_str().unwrap().contains("mmtt serve --talker"), "{v}");
@@ -579,7 +655,21 @@ fn without_a_model_the_page_says_how_to_configure_one() {
 
 #[test]
 fn bench_talker_prints_its_figures() {
-    let out = mmtt(&["bench", "talker", "--preset", "tiny", "--batch", "2", "--rounds", "1", "--num-beams", "2", "--max-new-tokens", "4", "--json"]);
+    let out = mmtt(&[
+        "bench",
+        "talker",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--rounds",
+        "1",
+        "--num-beams",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["preset"], "tiny");

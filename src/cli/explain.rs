@@ -140,7 +140,8 @@ pub fn run(a: ExplainArgs) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!("image {}: {e}: give a PNG, JPEG or WebP image", p.display()))
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = model.explain(&images, &opts).with_context(|| format!("explaining {} images from {}", chunk.len(), chunk[0].display()))?;
+        let out =
+            model.explain(&images, &opts).with_context(|| format!("explaining {} images from {}", chunk.len(), chunk[0].display()))?;
         if out.len() != images.len() {
             bail!("the model gave {} explanations for {} images", out.len(), images.len());
         }

@@ -83,11 +83,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
             }
             mmtt_model::fpn::parse_device(&a.talker_device).map_err(|e| anyhow::anyhow!("--talker-device: {e}"))?;
             let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
-            Some(mmtt::explain::TalkerConfig {
-                checkpoint: abs(dir),
-                fpn: a.talker_fpn.as_ref().map(abs),
-                device: a.talker_device.clone(),
-            })
+            Some(mmtt::explain::TalkerConfig { checkpoint: abs(dir), fpn: a.talker_fpn.as_ref().map(abs), device: a.talker_device.clone() })
         }
     };
     let worker = (!a.no_worker).then(|| {

@@ -11,9 +11,7 @@ use super::admin::{Fields, Refusal, short, tokens, wants_json};
 use super::auth::{Role, User};
 use super::{AppState, WebError, render};
 use crate::dataset::import::decode::{DecodeLimits, decode_image};
-use crate::explain::{
-    GenerationLimits, ModelInfo, ServiceError, check_generation, fit, overlay, parse_regions, png_bytes, png_data_url,
-};
+use crate::explain::{GenerationLimits, ModelInfo, ServiceError, check_generation, fit, overlay, parse_regions, png_bytes, png_data_url};
 use crate::storage::store::{BlobKey, BlobStore};
 use askama::Template;
 use axum::extract::{FromRequest, Multipart, Request, State};
@@ -315,10 +313,9 @@ fn source(values: &Fields, upload: Option<Vec<u8>>) -> Result<Source, Refusal> {
     match (upload, picked) {
         (Some(_), Some(_)) => Err(Refusal::new("image", "choose one: an uploaded image or a stored forgery, not both")),
         (Some(b), None) => Ok(Source::Upload(b)),
-        (None, Some(id)) => id
-            .parse()
-            .map(Source::Forgery)
-            .map_err(|_| Refusal::new("forgery_id", format!("`{}` is not a forgery id: pick one from the list or paste its id", short(id)))),
+        (None, Some(id)) => id.parse().map(Source::Forgery).map_err(|_| {
+            Refusal::new("forgery_id", format!("`{}` is not a forgery id: pick one from the list or paste its id", short(id)))
+        }),
         (None, None) => Err(Refusal::new("image", "upload a face image (PNG, JPEG or WebP) or choose a stored forgery")),
     }
 }
@@ -350,19 +347,19 @@ pub async fn submit(State(state): State<AppState>, user: User, headers: HeaderMa
     let (bytes, forgery) = match src {
         Source::Upload(b) => (b, None),
         Source::Forgery(id) => {
-            let hash: Option<String> = match sqlx::query_scalar("SELECT image_hash FROM forgeries WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await
-            {
-                Ok(h) => h,
-                Err(e) => return super::admin::error_response(e.into(), caller.json),
-            };
+            let hash: Option<String> =
+                match sqlx::query_scalar("SELECT image_hash FROM forgeries WHERE id = $1").bind(id).fetch_optional(&state.pool).await {
+                    Ok(h) => h,
+                    Err(e) => return super::admin::error_response(e.into(), caller.json),
+                };
             let Some(hash) = hash else {
                 let r = Refusal::new("forgery_id", format!("no forgery has the id {id}: pick one from the list"));
                 return refuse(&state, &caller, StatusCode::UNPROCESSABLE_ENTITY, &values, r).await;
             };
-            let read = hash.parse::<BlobKey>().map_err(|_| "bad blob key".to_string()).and_then(|k| state.store.get(&k).map_err(|e| e.to_string()));
+            let read = hash
+                .parse::<BlobKey>()
+                .map_err(|_| "bad blob key".to_string())
+                .and_then(|k| state.store.get(&k).map_err(|e| e.to_string()));
             match read {
                 Ok(b) => (b, Some(id)),
                 Err(e) => return super::admin::internal(caller.json, e),
@@ -373,7 +370,12 @@ pub async fn submit(State(state): State<AppState>, user: User, headers: HeaderMa
     let img: RgbImage = match decoded {
         Ok(Ok(img)) => img,
         Ok(Err(m)) => {
-            let r = Refusal::new("image", format!("the file is not an image this server can read ({m}): upload a PNG, JPEG or WebP face photo"));
+            let m = if m.starts_with("not an image") || m.starts_with("empty file") {
+                "the file is not an image: upload a PNG, JPEG or WebP face photo".to_string()
+            } else {
+                format!("the image cannot be used ({m}): upload a PNG, JPEG or WebP face photo")
+            };
+            let r = Refusal::new("image", m);
             return refuse(&state, &caller, StatusCode::UNPROCESSABLE_ENTITY, &values, r).await;
         }
         Err(e) => return super::admin::internal(caller.json, e),
