@@ -130,35 +130,47 @@ pub fn pil_bilinear(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     pil_resize(img, w, h, Filter::Bilinear)
 }
 
-/// `PIL.Image.resize((w, h), filter)` on an RGB image, bit for bit: horizontal pass then
-/// vertical pass, each rounding to 8 bits, as `ImagingResample` does.
+/// `PIL.Image.resize((w, h), filter)` on an RGB image, bit for bit as Pillow 13 computes it: two
+/// separable passes, each rounding to 8 bits, horizontal first unless the height shrinks by more
+/// than twice as many pixels as the width (`ImagingResampleInner`; Pillow before 13 always went
+/// horizontal first, which differs only in that case).
 pub fn pil_resize(img: &RgbImage, w: u32, h: u32, filter: Filter) -> RgbImage {
     let (iw, ih) = img.dimensions();
-    let horizontal = if iw != w {
-        let cx = pil_coeffs(iw, w, filter);
-        RgbImage::from_fn(w, ih, |x, y| {
-            let (x0, k) = &cx[x as usize];
-            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-            for (i, kk) in k.iter().enumerate() {
-                let p = img.get_pixel((x0 + i) as u32, y).0;
-                for c in 0..3 {
-                    acc[c] += p[c] as i64 * kk;
-                }
-            }
-            image::Rgb(acc.map(clip8))
-        })
+    let shrink_h = ih as i64 - h as i64;
+    let vertical_first = shrink_h > 0 && shrink_h > (iw as i64 - w as i64) * 2;
+    if vertical_first {
+        let v = if ih != h { vertical_pass(img, h, filter) } else { img.clone() };
+        if iw != w { horizontal_pass(&v, w, filter) } else { v }
     } else {
-        img.clone()
-    };
-    if ih == h {
-        return horizontal;
+        let t = if iw != w { horizontal_pass(img, w, filter) } else { img.clone() };
+        if ih != h { vertical_pass(&t, h, filter) } else { t }
     }
+}
+
+fn horizontal_pass(img: &RgbImage, w: u32, filter: Filter) -> RgbImage {
+    let (iw, ih) = img.dimensions();
+    let cx = pil_coeffs(iw, w, filter);
+    RgbImage::from_fn(w, ih, |x, y| {
+        let (x0, k) = &cx[x as usize];
+        let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+        for (i, kk) in k.iter().enumerate() {
+            let p = img.get_pixel((x0 + i) as u32, y).0;
+            for c in 0..3 {
+                acc[c] += p[c] as i64 * kk;
+            }
+        }
+        image::Rgb(acc.map(clip8))
+    })
+}
+
+fn vertical_pass(img: &RgbImage, h: u32, filter: Filter) -> RgbImage {
+    let (iw, ih) = img.dimensions();
     let cy = pil_coeffs(ih, h, filter);
-    RgbImage::from_fn(w, h, |x, y| {
+    RgbImage::from_fn(iw, h, |x, y| {
         let (y0, k) = &cy[y as usize];
         let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
         for (i, kk) in k.iter().enumerate() {
-            let p = horizontal.get_pixel(x, (y0 + i) as u32).0;
+            let p = img.get_pixel(x, (y0 + i) as u32).0;
             for c in 0..3 {
                 acc[c] += p[c] as i64 * kk;
             }
