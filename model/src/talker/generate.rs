@@ -272,7 +272,7 @@ mod tests {
     fn repetition_penalty_scales_by_sign_and_min_length_bans_eos() {
         let g = GenerationConfig { num_beams: 1, max_new_tokens: 5, min_length: 3, repetition_penalty: 2.0, length_penalty: 1.0 };
         let mut s = vec![1.0, -1.0, 4.0, 3.0];
-        process(&mut s, &[0, 1, 1], &g, 3);
+        process(&mut s, &[0, 1], &g, 3);
         assert_eq!(s, vec![0.5, -2.0, 4.0, f32::NEG_INFINITY]);
         let mut s = vec![1.0, -1.0, 4.0, 3.0];
         process(&mut s, &[0, 2, 2], &g, 3);
