@@ -3,6 +3,9 @@
 //!
 //! - [`fpn`]: stage 1, the Forgery Prompter Network (Face-ViT region classifier): model, weights
 //!   in the Hugging Face and release layouts, losses, trainer, predictor.
+//! - [`talker`]: stage 2, the InstructBLIP-style explainer (EVA ViT, Q-Former, T5) and the mask
+//!   branch: weights in the Hugging Face and release layouts, generation as transformers does it,
+//!   the [`talker::Explainer`] the CLI and the web app use.
 //!
 //! - [`eval::tokenize`]: the PTBTokenizer behaviour pycocoevalcap relies on, and its punctuation
 //!   filter.
@@ -15,3 +18,4 @@
 
 pub mod eval;
 pub mod fpn;
+pub mod talker;

@@ -37,25 +37,25 @@ impl Init {
     pub fn for_loading(device: &Device) -> Self {
         Init { zeros: true, ..Self::new(0, device) }
     }
-    fn id(&mut self) -> ParamId {
+    pub(crate) fn id(&mut self) -> ParamId {
         let id = ParamId::from(self.next_id);
         self.next_id += 1;
         id
     }
-    fn tensor<const D: usize>(&mut self, shape: [usize; D], mut draw: impl FnMut(&mut ChaCha8Rng) -> f32) -> Param<Tensor<D>> {
+    pub(crate) fn tensor<const D: usize>(&mut self, shape: [usize; D], mut draw: impl FnMut(&mut ChaCha8Rng) -> f32) -> Param<Tensor<D>> {
         let n: usize = shape.iter().product();
         let values: Vec<f32> = if self.zeros { vec![0.0; n] } else { (0..n).map(|_| draw(&mut self.rng)).collect() };
         let t = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
         self.param(t)
     }
     /// A trainable parameter (gradients on when the device is an autodiff one) with the next id.
-    fn param<const D: usize>(&mut self, t: Tensor<D>) -> Param<Tensor<D>> {
+    pub(crate) fn param<const D: usize>(&mut self, t: Tensor<D>) -> Param<Tensor<D>> {
         let mut p = Param::from_tensor(t);
         p.id = self.id();
         p
     }
     /// Normal(0, std) truncated at two standard deviations (transformers' ViT init).
-    fn trunc_normal<const D: usize>(&mut self, shape: [usize; D], std: f32) -> Param<Tensor<D>> {
+    pub(crate) fn trunc_normal<const D: usize>(&mut self, shape: [usize; D], std: f32) -> Param<Tensor<D>> {
         self.tensor(shape, |r| {
             loop {
                 let u1: f32 = r.random::<f32>().max(f32::MIN_POSITIVE);
@@ -67,22 +67,22 @@ impl Init {
             }
         })
     }
-    fn uniform<const D: usize>(&mut self, shape: [usize; D], bound: f32) -> Param<Tensor<D>> {
+    pub(crate) fn uniform<const D: usize>(&mut self, shape: [usize; D], bound: f32) -> Param<Tensor<D>> {
         self.tensor(shape, |r| (r.random::<f32>() * 2.0 - 1.0) * bound)
     }
-    fn constant<const D: usize>(&mut self, shape: [usize; D], v: f32) -> Param<Tensor<D>> {
+    pub(crate) fn constant<const D: usize>(&mut self, shape: [usize; D], v: f32) -> Param<Tensor<D>> {
         let n: usize = shape.iter().product();
         let t = Tensor::<D>::from_data(TensorData::new(vec![v; n], shape), &self.device);
         self.param(t)
     }
     /// Linear layer, weight [in, out] ~ truncated normal(0.02), zero bias.
-    fn linear(&mut self, d_in: usize, d_out: usize) -> Linear {
+    pub(crate) fn linear(&mut self, d_in: usize, d_out: usize) -> Linear {
         let mut l = LinearConfig::new(d_in, d_out).init(&self.device);
         l.weight = self.trunc_normal([d_in, d_out], 0.02);
         l.bias = Some(self.constant([d_out], 0.0));
         l
     }
-    fn layer_norm(&mut self, d: usize, eps: f64) -> LayerNorm {
+    pub(crate) fn layer_norm(&mut self, d: usize, eps: f64) -> LayerNorm {
         let mut n = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
         n.gamma = self.constant([d], 1.0);
         n.beta = Some(self.constant([d], 0.0));
@@ -90,7 +90,7 @@ impl Init {
     }
     /// Conv2d with PyTorch's default init (uniform ±1/sqrt(fan_in) for weight and bias), or the
     /// ViT's truncated normal for the patch projection.
-    fn conv2d(&mut self, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, vit_init: bool) -> Conv2d {
+    pub(crate) fn conv2d(&mut self, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, vit_init: bool) -> Conv2d {
         let mut c = Conv2dConfig::new([c_in, c_out], [k, k])
             .with_stride([stride, stride])
             .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
@@ -100,7 +100,19 @@ impl Init {
         c.bias = Some(if vit_init { self.constant([c_out], 0.0) } else { self.uniform([c_out], bound) });
         c
     }
-    fn batch_norm(&mut self, c: usize) -> BatchNorm {
+    /// Linear layer without bias (T5's).
+    pub(crate) fn linear_no_bias(&mut self, d_in: usize, d_out: usize) -> Linear {
+        let mut l = LinearConfig::new(d_in, d_out).with_bias(false).init(&self.device);
+        l.weight = self.trunc_normal([d_in, d_out], 0.02);
+        l
+    }
+    /// Embedding table [n, d] ~ truncated normal(0.02).
+    pub(crate) fn embedding(&mut self, n: usize, d: usize) -> burn::nn::Embedding {
+        let mut e = burn::nn::EmbeddingConfig::new(n, d).init(&self.device);
+        e.weight = self.trunc_normal([n, d], 0.02);
+        e
+    }
+    pub(crate) fn batch_norm(&mut self, c: usize) -> BatchNorm {
         let mut b = BatchNormConfig::new(c).with_epsilon(1e-5).with_momentum(0.1).init(&self.device);
         b.gamma = self.constant([c], 1.0);
         b.beta = self.constant([c], 0.0);

@@ -44,13 +44,52 @@ impl Preprocess {
 /// Pillow's fixed-point precision for 8-bit images (`Resample.c`: 32 - 8 - 2).
 const PRECISION_BITS: u32 = 22;
 
+/// Pillow's resampling filters (`Resample.c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// Triangle, support 1.
+    Bilinear,
+    /// Keys cubic with a = -0.5, support 2.
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
 /// Per output pixel: (first input index, fixed-point weights), as Pillow's `precompute_coeffs`
-/// and `normalize_coeffs_8bpc` compute them for the bilinear (triangle, support 1) filter, whose
-/// support widens by the downscale factor.
-fn pil_coeffs(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i64>)> {
+/// and `normalize_coeffs_8bpc` compute them; the filter's support widens by the downscale factor.
+fn pil_coeffs(in_size: u32, out_size: u32, filter: Filter) -> Vec<(usize, Vec<i64>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = filterscale;
+    let support = filter.support() * filterscale;
     let ss = 1.0 / filterscale;
     (0..out_size)
         .map(|xx| {
@@ -59,8 +98,7 @@ fn pil_coeffs(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i64>)> {
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
             let w: Vec<f64> = (0..xmax.max(0))
                 .map(|x| {
-                    let t = ((x + xmin) as f64 - center + 0.5) * ss;
-                    if t.abs() < 1.0 { 1.0 - t.abs() } else { 0.0 }
+                    filter.weight(((x + xmin) as f64 - center + 0.5) * ss)
                 })
                 .collect();
             let ww: f64 = w.iter().sum();
@@ -87,35 +125,52 @@ fn clip8(v: i64) -> u8 {
     }
 }
 
-/// `PIL.Image.resize((w, h), Image.BILINEAR)` on an RGB image, bit for bit: horizontal pass then
-/// vertical pass, each rounding to 8 bits, as `ImagingResample` does.
+/// `PIL.Image.resize((w, h), Image.BILINEAR)` on an RGB image, bit for bit.
 pub fn pil_bilinear(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    pil_resize(img, w, h, Filter::Bilinear)
+}
+
+/// `PIL.Image.resize((w, h), filter)` on an RGB image, bit for bit as Pillow 13 computes it: two
+/// separable passes, each rounding to 8 bits, horizontal first unless the height shrinks by more
+/// than twice as many pixels as the width (`ImagingResampleInner`; Pillow before 13 always went
+/// horizontal first, which differs only in that case).
+pub fn pil_resize(img: &RgbImage, w: u32, h: u32, filter: Filter) -> RgbImage {
     let (iw, ih) = img.dimensions();
-    let horizontal = if iw != w {
-        let cx = pil_coeffs(iw, w);
-        RgbImage::from_fn(w, ih, |x, y| {
-            let (x0, k) = &cx[x as usize];
-            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-            for (i, kk) in k.iter().enumerate() {
-                let p = img.get_pixel((x0 + i) as u32, y).0;
-                for c in 0..3 {
-                    acc[c] += p[c] as i64 * kk;
-                }
-            }
-            image::Rgb(acc.map(clip8))
-        })
+    let shrink_h = ih as i64 - h as i64;
+    let vertical_first = shrink_h > 0 && shrink_h > (iw as i64 - w as i64) * 2;
+    if vertical_first {
+        let v = if ih != h { vertical_pass(img, h, filter) } else { img.clone() };
+        if iw != w { horizontal_pass(&v, w, filter) } else { v }
     } else {
-        img.clone()
-    };
-    if ih == h {
-        return horizontal;
+        let t = if iw != w { horizontal_pass(img, w, filter) } else { img.clone() };
+        if ih != h { vertical_pass(&t, h, filter) } else { t }
     }
-    let cy = pil_coeffs(ih, h);
-    RgbImage::from_fn(w, h, |x, y| {
+}
+
+fn horizontal_pass(img: &RgbImage, w: u32, filter: Filter) -> RgbImage {
+    let (iw, ih) = img.dimensions();
+    let cx = pil_coeffs(iw, w, filter);
+    RgbImage::from_fn(w, ih, |x, y| {
+        let (x0, k) = &cx[x as usize];
+        let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+        for (i, kk) in k.iter().enumerate() {
+            let p = img.get_pixel((x0 + i) as u32, y).0;
+            for c in 0..3 {
+                acc[c] += p[c] as i64 * kk;
+            }
+        }
+        image::Rgb(acc.map(clip8))
+    })
+}
+
+fn vertical_pass(img: &RgbImage, h: u32, filter: Filter) -> RgbImage {
+    let (iw, ih) = img.dimensions();
+    let cy = pil_coeffs(ih, h, filter);
+    RgbImage::from_fn(iw, h, |x, y| {
         let (y0, k) = &cy[y as usize];
         let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
         for (i, kk) in k.iter().enumerate() {
-            let p = horizontal.get_pixel(x, (y0 + i) as u32).0;
+            let p = img.get_pixel(x, (y0 + i) as u32).0;
             for c in 0..3 {
                 acc[c] += p[c] as i64 * kk;
             }

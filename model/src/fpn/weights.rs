@@ -191,13 +191,45 @@ pub fn load_into(model: &mut FaceVit, layout: Layout, file: &Path, lenient: &dyn
             model.load_from(&mut store).map_err(|e| FpnError::Weights(format!("{}: cannot read safetensors: {e}", file.display())))?
         }
         Layout::Release => {
-            let mut store = PytorchStore::from_file(file).remap(remapper(RELEASE)).allow_partial(true).validate(false);
+            let mut store = release_store(file, None).allow_partial(true).validate(false);
             model
                 .load_from(&mut store)
                 .map_err(|e| FpnError::Weights(format!("{}: cannot read the PyTorch checkpoint: {e}", file.display())))?
         }
     };
     check(layout, file, &result, lenient)
+}
+
+/// A PyTorch reader with the release's names; `key`: the dict inside the pickle that holds the
+/// state dict (the DFF checkpoint's `model`).
+fn release_store(file: &Path, key: Option<&str>) -> PytorchStore {
+    let store = PytorchStore::from_file(file).remap(remapper(RELEASE)).map_indices_contiguous(false);
+    match key {
+        Some(k) => store.with_top_level_key(k),
+        None => store,
+    }
+}
+
+/// The Face-ViT inside a bigger release checkpoint (the DFF checkpoint's
+/// `multi_label_classifier.*`, in its `key` dict): the shape read off the tensors unless
+/// `config` is given, every FPN tensor required, the checkpoint's other tensors left alone.
+pub fn load_nested_release(file: &Path, key: &str, config: Option<&FpnConfig>, device: &Device) -> Result<Loaded, FpnError> {
+    let cfg = match config {
+        Some(c) => c.clone(),
+        None => infer_config_from(release_store(file, Some(key)), file)?,
+    };
+    cfg.validate()?;
+    let pre = Preprocess::for_config(&cfg);
+    let mut model = FaceVit::new(&cfg, &mut Init::for_loading(device));
+    let mut store = release_store(file, Some(key)).allow_partial(true).validate(false);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| FpnError::Weights(format!("{}: cannot read the PyTorch checkpoint: {e}", file.display())))?;
+    let fpn_path = |p: &str| p.starts_with("vit.") || p.starts_with("classifier.") || p.starts_with("conv_branch.");
+    // the checkpoint's other modules are not the FPN's business: only FPN names are checked
+    let result = ApplyResult { unused: result.unused.into_iter().filter(|u| fpn_path(u)).collect(), ..result };
+    check(Layout::Release, file, &result, &|_| false)?;
+    Ok(Loaded { model, config: cfg, preprocess: pre })
 }
 
 /// Writes `model.safetensors` in the Hugging Face layout (metadata `format: pt`, which
@@ -266,7 +298,10 @@ pub fn load(path: &Path, config: Option<&FpnConfig>, device: &Device) -> Result<
 /// The release's shape from its tensors: width from `cls_token`, blocks from the highest layer
 /// index, patch from the patch projection, image size from the position embeddings.
 fn infer_release_config(path: &Path) -> Result<FpnConfig, FpnError> {
-    let mut store = PytorchStore::from_file(path).remap(remapper(RELEASE));
+    infer_config_from(release_store(path, None), path)
+}
+
+fn infer_config_from(mut store: PytorchStore, path: &Path) -> Result<FpnConfig, FpnError> {
     let keys = store.keys().map_err(|e| FpnError::Weights(format!("{}: cannot read the PyTorch checkpoint: {e}", path.display())))?;
     let shape = |store: &mut PytorchStore, k: &str| -> Result<Vec<usize>, FpnError> {
         store
