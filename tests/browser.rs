@@ -219,10 +219,10 @@ fn a_reviewer_explains_an_uploaded_face_in_a_real_browser() {
     let fx = talker_fixtures();
     let exp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).expect("the talker fixtures")).unwrap();
-    let g = exp["talker"]["generations"].as_array().unwrap().iter().find(|g| g["name"] == "beam").expect("the beam generation").clone();
+    let g = exp["cases"]["talker"]["generations"].as_array().unwrap().iter().find(|g| g["name"] == "beam").expect("the beam generation").clone();
     let want_text = g["texts"][0].as_str().unwrap().to_string();
     let want_regions: Vec<String> =
-        exp["talker"]["regions"][0].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+        exp["cases"]["talker"]["regions"][0].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
     let (w, h) = image::image_dimensions(fx.join("img_a.png")).unwrap();
     let env = common::Env::new();
     let profiles = tempfile::tempdir().unwrap();
@@ -264,7 +264,7 @@ fn a_reviewer_explains_an_uploaded_face_in_a_real_browser() {
         let regions = js(&rev, "return Array.prototype.map.call(document.querySelectorAll('#regions .chip'), function (c) { return c.textContent; })").await;
         assert_eq!(regions, serde_json::json!(want_regions));
         let instruction = js(&rev, "return document.getElementById('instruction').textContent").await;
-        assert_eq!(instruction, exp["talker"]["instructions"][0]);
+        assert_eq!(instruction, exp["cases"]["talker"]["instructions"][0]);
         let model = rev.find(Locator::Id("result-model")).await.unwrap().text().await.unwrap();
         assert!(!model.trim().is_empty());
         shot(&rev, "21-explain-result").await;

@@ -29,9 +29,9 @@ fn expected() -> Value {
     serde_json::from_str(&text).expect("expected.json")
 }
 
-/// The fixture's generation `name` of `case` (`hf`, `talker`).
+/// The fixture's generation `name` of `case` (`hf`, `talker`: `expected.json`'s `cases`).
 fn generation<'a>(exp: &'a Value, case: &str, name: &str) -> &'a Value {
-    exp[case]["generations"]
+    exp["cases"][case]["generations"]
         .as_array()
         .and_then(|g| g.iter().find(|g| g["name"] == name))
         .unwrap_or_else(|| panic!("expected.json has no {case} generation named {name}"))
@@ -127,7 +127,7 @@ fn assert_mask_file(path: &Path, image: &Path, probs: &[f32]) {
 #[test]
 fn plain_instructblip_with_an_instruction_equals_transformers() {
     let exp = expected();
-    let instr = strings(&exp["hf"]["instructions"]);
+    let instr = strings(&exp["cases"]["hf"]["instructions"]);
     let images = [fixture("img_a.png"), fixture("img_b.png")];
     for name in ["greedy", "beam"] {
         let g = generation(&exp, "hf", name);
@@ -152,8 +152,8 @@ fn forgerytalker_with_its_fpn_equals_transformers_and_writes_masks() {
     let exp = expected();
     let probs = mask_probs();
     let images = [fixture("img_a.png"), fixture("img_b.png")];
-    let regions: Vec<Vec<String>> = exp["talker"]["regions"].as_array().unwrap().iter().map(strings).collect();
-    let instr = strings(&exp["talker"]["instructions"]);
+    let regions: Vec<Vec<String>> = exp["cases"]["talker"]["regions"].as_array().unwrap().iter().map(strings).collect();
+    let instr = strings(&exp["cases"]["talker"]["instructions"]);
     for name in ["greedy", "beam"] {
         let g = generation(&exp, "talker", name);
         let out = tempfile::tempdir().unwrap();
@@ -202,7 +202,7 @@ fn forgerytalker_with_its_fpn_equals_transformers_and_writes_masks() {
 fn given_regions_an_explicit_fpn_and_the_release_layout_agree_with_the_fpn() {
     let exp = expected();
     let g = generation(&exp, "talker", "greedy");
-    let regions: Vec<Vec<String>> = exp["talker"]["regions"].as_array().unwrap().iter().map(strings).collect();
+    let regions: Vec<Vec<String>> = exp["cases"]["talker"]["regions"].as_array().unwrap().iter().map(strings).collect();
     let i = regions.iter().position(|r| !r.is_empty()).expect("an image with regions");
     let img = fixture(if i == 0 { "img_a.png" } else { "img_b.png" });
     let run = |extra: &[String], checkpoint: &str| {
@@ -217,7 +217,7 @@ fn given_regions_an_explicit_fpn_and_the_release_layout_agree_with_the_fpn() {
     let by_regions = run(&["--regions".into(), words.join(",")], "talker");
     assert_generation(&by_regions, g, i, "--regions");
     assert_eq!(strings(&by_regions["regions"]), regions[i]);
-    assert_eq!(by_regions["instruction"], exp["talker"]["instructions"][i]);
+    assert_eq!(by_regions["instruction"], exp["cases"]["talker"]["instructions"][i]);
     let by_fpn = run(&["--fpn".into(), fixture("talker/fpn")], "talker");
     assert_generation(&by_fpn, g, i, "--fpn");
     let release = run(&[], "release");
@@ -423,8 +423,8 @@ fn the_explain_page_explains_an_upload_for_reviewers_and_admins() {
         assert_eq!(r.status(), StatusCode::OK);
         let html = r.text().await.unwrap();
         assert_eq!(element_text(&html, "explanation"), g["texts"][0].as_str().unwrap(), "the page shows the model's text");
-        assert_eq!(element_text(&html, "instruction"), exp["talker"]["instructions"][0].as_str().unwrap());
-        for region in strings(&exp["talker"]["regions"][0]) {
+        assert_eq!(element_text(&html, "instruction"), exp["cases"]["talker"]["instructions"][0].as_str().unwrap());
+        for region in strings(&exp["cases"]["talker"]["regions"][0]) {
             assert!(html.contains(&format!("<span class=\"chip\">{region}</span>")), "region {region} shown");
         }
         let shown = data_url_image(&element_attr(&html, "explained-image", "src"));
@@ -460,8 +460,8 @@ fn the_explain_page_explains_an_upload_for_reviewers_and_admins() {
         assert_eq!(r.status(), StatusCode::OK);
         let v: Value = r.json().await.unwrap();
         assert_generation(&v, g, 0, "the page's JSON");
-        assert_eq!(strings(&v["regions"]), strings(&exp["talker"]["regions"][0]));
-        assert_eq!(v["instruction"], exp["talker"]["instructions"][0]);
+        assert_eq!(strings(&v["regions"]), strings(&exp["cases"]["talker"]["regions"][0]));
+        assert_eq!(v["instruction"], exp["cases"]["talker"]["instructions"][0]);
         assert_eq!(v["model"], model.as_str(), "the same model named");
         assert_eq!(v["source"]["kind"], "upload");
         let mask = data_url_image(v["mask"].as_str().unwrap()).into_luma8();

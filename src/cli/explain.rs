@@ -173,8 +173,8 @@ pub fn run(a: ExplainArgs) -> Result<()> {
                     extra.push(format!("regions {}", e.regions.join(", ")));
                 }
                 match (&mask_path, area) {
-                    (Some(p), Some(ar)) => extra.push(format!("mask {} ({:.1} % of the face)", p.display(), ar * 100.0)),
-                    (None, Some(ar)) => extra.push(format!("mask {:.1} % of the face", ar * 100.0)),
+                    (Some(p), Some(ar)) => extra.push(format!("mask {} ({:.1} % of the image)", p.display(), ar * 100.0)),
+                    (None, Some(ar)) => extra.push(format!("mask {:.1} % of the image", ar * 100.0)),
                     _ => {}
                 }
                 let extra = if extra.is_empty() { String::new() } else { format!("  [{}]", extra.join("; ")) };
