@@ -219,7 +219,13 @@ fn a_reviewer_explains_an_uploaded_face_in_a_real_browser() {
     let fx = talker_fixtures();
     let exp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("expected.json")).expect("the talker fixtures")).unwrap();
-    let g = exp["cases"]["talker"]["generations"].as_array().unwrap().iter().find(|g| g["name"] == "beam").expect("the beam generation").clone();
+    let g = exp["cases"]["talker"]["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "beam")
+        .expect("the beam generation")
+        .clone();
     let want_text = g["texts"][0].as_str().unwrap().to_string();
     let want_regions: Vec<String> =
         exp["cases"]["talker"]["regions"][0].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
