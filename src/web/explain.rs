@@ -34,6 +34,10 @@ const DISPLAY_SIDE: u32 = 768;
 /// Recent forgeries offered on the form.
 const RECENT: i64 = 12;
 
+/// The pictures of a result: the image shown (a `data:` URL, `None` for a stored forgery, which
+/// `/images` serves), the mask (the overlay for the page, the binary mask for JSON) and the size shown.
+type Pictures = (Option<String>, Option<String>, (u32, u32));
+
 /// A stored forgery the form offers.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecentForgery {
@@ -412,7 +416,7 @@ pub async fn submit(State(state): State<AppState>, user: User, headers: HeaderMa
     // display-size image (uploads only: a stored forgery is served by /images) and overlay
     let json = caller.json;
     let mask = e.mask.clone();
-    let pictures = tokio::task::spawn_blocking(move || -> Result<(Option<String>, Option<String>, (u32, u32)), image::ImageError> {
+    let pictures = tokio::task::spawn_blocking(move || -> Result<Pictures, image::ImageError> {
         if json {
             let m = match &mask {
                 Some(m) => Some(png_data_url(&png_bytes(&image::DynamicImage::ImageLuma8(m.binary_resized(w, h)))?)),
