@@ -59,7 +59,7 @@ pub struct QFormerConfig {
 
 impl QFormerConfig {
     pub fn has_cross_attention(&self, layer: usize) -> bool {
-        layer % self.cross_attention_frequency.max(1) == 0
+        layer.is_multiple_of(self.cross_attention_frequency.max(1))
     }
 }
 
@@ -608,14 +608,14 @@ impl TalkerConfig {
     pub fn validate(&self) -> Result<(), TalkerError> {
         let bad = |m: String| Err(TalkerError::Config(m));
         let v = &self.vision;
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad(format!("vision hidden_size {} is not divisible by {} heads", v.hidden_size, v.num_attention_heads));
         }
         let q = &self.qformer;
-        if q.num_attention_heads == 0 || q.hidden_size % q.num_attention_heads != 0 {
+        if q.num_attention_heads == 0 || !q.hidden_size.is_multiple_of(q.num_attention_heads) {
             return bad(format!("Q-Former hidden_size {} is not divisible by {} heads", q.hidden_size, q.num_attention_heads));
         }
         if self.text.num_heads == 0 || self.text.d_kv == 0 {
@@ -626,10 +626,10 @@ impl TalkerConfig {
         }
         if let Some(m) = &self.mask_branch {
             let d = v.hidden_size;
-            if m.heads == 0 || d % m.heads != 0 || m.cross_heads == 0 || d % m.cross_heads != 0 {
+            if m.heads == 0 || !d.is_multiple_of(m.heads) || m.cross_heads == 0 || !d.is_multiple_of(m.cross_heads) {
                 return bad(format!("mask branch: width {d} must be divisible by heads {} and cross_heads {}", m.heads, m.cross_heads));
             }
-            if m.downsample_rate == 0 || d % m.downsample_rate != 0 || (d / m.downsample_rate) % m.heads != 0 {
+            if m.downsample_rate == 0 || !d.is_multiple_of(m.downsample_rate) || !(d / m.downsample_rate).is_multiple_of(m.heads) {
                 return bad(format!(
                     "mask branch: width {d} / downsample_rate {} must be divisible by {} heads",
                     m.downsample_rate, m.heads

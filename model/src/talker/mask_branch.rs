@@ -118,7 +118,7 @@ impl PackedMultiheadAttention {
         let proj = |x: Tensor<3>, i: usize| {
             let [b, l, _] = x.dims();
             let wi = w.clone().slice([i * d..(i + 1) * d, 0..d]).transpose();
-            let bi = bias.clone().slice([i * d..(i + 1) * d]).unsqueeze::<2>();
+            let bi = bias.clone().narrow(0, i * d, d).unsqueeze::<2>();
             (x.reshape([b * l, d]).matmul(wi) + bi).reshape([b, l, d])
         };
         let q = split_heads(proj(query, 0), heads);
