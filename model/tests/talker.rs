@@ -53,7 +53,11 @@ fn ids(v: &Value) -> Vec<Vec<u32>> {
 /// The Q-Former ids of a case without the batch's padding.
 fn qformer_ids(c: &Value) -> Vec<Vec<u32>> {
     let mask = ids(&c["qformer_attention_mask"]);
-    ids(&c["qformer_input_ids"]).into_iter().zip(mask).map(|(r, m)| r.into_iter().zip(m).filter(|(_, m)| *m == 1).map(|(i, _)| i).collect()).collect()
+    ids(&c["qformer_input_ids"])
+        .into_iter()
+        .zip(mask)
+        .map(|(r, m)| r.into_iter().zip(m).filter(|(_, m)| *m == 1).map(|(i, _)| i).collect())
+        .collect()
 }
 
 fn images() -> Vec<image::RgbImage> {

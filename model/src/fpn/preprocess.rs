@@ -96,11 +96,7 @@ fn pil_coeffs(in_size: u32, out_size: u32, filter: Filter) -> Vec<(usize, Vec<i6
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0);
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
-            let w: Vec<f64> = (0..xmax.max(0))
-                .map(|x| {
-                    filter.weight(((x + xmin) as f64 - center + 0.5) * ss)
-                })
-                .collect();
+            let w: Vec<f64> = (0..xmax.max(0)).map(|x| filter.weight(((x + xmin) as f64 - center + 0.5) * ss)).collect();
             let ww: f64 = w.iter().sum();
             let fixed = w
                 .iter()

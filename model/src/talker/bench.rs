@@ -30,7 +30,13 @@ pub struct BenchFigures {
 }
 
 /// Runs `rounds` timed rounds (after one warm-up) of `batch` images.
-pub fn bench(preset: &str, batch: usize, rounds: usize, generation: &GenerationConfig, device: &Device) -> Result<BenchFigures, TalkerError> {
+pub fn bench(
+    preset: &str,
+    batch: usize,
+    rounds: usize,
+    generation: &GenerationConfig,
+    device: &Device,
+) -> Result<BenchFigures, TalkerError> {
     generation.validate()?;
     if batch == 0 || rounds == 0 {
         return Err(TalkerError::Input("--batch and --rounds must be at least 1".into()));

@@ -59,7 +59,7 @@ pub struct QFormerConfig {
 
 impl QFormerConfig {
     pub fn has_cross_attention(&self, layer: usize) -> bool {
-        layer % self.cross_attention_frequency.max(1) == 0
+        layer.is_multiple_of(self.cross_attention_frequency.max(1))
     }
 }
 
@@ -177,7 +177,9 @@ impl Template {
     pub fn instruction(self, regions: &[String]) -> String {
         let r = regions.join(", ");
         match (self, regions.is_empty()) {
-            (Template::Paper, _) => format!("These facial areas may be manipulated by AI: {r}. Please describe the specific issues in these areas."),
+            (Template::Paper, _) => {
+                format!("These facial areas may be manipulated by AI: {r}. Please describe the specific issues in these areas.")
+            }
             (Template::Release, false) => format!(
                 "The following facial areas may have been modified by AI: {r}. These areas might have been manipulated either by \
                  replacing the entire face or by altering specific facial features. Please identify these areas and describe why \
@@ -201,6 +203,8 @@ pub struct ImagePreprocess {
 }
 
 impl ImagePreprocess {
+    /// CLIP's mean and std, written as the release and transformers write them.
+    #[allow(clippy::excessive_precision)]
     pub fn clip(size: usize) -> Self {
         ImagePreprocess {
             size,
@@ -314,9 +318,7 @@ impl T5Config {
         if let Some(t) = v.get("model_type").and_then(Value::as_str)
             && t != "t5"
         {
-            return Err(TalkerError::Config(format!(
-                "the language model is `{t}`; mmtt runs the T5 (flan-t5) InstructBLIP variants only"
-            )));
+            return Err(TalkerError::Config(format!("the language model is `{t}`; mmtt runs the T5 (flan-t5) InstructBLIP variants only")));
         }
         let proj = v.get("feed_forward_proj").and_then(Value::as_str).unwrap_or("relu");
         let parts: Vec<&str> = proj.split('-').collect();
@@ -606,14 +608,14 @@ impl TalkerConfig {
     pub fn validate(&self) -> Result<(), TalkerError> {
         let bad = |m: String| Err(TalkerError::Config(m));
         let v = &self.vision;
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad(format!("vision hidden_size {} is not divisible by {} heads", v.hidden_size, v.num_attention_heads));
         }
         let q = &self.qformer;
-        if q.num_attention_heads == 0 || q.hidden_size % q.num_attention_heads != 0 {
+        if q.num_attention_heads == 0 || !q.hidden_size.is_multiple_of(q.num_attention_heads) {
             return bad(format!("Q-Former hidden_size {} is not divisible by {} heads", q.hidden_size, q.num_attention_heads));
         }
         if self.text.num_heads == 0 || self.text.d_kv == 0 {
@@ -624,11 +626,14 @@ impl TalkerConfig {
         }
         if let Some(m) = &self.mask_branch {
             let d = v.hidden_size;
-            if m.heads == 0 || d % m.heads != 0 || m.cross_heads == 0 || d % m.cross_heads != 0 {
+            if m.heads == 0 || !d.is_multiple_of(m.heads) || m.cross_heads == 0 || !d.is_multiple_of(m.cross_heads) {
                 return bad(format!("mask branch: width {d} must be divisible by heads {} and cross_heads {}", m.heads, m.cross_heads));
             }
-            if m.downsample_rate == 0 || d % m.downsample_rate != 0 || (d / m.downsample_rate) % m.heads != 0 {
-                return bad(format!("mask branch: width {d} / downsample_rate {} must be divisible by {} heads", m.downsample_rate, m.heads));
+            if m.downsample_rate == 0 || !d.is_multiple_of(m.downsample_rate) || !(d / m.downsample_rate).is_multiple_of(m.heads) {
+                return bad(format!(
+                    "mask branch: width {d} / downsample_rate {} must be divisible by {} heads",
+                    m.downsample_rate, m.heads
+                ));
             }
             if m.label_tokens == 0 || m.mask_size == 0 {
                 return bad("mask branch: label_tokens and mask_size must be > 0".into());
@@ -664,7 +669,8 @@ fn read_preprocess(dir: &Path, cfg: &TalkerConfig) -> Result<ImagePreprocess, Ta
     let v: Value = serde_json::from_str(&text).map_err(|e| TalkerError::Config(format!("{}: not valid JSON: {e}", path.display())))?;
     let triple = |key: &str| -> Option<[f32; 3]> {
         let a = v.get(key)?.as_array()?;
-        (a.len() == 3).then(|| [a[0].as_f64().unwrap_or(0.0) as f32, a[1].as_f64().unwrap_or(0.0) as f32, a[2].as_f64().unwrap_or(0.0) as f32])
+        (a.len() == 3)
+            .then(|| [a[0].as_f64().unwrap_or(0.0) as f32, a[1].as_f64().unwrap_or(0.0) as f32, a[2].as_f64().unwrap_or(0.0) as f32])
     };
     if let Some(m) = triple("image_mean") {
         p.mean = m;

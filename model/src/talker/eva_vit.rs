@@ -9,8 +9,8 @@ use crate::fpn::face_vit::Init;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::Tensor;
+use burn::tensor::activation::{gelu, softmax};
 
 #[derive(Module, Debug)]
 pub struct VisionEmbeddings {

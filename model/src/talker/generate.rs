@@ -44,7 +44,7 @@ impl GenerationConfig {
         if self.max_new_tokens == 0 {
             return bad("--max-new-tokens must be at least 1");
         }
-        if !(self.repetition_penalty > 0.0) || !self.repetition_penalty.is_finite() {
+        if self.repetition_penalty <= 0.0 || !self.repetition_penalty.is_finite() {
             return bad("--repetition-penalty must be a positive number (1.0 = none)");
         }
         if !self.length_penalty.is_finite() {

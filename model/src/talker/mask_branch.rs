@@ -94,7 +94,12 @@ fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 impl SamAttention {
     fn new(d: usize, downsample: usize, init: &mut Init) -> Self {
         let inner = d / downsample;
-        SamAttention { q_proj: init.linear(d, inner), k_proj: init.linear(d, inner), v_proj: init.linear(d, inner), out_proj: init.linear(inner, d) }
+        SamAttention {
+            q_proj: init.linear(d, inner),
+            k_proj: init.linear(d, inner),
+            v_proj: init.linear(d, inner),
+            out_proj: init.linear(inner, d),
+        }
     }
     fn forward(&self, heads: usize, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
         let q = split_heads(self.q_proj.forward(q), heads);
@@ -113,7 +118,7 @@ impl PackedMultiheadAttention {
         let proj = |x: Tensor<3>, i: usize| {
             let [b, l, _] = x.dims();
             let wi = w.clone().slice([i * d..(i + 1) * d, 0..d]).transpose();
-            let bi = bias.clone().slice([i * d..(i + 1) * d]).unsqueeze::<2>();
+            let bi = bias.clone().narrow(0, i * d, d).unsqueeze::<2>();
             (x.reshape([b * l, d]).matmul(wi) + bi).reshape([b, l, d])
         };
         let q = split_heads(proj(query, 0), heads);
@@ -137,7 +142,15 @@ impl Mlp {
 }
 
 impl TwoWayBlock {
-    fn forward(&self, heads: usize, skip_first_pe: bool, queries: Tensor<3>, keys: Tensor<3>, query_pe: Tensor<3>, key_pe: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+    fn forward(
+        &self,
+        heads: usize,
+        skip_first_pe: bool,
+        queries: Tensor<3>,
+        keys: Tensor<3>,
+        query_pe: Tensor<3>,
+        key_pe: Tensor<3>,
+    ) -> (Tensor<3>, Tensor<3>) {
         let queries = if skip_first_pe {
             self.self_attn.forward(heads, queries.clone(), queries.clone(), queries)
         } else {
@@ -187,7 +200,9 @@ impl MaskBranch {
                     final_attn_token_to_image: SamAttention::new(d, cfg.downsample_rate, init),
                     norm_final_attn: init.layer_norm(d, eps),
                 },
-                output_upscaling_mlp: Mlp { layers: vec![init.linear(d, d), init.linear(d, d), init.linear(d, cfg.mask_size * cfg.mask_size)] },
+                output_upscaling_mlp: Mlp {
+                    layers: vec![init.linear(d, d), init.linear(d, d), init.linear(d, cfg.mask_size * cfg.mask_size)],
+                },
                 output_hypernetworks_mlps: Mlp { layers: vec![init.linear(d, d), init.linear(d, d), init.linear(d, tokens)] },
             },
         }

@@ -149,7 +149,14 @@ impl T5Attention {
     }
 
     /// The position bias [1, H, Tq, Tk] for queries at `q_positions` and keys 0..tk.
-    fn position_bias(&self, cfg: &T5Config, q_positions: std::ops::Range<usize>, tk: usize, bidirectional: bool, device: &Device) -> Tensor<4> {
+    fn position_bias(
+        &self,
+        cfg: &T5Config,
+        q_positions: std::ops::Range<usize>,
+        tk: usize,
+        bidirectional: bool,
+        device: &Device,
+    ) -> Tensor<4> {
         let tq = q_positions.len();
         let Some(table) = &self.relative_attention_bias else {
             return Tensor::zeros([1, cfg.num_heads, tq, tk], device);
@@ -157,8 +164,12 @@ impl T5Attention {
         let ids: Vec<i64> = q_positions
             .flat_map(|qp| {
                 (0..tk).map(move |kp| {
-                    relative_bucket(kp as i64 - qp as i64, bidirectional, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)
-                        as i64
+                    relative_bucket(
+                        kp as i64 - qp as i64,
+                        bidirectional,
+                        cfg.relative_attention_num_buckets,
+                        cfg.relative_attention_max_distance,
+                    ) as i64
                 })
             })
             .collect();

@@ -53,7 +53,8 @@ impl TextTokenizer {
             stride: 0,
         }))
         .map_err(|e| TalkerError::Tokenizer(format!("{}: {e}", self.path.display())))?;
-        let enc = tok.encode(text, true).map_err(|e| TalkerError::Tokenizer(format!("{}: cannot encode {text:?}: {e}", self.path.display())))?;
+        let enc =
+            tok.encode(text, true).map_err(|e| TalkerError::Tokenizer(format!("{}: cannot encode {text:?}: {e}", self.path.display())))?;
         Ok(enc.get_ids().to_vec())
     }
 

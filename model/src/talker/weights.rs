@@ -120,7 +120,12 @@ fn hf_name(path: &str) -> String {
 fn torch_dims(path: &str, s: &burn::tensor::Shape) -> Vec<usize> {
     let mut d = s.as_slice().to_vec();
     // raw 2-D parameters kept in PyTorch's layout (the packed MHA projection) are not transposed
-    if d.len() == 2 && path.ends_with(".weight") && !path.ends_with("in_proj_weight") && !path.contains("embedding") && !path.contains("shared") {
+    if d.len() == 2
+        && path.ends_with(".weight")
+        && !path.ends_with("in_proj_weight")
+        && !path.contains("embedding")
+        && !path.contains("shared")
+    {
         d.reverse();
     }
     d
@@ -233,15 +238,20 @@ pub fn hf_weight_files(dir: &Path) -> Result<Vec<PathBuf>, TalkerError> {
         let text = std::fs::read_to_string(&index).map_err(|e| TalkerError::io(&index, e))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| TalkerError::Weights(format!("{}: not valid JSON: {e}", index.display())))?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-            TalkerError::Weights(format!("{}: no `weight_map` object (is this a safetensors index?)", index.display()))
-        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| TalkerError::Weights(format!("{}: no `weight_map` object (is this a safetensors index?)", index.display())))?;
         let files: BTreeSet<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
         let mut out = Vec::new();
         for f in files {
             let p = dir.join(&f);
             if !p.is_file() {
-                return Err(TalkerError::Weights(format!("{}: shard `{f}` listed in the index is not in {}", index.display(), dir.display())));
+                return Err(TalkerError::Weights(format!(
+                    "{}: shard `{f}` listed in the index is not in {}",
+                    index.display(),
+                    dir.display()
+                )));
             }
             out.push(p);
         }
@@ -337,8 +347,9 @@ impl ReleaseFiles {
         let eva = first(&[dir.join("eva_vit_g.pth"), dir.join("bert-base-uncased/eva_vit_g.pth")]).ok_or_else(|| {
             TalkerError::Weights(format!("{}: no eva_vit_g.pth (EVA ViT-g weights, as the release downloads them)", dir.display()))
         })?;
-        let t5_dir = first(&[dir.join("flant5xl"), dir.join("flan-t5-xl"), dir.join("flant5base")])
-            .ok_or_else(|| TalkerError::Weights(format!("{}: no flant5xl/ folder (the Hugging Face google/flan-t5-xl files)", dir.display())))?;
+        let t5_dir = first(&[dir.join("flant5xl"), dir.join("flan-t5-xl"), dir.join("flant5base")]).ok_or_else(|| {
+            TalkerError::Weights(format!("{}: no flant5xl/ folder (the Hugging Face google/flan-t5-xl files)", dir.display()))
+        })?;
         let bert_dir = dir.join("bert-base-uncased");
         if !bert_dir.is_dir() {
             return Err(TalkerError::Weights(format!("{}: no bert-base-uncased/ folder (its tokenizer and config)", dir.display())));
@@ -472,7 +483,9 @@ pub fn load_release(files: &ReleaseFiles, cfg: &TalkerConfig, device: &Device) -
     let r = pytorch_into(&mut blip, &files.eva, remapper(RELEASE, None), None)?;
     let ignored = r.unused.iter().filter(|u| eva_extra(u)).count();
     if ignored > 0 {
-        tally.notes.push(format!("{}: {ignored} tensors of blocks >= {depth} ignored (the release builds {depth} blocks)", files.eva.display()));
+        tally
+            .notes
+            .push(format!("{}: {ignored} tensors of blocks >= {depth} ignored (the release builds {depth} blocks)", files.eva.display()));
     }
     tally.add(&files.eva, r, &|u| !eva_extra(u), &hf_name);
     for f in hf_weight_files(&files.t5_dir).or_else(|_| {
@@ -568,7 +581,10 @@ mod tests {
         let cases = [
             ("Qformer.bert.encoder.layer.1.output_query.dense.weight", "qformer.encoder.layer.1.output_query.dense.weight"),
             ("Qformer.bert.encoder.layer.2.crossattention.self.key.bias", "qformer.encoder.layer.2.crossattention.attention.key.bias"),
-            ("Qformer.bert.encoder.layer.0.attention.output.LayerNorm.weight", "qformer.encoder.layer.0.attention.output.layer_norm.weight"),
+            (
+                "Qformer.bert.encoder.layer.0.attention.output.LayerNorm.weight",
+                "qformer.encoder.layer.0.attention.output.layer_norm.weight",
+            ),
             ("Qformer.bert.embeddings.LayerNorm.bias", "qformer.embeddings.layernorm.bias"),
             ("blocks.3.attn.q_bias", "vision_model.encoder.layers.3.self_attn.q_bias"),
             ("visual_encoder.blocks.0.attn.proj.weight", "vision_model.encoder.layers.0.self_attn.projection.weight"),
@@ -583,7 +599,13 @@ mod tests {
             }
         }
         assert_eq!(hf_name("qformer.encoder.layer.0.output.layer_norm.gamma"), "qformer.encoder.layer.0.output.LayerNorm.weight");
-        assert_eq!(hf_name("language_model.encoder.block.1.layer.1.dense_relu_dense.wi_0.weight"), "language_model.encoder.block.1.layer.1.DenseReluDense.wi_0.weight");
-        assert_eq!(hf_name("language_model.decoder.block.0.layer.2.layer_norm.weight"), "language_model.decoder.block.0.layer.2.layer_norm.weight");
+        assert_eq!(
+            hf_name("language_model.encoder.block.1.layer.1.dense_relu_dense.wi_0.weight"),
+            "language_model.encoder.block.1.layer.1.DenseReluDense.wi_0.weight"
+        );
+        assert_eq!(
+            hf_name("language_model.decoder.block.0.layer.2.layer_norm.weight"),
+            "language_model.decoder.block.0.layer.2.layer_norm.weight"
+        );
     }
 }
