@@ -146,6 +146,14 @@
         set(panel, ".m-rate", fixed(s.last_images_per_s, 1));
         set(panel, ".m-plm", s.last_plm != null ? fixed(100 * s.last_plm, 2) : "");
         set(panel, ".m-best", s.best_plm != null ? fixed(100 * s.best_plm, 2) : "");
+        // stage 2: the loss's parts and CIDEr + BLEU-4
+        set(panel, ".m-lm", fixed(s.last_lm_loss, 4));
+        set(panel, ".m-mask", fixed(s.last_mask_loss, 4));
+        var v = s.last_score || {};
+        set(panel, ".m-cider", fixed(v.cider, 4));
+        set(panel, ".m-bleu", fixed(v.bleu4, 4));
+        set(panel, ".m-score", fixed(v.score, 4));
+        set(panel, ".m-best-score", fixed(s.best_score, 4));
         var img = document.getElementById("train-chart");
         if (img) img.src = panel.dataset.chart + "?t=" + Date.now();
       })

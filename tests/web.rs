@@ -57,6 +57,7 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("GET", "/admin/export/{id}/download"), [401, 403, 403, 404]),
         (("GET", "/admin/train"), [401, 403, 403, 200]),
         (("POST", "/admin/train"), [401, 403, 403, 422]),
+        (("POST", "/admin/train/talker"), [401, 403, 403, 422]),
         (("GET", "/admin/train/{id}/chart"), [401, 403, 403, 404]),
         (("GET", "/admin/eval"), [401, 403, 403, 200]),
         (("POST", "/admin/eval"), [401, 403, 403, 400]),

@@ -10,7 +10,8 @@
 //! - [`generate`]: `generate` (one forgery from files).
 //! - [`export`]: `export`, `stats`.
 //! - [`eval`]: `eval captions|masks|report|labels|fpn`, `regions`.
-//! - [`train`]: `train fpn`, `fpn predict|init`, `ablation fpn` (ForgeryTalker's region prompter).
+//! - [`train`]: `train fpn`, `fpn predict|init`, `ablation fpn` (ForgeryTalker's region prompter),
+//!   `train talker` (stage 2).
 //! - [`explain`]: `explain` (ForgeryTalker's explanations and masks of images).
 //! - [`web`]: `serve`, `user add`.
 //! - [`project`]: `project show|set-split`.
@@ -118,7 +119,7 @@ enum Command {
     },
     /// The 21 region labels a text mentions (the authors' extractor, spec section 7).
     Regions(eval::RegionsArgs),
-    /// Train a model as a job (`train fpn --config FILE.toml`).
+    /// Train a model as a job (`train fpn|talker --config FILE.toml`).
     Train {
         #[command(subcommand)]
         action: train::TrainAction,

@@ -1,11 +1,15 @@
 //! `mmtt train fpn`, `mmtt fpn predict|init`, `mmtt ablation fpn`: ForgeryTalker's region
-//! prompter (stage 1) trained as a job, used on images, and the paper's Table 4. The work is in
-//! `mmtt::jobs::train`, `mmtt::dataset::training` and `mmtt_model::fpn`; this prints.
+//! prompter (stage 1) trained as a job, used on images, and the paper's Table 4; `mmtt train
+//! talker`: stage 2 (the explainer and the mask decoder) trained as a job. The work is in
+//! `mmtt::jobs::train`, `mmtt::dataset::training`, `mmtt_model::fpn` and
+//! `mmtt_model::talker::train`; this prints.
 
 use super::Global;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use mmtt::jobs::train::{ConfigFile, TrainModel, TrainSpec, parse_config};
+use mmtt::jobs::train::talker::{TalkerConfigFile, TalkerTrainSpec};
+use mmtt::jobs::train::{ConfigFile, FpnTrainSpec, TrainModel, TrainSpec, parse_config};
+use mmtt_model::talker::train::RegionSource;
 use mmtt_model::fpn::{self, FpnConfig, LabelSource};
 use std::path::{Path, PathBuf};
 
@@ -13,6 +17,49 @@ use std::path::{Path, PathBuf};
 pub enum TrainAction {
     /// Train the Forgery Prompter Network (queued as a job; --wait runs it here).
     Fpn(TrainFpnArgs),
+    /// Train ForgeryTalker stage 2, the explainer and the mask decoder (queued as a job; --wait
+    /// runs it here).
+    Talker(TrainTalkerArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TrainTalkerArgs {
+    /// The training config (TOML): the trainer's settings at the top level (`preset`, `init`,
+    /// `fpn`, `regions`, `steps`, `batch_size`, `lr`, `devices`, ...), `[mask_loss]`, and `[data]`
+    /// for where the samples come from (as `train fpn`'s). Unknown keys are refused.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where checkpoints go (default DATA_DIR/runs/talker-DATE-ID); a folder holding a run of the
+    /// same config is resumed.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Start from this checkpoint folder, overriding the config's `init`.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// The stage-1 FPN checkpoint folder (e.g. a finished `train fpn` run's best/), overriding
+    /// the config's `fpn`.
+    #[arg(long)]
+    pub fpn: Option<PathBuf>,
+    /// What fills the instruction in training (fpn: the FPN's regions, as the paper; gt: the
+    /// caption's; none: the plain instruction), overriding the config's `regions`.
+    #[arg(long, value_parser = parse_regions)]
+    pub regions: Option<RegionSource>,
+    /// Devices, comma-separated (cpu; cpu:0,cpu:1; cuda:0,cuda:1,...), overriding the config's `devices`.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Compute the frozen vision encoder's features once per image and reuse them (needs
+    /// `augment = false`).
+    #[arg(long)]
+    pub cache_vision_features: bool,
+    /// Run the job in this process with a progress bar until it ends (alias --local).
+    #[arg(long, alias = "local")]
+    pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_regions(s: &str) -> Result<RegionSource, String> {
+    s.parse::<RegionSource>().map_err(|e| e.to_string())
 }
 
 #[derive(clap::Args)]
@@ -117,7 +164,10 @@ pub fn read_config(path: &Path) -> Result<ConfigFile> {
 }
 
 pub async fn train(g: &Global, action: TrainAction) -> Result<()> {
-    let TrainAction::Fpn(a) = action;
+    let a = match action {
+        TrainAction::Fpn(a) => a,
+        TrainAction::Talker(a) => return train_talker(g, a).await,
+    };
     let mut c = read_config(&a.config)?;
     if let Some(l) = a.labels {
         c.config.labels = l.into();
@@ -130,7 +180,42 @@ pub async fn train(g: &Global, action: TrainAction) -> Result<()> {
     }
     mmtt::jobs::train::check_config(&c.config).with_context(|| format!("{}", a.config.display()))?;
     let run_dir = a.run_dir.clone().unwrap_or_else(|| mmtt::jobs::cli::default_run_dir(&g.data_dir));
-    let spec = TrainSpec { model: TrainModel::Fpn, config: c.config, run_dir, data: c.data };
+    let spec = TrainSpec::Fpn(FpnTrainSpec { config: c.config, run_dir, data: c.data });
+    g.with_app(async |app| mmtt::jobs::cli::train(app, spec, a.wait, a.json).await).await
+}
+
+/// Reads and checks a stage-2 config file; an error names the file, the key and the fix.
+pub fn read_talker_config(path: &Path) -> Result<TalkerConfigFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the config {}", path.display()))?;
+    let c = mmtt::jobs::train::talker::parse_config(&text).with_context(|| format!("{}", path.display()))?;
+    c.data.check().map_err(|m| anyhow::anyhow!("{}: [data]: {m}", path.display()))?;
+    Ok(c)
+}
+
+async fn train_talker(g: &Global, a: TrainTalkerArgs) -> Result<()> {
+    let mut c = read_talker_config(&a.config)?;
+    let abs = |p: &Path, what: &str| std::path::absolute(p).with_context(|| format!("{what} {}", p.display()));
+    if let Some(p) = a.init.or(c.config.init.take()) {
+        c.config.init = Some(abs(&p, "init")?);
+    }
+    if let Some(p) = a.fpn.or(c.config.fpn.take()) {
+        c.config.fpn = Some(abs(&p, "fpn")?);
+    }
+    if let Some(r) = a.regions {
+        c.config.regions = r;
+    }
+    if !a.devices.is_empty() {
+        c.config.devices = a.devices.iter().map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect();
+    }
+    if a.cache_vision_features {
+        c.config.cache_vision_features = true;
+    }
+    mmtt::jobs::train::talker::check_config(&c.config).with_context(|| format!("{}", a.config.display()))?;
+    let run_dir = match a.run_dir {
+        Some(d) => abs(&d, "--run-dir")?,
+        None => mmtt::jobs::cli::default_run_dir_of(&g.data_dir, TrainModel::Talker),
+    };
+    let spec = TrainSpec::Talker(TalkerTrainSpec { config: c.config, run_dir, data: c.data });
     g.with_app(async |app| mmtt::jobs::cli::train(app, spec, a.wait, a.json).await).await
 }
 

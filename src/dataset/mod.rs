@@ -9,4 +9,5 @@ pub mod import;
 pub mod masks;
 pub mod sources;
 pub mod stats;
+pub mod talker_training;
 pub mod training;

@@ -1,5 +1,5 @@
 //! What the `mmtt jobs`, `mmtt worker` and the long commands (`import`, `masks plan`, `export`,
-//! `train fpn`, `ablation fpn`) print, over the job system's API. The long commands record a job and run it in their own
+//! `train fpn`, `train talker`, `ablation fpn`) print, over the job system's API. The long commands record a job and run it in their own
 //! process under a lease ([`run_inline`]), so they appear in `mmtt jobs` and a killed one is
 //! taken over by a worker.
 
@@ -285,7 +285,17 @@ pub async fn serve_with_worker(
 
 /// The default run folder of a training run: `DATA_DIR/runs/fpn-YYYYMMDD-HHMMSS-XXXXXX`.
 pub fn default_run_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
-    data_dir.join("runs").join(format!("fpn-{}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"), &Uuid::new_v4().simple().to_string()[..6]))
+    default_run_dir_of(data_dir, super::train::TrainModel::Fpn)
+}
+
+/// The default run folder of a `model` training run: `DATA_DIR/runs/MODEL-YYYYMMDD-HHMMSS-XXXXXX`.
+pub fn default_run_dir_of(data_dir: &std::path::Path, model: super::train::TrainModel) -> std::path::PathBuf {
+    data_dir.join("runs").join(format!(
+        "{}-{}-{}",
+        model.name(),
+        chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+        &Uuid::new_v4().simple().to_string()[..6]
+    ))
 }
 
 fn print_train(s: &super::train::TrainSummary) {
@@ -308,39 +318,63 @@ fn print_train(s: &super::train::TrainSummary) {
     );
 }
 
-/// `mmtt train fpn`: queues the training job (a worker runs it), or with `wait` runs it in this
-/// process with a progress bar (a killed command's job is taken over by a worker, which resumes
-/// from the run folder).
+fn print_talker(s: &super::train::talker::TalkerSummary) {
+    println!(
+        "trained {} steps of {} ({} training, {} validation samples{}) in {:.0} s; final loss {}; best validation CIDEr + BLEU-4 {}",
+        s.last_step,
+        s.total_steps,
+        s.train_samples,
+        s.val_samples,
+        if s.resumed_from > 0 { format!(", resumed from step {}", s.resumed_from) } else { String::new() },
+        s.seconds,
+        s.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+        match (s.best_score, s.best_step) {
+            (Some(x), Some(at)) => format!("{x:.4} (step {at})"),
+            (Some(x), None) => format!("{x:.4}"),
+            _ => "- (no validation)".into(),
+        },
+    );
+    println!(
+        "  run folder {}\n  best checkpoint {}\n  last checkpoint {}",
+        s.run_dir.display(),
+        s.best_dir.display(),
+        s.last_dir.display()
+    );
+}
+
+/// `mmtt train fpn|talker`: queues the training job (a worker runs it), or with `wait` runs it in
+/// this process with a progress bar (a killed command's job is taken over by a worker, which
+/// resumes from the run folder).
 pub async fn train(app: &App, spec: super::train::TrainSpec, wait: bool, json: bool) -> Result<()> {
+    let run_dir = spec.run_dir().to_path_buf();
     let spec = JobSpec::Train(spec);
     if !wait {
         let id = super::submit(&app.pool, &spec, &cli_user()).await?;
         if json {
-            println!("{}", serde_json::json!({ "job": id, "run_dir": spec_run_dir(&spec) }));
+            println!("{}", serde_json::json!({ "job": id, "run_dir": run_dir }));
         } else {
             println!(
                 "queued train job {id} (run folder {}): a worker runs it (`mmtt worker`, or the one `mmtt serve` runs); follow it with `mmtt jobs show {id}`",
-                spec_run_dir(&spec).display()
+                run_dir.display()
             );
         }
         return Ok(());
     }
     let (id, out) = run_inline(app, &spec, !json).await?;
-    let JobOutput::Train(s) = out else { bail!("a training job produced something else") };
-    if json {
-        println!("{}", serde_json::json!({ "job": id, "summary": s }));
-    } else {
-        println!("job {id}:");
-        print_train(&s);
+    match out {
+        JobOutput::Train(s) if json => println!("{}", serde_json::json!({ "job": id, "summary": s })),
+        JobOutput::Talker(s) if json => println!("{}", serde_json::json!({ "job": id, "summary": s })),
+        JobOutput::Train(s) => {
+            println!("job {id}:");
+            print_train(&s);
+        }
+        JobOutput::Talker(s) => {
+            println!("job {id}:");
+            print_talker(&s);
+        }
+        _ => bail!("a training job produced something else"),
     }
     Ok(())
-}
-
-fn spec_run_dir(spec: &JobSpec) -> std::path::PathBuf {
-    match spec {
-        JobSpec::Train(t) => t.run_dir.clone(),
-        _ => Default::default(),
-    }
 }
 
 /// `mmtt ablation fpn`: the four rows of the paper's Table 4, each trained (as a job run in this
@@ -353,19 +387,14 @@ pub async fn ablation(
     split: crate::storage::split::Split,
     json: bool,
 ) -> Result<Vec<super::train::AblationRow>> {
-    use super::train::{TABLE4, TrainModel, TrainSpec, ablation_config, ablation_dir, evaluate, scoring_checkpoint, unfinished};
+    use super::train::{FpnTrainSpec, TABLE4, TrainSpec, ablation_config, ablation_dir, evaluate, scoring_checkpoint, unfinished};
     let mut rows = Vec::new();
     for (i, row) in TABLE4.iter().enumerate() {
-        let spec = TrainSpec {
-            model: TrainModel::Fpn,
-            config: ablation_config(&base.config, i),
-            run_dir: ablation_dir(root, i),
-            data: base.data.clone(),
-        };
+        let spec = FpnTrainSpec { config: ablation_config(&base.config, i), run_dir: ablation_dir(root, i), data: base.data.clone() };
         if !json {
             eprintln!("[{}/4] {}: training into {}", i + 1, row.0, spec.run_dir.display());
         }
-        let (job, out) = run_inline(app, &JobSpec::Train(spec.clone()), !json).await?;
+        let (job, out) = run_inline(app, &JobSpec::Train(TrainSpec::Fpn(spec.clone())), !json).await?;
         let JobOutput::Train(s) = out else { bail!("a training job produced something else") };
         if let Some(why) = unfinished(&s) {
             bail!("{}: the run {why}; run the ablation again to resume it", row.0);

@@ -54,6 +54,8 @@ pub enum JobOutput {
         line: String,
     },
     Train(Box<super::train::TrainSummary>),
+    /// A stage-2 (ForgeryTalker explainer and mask decoder) training run.
+    Talker(Box<super::train::talker::TalkerSummary>),
 }
 
 impl JobOutput {
@@ -66,6 +68,7 @@ impl JobOutput {
             JobOutput::Export(s) => serde_json::to_value(s),
             JobOutput::Eval { report, line } => Ok(serde_json::json!({ "report": report, "table_line": line })),
             JobOutput::Train(s) => serde_json::to_value(s),
+            JobOutput::Talker(s) => serde_json::to_value(s),
         };
         v.unwrap_or_else(|e| serde_json::json!({ "unserializable": e.to_string() }))
     }
@@ -430,6 +433,7 @@ fn counts(out: &JobOutput, bar_total: i64) -> (i64, i64, i64) {
         JobOutput::Export(s) => (s.samples as i64, s.samples as i64, 0),
         JobOutput::Eval { .. } => (1, 1, 0),
         JobOutput::Train(s) => (s.last_step as i64, s.total_steps as i64, 0),
+        JobOutput::Talker(s) => (s.last_step as i64, s.total_steps as i64, 0),
         JobOutput::Forge(_) => (0, bar_total, 0),
     }
 }
@@ -489,7 +493,10 @@ async fn run_spec(
             bar.inc(1);
             JobOutput::Eval { report: Box::new(report), line }
         }
-        JobSpec::Train(s) => JobOutput::Train(Box::new(super::train::run(app, job, s, bar, live, &o.name).await?)),
+        JobSpec::Train(super::train::TrainSpec::Fpn(s)) => JobOutput::Train(Box::new(super::train::run(app, job, s, bar, live, &o.name).await?)),
+        JobSpec::Train(super::train::TrainSpec::Talker(s)) => {
+            JobOutput::Talker(Box::new(super::train::talker::run(app, job, s, bar, live, &o.name).await?))
+        }
     })
 }
 

@@ -1,14 +1,17 @@
-//! Training jobs (kind `train`): ForgeryTalker's region prompter (stage 1, `mmtt_model::fpn`)
-//! trained on the project's accepted triplets, as a job of the job system.
+//! Training jobs (kind `train`): ForgeryTalker's region prompter (stage 1, `mmtt_model::fpn`) and
+//! its explainer and mask decoder (stage 2, `mmtt_model::talker::train`, see [`talker`]) trained on
+//! the project's accepted triplets, as a job of the job system.
 //!
-//! - [`TrainSpec`]: the model's [`TrainConfig`] (the TOML of `mmtt train fpn --config`, or the
-//!   admin's Train form), the run folder, and where the samples come from ([`TrainData`], the
-//!   config file's `[data]` table). [`parse_config`] reads a config file.
+//! - [`TrainSpec`]: which model ([`TrainModel`], the `model` key of the job's params: `fpn` or
+//!   `talker`), its config (the TOML of `mmtt train fpn|talker --config`, or the admin's Train
+//!   forms), the run folder, and where the samples come from ([`TrainData`], the config file's
+//!   `[data]` table). [`parse_config`] reads an FPN config file, [`talker::parse_config`] a
+//!   stage-2 one.
 //! - [`run`]: builds the samples (train split for training, validation for choosing the best
 //!   checkpoint, labels from the region extractor or the chips), then runs `fpn::train` on a
 //!   blocking thread with a [`fpn::Progress`] that moves the job's progress (done = step, total =
 //!   steps, rate = images/s), writes every step's loss and learning rate and every validation PLM
-//!   into `train_metrics`, and logs events. When the job is paused or cancelled, the runner sets
+//!   into `train_metrics` ([`drive`], shared with [`talker::run`]), and logs events. When the job is paused or cancelled, the runner sets
 //!   the [`Live`] stop flag: the trainer checkpoints and returns, and only then is the job marked
 //!   (so a resumed job never meets a trainer still writing its folder). Resume, retry and a
 //!   takeover after a crash all run the job again: the trainer resumes from the run folder's
@@ -17,6 +20,8 @@
 //! - [`ablation`]: the paper's Table 4 (four runs from one base config, each scored on a split).
 //!
 //! Owns the table `train_metrics`.
+
+pub mod talker;
 
 use super::{JobError, SpecError};
 use crate::app::App;
@@ -39,12 +44,65 @@ use uuid::Uuid;
 pub enum TrainModel {
     /// ForgeryTalker stage 1: the Forgery Prompter Network (Face-ViT region classifier).
     Fpn,
+    /// ForgeryTalker stage 2: the explainer (Q-Former, projection) and the mask decoder.
+    Talker,
 }
 
-/// A training job's parameters.
+impl TrainModel {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainModel::Fpn => "fpn",
+            TrainModel::Talker => "talker",
+        }
+    }
+}
+
+/// A training job's parameters, by model: stored as `{"model": "fpn"|"talker", "config": ...,
+/// "run_dir": ..., "data": ...}` (the FPN jobs' params from before stage 2 read unchanged).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainSpec {
-    pub model: TrainModel,
+#[serde(tag = "model", rename_all = "kebab-case")]
+pub enum TrainSpec {
+    Fpn(FpnTrainSpec),
+    Talker(talker::TalkerTrainSpec),
+}
+
+impl TrainSpec {
+    pub fn model(&self) -> TrainModel {
+        match self {
+            TrainSpec::Fpn(_) => TrainModel::Fpn,
+            TrainSpec::Talker(_) => TrainModel::Talker,
+        }
+    }
+    pub fn run_dir(&self) -> &Path {
+        match self {
+            TrainSpec::Fpn(s) => &s.run_dir,
+            TrainSpec::Talker(s) => &s.run_dir,
+        }
+    }
+    pub fn data(&self) -> &TrainData {
+        match self {
+            TrainSpec::Fpn(s) => &s.data,
+            TrainSpec::Talker(s) => &s.data,
+        }
+    }
+    /// Steps of batch `batch_size` the run trains for.
+    pub fn steps(&self) -> u64 {
+        match self {
+            TrainSpec::Fpn(s) => s.config.steps,
+            TrainSpec::Talker(s) => s.config.steps,
+        }
+    }
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match self {
+            TrainSpec::Fpn(s) => s.validate(),
+            TrainSpec::Talker(s) => s.validate(),
+        }
+    }
+}
+
+/// A stage-1 (FPN) training job's parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FpnTrainSpec {
     pub config: TrainConfig,
     /// Where checkpoints, `run.toml` and `metrics.jsonl` go; a folder holding a run of the same
     /// config is resumed.
@@ -53,21 +111,26 @@ pub struct TrainSpec {
     pub data: TrainData,
 }
 
-impl TrainSpec {
+impl FpnTrainSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         check_config(&self.config)?;
         self.data.check().map_err(|m| SpecError::new("data", m))?;
-        if self.run_dir.as_os_str().is_empty() {
-            return Err(SpecError::new("run_dir", "give the folder the run writes its checkpoints into"));
-        }
-        if self.run_dir.is_file() {
-            return Err(SpecError::new(
-                "run_dir",
-                format!("{} is a file: give a new folder, or the folder of the run to resume", self.run_dir.display()),
-            ));
-        }
-        Ok(())
+        check_run_dir(&self.run_dir)
     }
+}
+
+/// The run folder: given, and not a file.
+pub fn check_run_dir(run_dir: &Path) -> Result<(), SpecError> {
+    if run_dir.as_os_str().is_empty() {
+        return Err(SpecError::new("run_dir", "give the folder the run writes its checkpoints into"));
+    }
+    if run_dir.is_file() {
+        return Err(SpecError::new(
+            "run_dir",
+            format!("{} is a file: give a new folder, or the folder of the run to resume", run_dir.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// The checks a config gets before anything is stored; each names the field and the fix.
@@ -154,21 +217,26 @@ pub struct ConfigFile {
 /// keys refused, missing ones from the `paper` config), the optional `[data]` table a
 /// [`TrainData`]. Errors name the key and, where the parser knows it, the line.
 pub fn parse_config(text: &str) -> Result<ConfigFile> {
+    let (model_text, data) = split_data(text)?;
+    let config = TrainConfig::from_toml(&model_text).map_err(|e| anyhow!("{e}"))?;
+    Ok(ConfigFile { config, data })
+}
+
+/// A config file's `[data]` table (default when absent) and the rest of the file for the model's
+/// own parser: the same text with the table blanked (line numbers kept) when that removes exactly
+/// the table, else the rest re-written without it.
+pub fn split_data(text: &str) -> Result<(String, TrainData)> {
     let table: toml::Table = text.parse().map_err(|e| anyhow!("not TOML: {e}"))?;
     let Some(data) = table.get("data") else {
-        let config = TrainConfig::from_toml(text).map_err(|e| anyhow!("{e}"))?;
-        return Ok(ConfigFile { config, data: TrainData::default() });
+        return Ok((text.to_string(), TrainData::default()));
     };
     let data: TrainData = data.clone().try_into().map_err(|e| anyhow!("[data]: {e}"))?;
-    // the model's part: the same text with the [data] table blanked (line numbers kept), when
-    // that removes exactly the table; else the table re-written without it
     let blanked = blank_table(text, "data");
     let mut rest = table.clone();
     rest.remove("data");
     let same = blanked.parse::<toml::Table>().is_ok_and(|t| t == rest);
     let model_text = if same { blanked } else { toml::to_string(&rest).context("re-writing the config without [data]")? };
-    let config = TrainConfig::from_toml(&model_text).map_err(|e| anyhow!("{e}"))?;
-    Ok(ConfigFile { config, data })
+    Ok((model_text, data))
 }
 
 /// `text` with the lines of the `[name]` table (its header to the next header) made empty.
@@ -251,11 +319,42 @@ pub struct TrainSummary {
     pub seconds: f64,
 }
 
-enum Msg {
+/// What a trainer's thread reports to the async side (see [`drive`]).
+pub(crate) enum Msg {
     Note(String),
-    Step { step: u64, total: u64, loss: f64, lr: f64, rate: f64 },
-    Val { step: u64, plm: f64, best: bool },
+    Step(StepFigures),
+    Val { step: u64, figures: ValFigures, best: bool },
     Checkpoint { step: u64, dir: PathBuf },
+}
+
+/// One step's figures: the loss (stage 2: its token and mask parts too), the learning rate, the
+/// throughput.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepFigures {
+    pub step: u64,
+    pub total: u64,
+    pub loss: f64,
+    pub lm_loss: Option<f64>,
+    pub mask_loss: Option<f64>,
+    pub lr: f64,
+    pub rate: f64,
+}
+
+/// A validation's figures: stage 1's PLM (0..1), stage 2's CIDEr, BLEU-4 and their sum (the
+/// model-selection score).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ValFigures {
+    Plm(f64),
+    Captions { cider: f64, bleu4: f64, score: f64 },
+}
+
+impl ValFigures {
+    fn text(&self) -> String {
+        match self {
+            ValFigures::Plm(p) => format!("PLM {:.2}", 100.0 * p),
+            ValFigures::Captions { cider, bleu4, score } => format!("CIDEr {cider:.4}, BLEU-4 {bleu4:.4} (score {score:.4})"),
+        }
+    }
 }
 
 /// The trainer's [`fpn::Progress`]: moves the bar (the runner writes it into the job's row at
@@ -266,22 +365,40 @@ struct Reporter {
     live: Live,
 }
 
-impl fpn::Progress for Reporter {
-    fn step(&mut self, r: &fpn::StepReport) -> Control {
-        self.bar.set_length(r.total_steps);
-        self.bar.set_position(r.step);
-        self.live.set_rate(r.images_per_s);
-        let _ = self.tx.send(Msg::Step { step: r.step, total: r.total_steps, loss: r.loss, lr: r.lr, rate: r.images_per_s });
+impl Reporter {
+    /// A step's figures out; `Stop` once the job is paused or cancelled.
+    pub(crate) fn stepped(&mut self, f: StepFigures) -> Control {
+        self.bar.set_length(f.total);
+        self.bar.set_position(f.step);
+        self.live.set_rate(f.rate);
+        let _ = self.tx.send(Msg::Step(f));
         if self.live.stopping() { Control::Stop } else { Control::Continue }
     }
+    pub(crate) fn send(&mut self, m: Msg) {
+        let _ = self.tx.send(m);
+    }
+}
+
+impl fpn::Progress for Reporter {
+    fn step(&mut self, r: &fpn::StepReport) -> Control {
+        self.stepped(StepFigures {
+            step: r.step,
+            total: r.total_steps,
+            loss: r.loss,
+            lm_loss: None,
+            mask_loss: None,
+            lr: r.lr,
+            rate: r.images_per_s,
+        })
+    }
     fn validated(&mut self, r: &fpn::ValReport) {
-        let _ = self.tx.send(Msg::Val { step: r.step, plm: r.plm, best: r.best });
+        self.send(Msg::Val { step: r.step, figures: ValFigures::Plm(r.plm), best: r.best });
     }
     fn checkpoint(&mut self, step: u64, dir: &Path) {
-        let _ = self.tx.send(Msg::Checkpoint { step, dir: dir.to_path_buf() });
+        self.send(Msg::Checkpoint { step, dir: dir.to_path_buf() });
     }
     fn note(&mut self, msg: &str) {
-        let _ = self.tx.send(Msg::Note(msg.to_string()));
+        self.send(Msg::Note(msg.to_string()));
     }
 }
 
@@ -290,9 +407,27 @@ impl fpn::Progress for Reporter {
 struct Point {
     step: i64,
     loss: Option<f64>,
+    lm_loss: Option<f64>,
+    mask_loss: Option<f64>,
     lr: Option<f64>,
     rate: Option<f64>,
     plm: Option<f64>,
+    cider: Option<f64>,
+    bleu4: Option<f64>,
+    score: Option<f64>,
+}
+
+impl Point {
+    fn of_val(step: u64, v: ValFigures) -> Point {
+        let mut p = Point { step: step as i64, ..Default::default() };
+        match v {
+            ValFigures::Plm(x) => p.plm = Some(x),
+            ValFigures::Captions { cider, bleu4, score } => {
+                (p.cider, p.bleu4, p.score) = (Some(cider), Some(bleu4), Some(score));
+            }
+        }
+        p
+    }
 }
 
 async fn flush(pool: &PgPool, job: Uuid, buf: &mut Vec<Point>) -> Result<(), JobError> {
@@ -306,18 +441,27 @@ async fn flush(pool: &PgPool, job: Uuid, buf: &mut Vec<Point>) -> Result<(), Job
             return false;
         }
         kept.loss = later.loss.or(kept.loss);
+        kept.lm_loss = later.lm_loss.or(kept.lm_loss);
+        kept.mask_loss = later.mask_loss.or(kept.mask_loss);
         kept.lr = later.lr.or(kept.lr);
         kept.rate = later.rate.or(kept.rate);
         kept.plm = later.plm.or(kept.plm);
+        kept.cider = later.cider.or(kept.cider);
+        kept.bleu4 = later.bleu4.or(kept.bleu4);
+        kept.score = later.score.or(kept.score);
         true
     });
     let col = |f: fn(&Point) -> Option<f64>| buf.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
-        "INSERT INTO train_metrics (job_id, step, loss, lr, images_per_s, val_plm) \
-         SELECT $1, * FROM UNNEST($2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::float8[]) \
+        "INSERT INTO train_metrics (job_id, step, loss, lr, images_per_s, val_plm, lm_loss, mask_loss, val_cider, val_bleu4, val_score) \
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], \
+           $9::float8[], $10::float8[], $11::float8[]) \
          ON CONFLICT (job_id, step) DO UPDATE SET loss = coalesce(EXCLUDED.loss, train_metrics.loss), \
            lr = coalesce(EXCLUDED.lr, train_metrics.lr), images_per_s = coalesce(EXCLUDED.images_per_s, train_metrics.images_per_s), \
-           val_plm = coalesce(EXCLUDED.val_plm, train_metrics.val_plm), at = now()",
+           val_plm = coalesce(EXCLUDED.val_plm, train_metrics.val_plm), \
+           lm_loss = coalesce(EXCLUDED.lm_loss, train_metrics.lm_loss), mask_loss = coalesce(EXCLUDED.mask_loss, train_metrics.mask_loss), \
+           val_cider = coalesce(EXCLUDED.val_cider, train_metrics.val_cider), val_bleu4 = coalesce(EXCLUDED.val_bleu4, train_metrics.val_bleu4), \
+           val_score = coalesce(EXCLUDED.val_score, train_metrics.val_score), at = now()",
     )
     .bind(job)
     .bind(buf.iter().map(|p| p.step).collect::<Vec<_>>())
@@ -325,6 +469,11 @@ async fn flush(pool: &PgPool, job: Uuid, buf: &mut Vec<Point>) -> Result<(), Job
     .bind(col(|p| p.lr))
     .bind(col(|p| p.rate))
     .bind(col(|p| p.plm))
+    .bind(col(|p| p.lm_loss))
+    .bind(col(|p| p.mask_loss))
+    .bind(col(|p| p.cider))
+    .bind(col(|p| p.bleu4))
+    .bind(col(|p| p.score))
     .execute(pool)
     .await?;
     buf.clear();
@@ -340,10 +489,35 @@ pub fn has_checkpoint(run_dir: &Path) -> bool {
 /// retry, a takeover after a crash) trains on exactly these, whatever was accepted since.
 pub const FROZEN_SAMPLES: &str = "mmtt-samples.json";
 
+/// A run's frozen sample lists (`S`: the model's sample, as stored).
 #[derive(Serialize, Deserialize)]
-struct Frozen {
-    train: Vec<FrozenSample>,
-    val: Vec<FrozenSample>,
+pub(crate) struct Frozen<S> {
+    pub train: Vec<S>,
+    pub val: Vec<S>,
+}
+
+impl<S: Serialize + serde::de::DeserializeOwned> Frozen<S> {
+    /// The lists frozen in `run_dir`, if it has them.
+    pub async fn read(run_dir: &Path) -> Result<Option<Frozen<S>>> {
+        let file = run_dir.join(FROZEN_SAMPLES);
+        if !file.is_file() {
+            return Ok(None);
+        }
+        let text = tokio::fs::read_to_string(&file).await.with_context(|| format!("cannot read {}", file.display()))?;
+        let f = serde_json::from_str(&text).with_context(|| {
+            format!("{}: not the run's sample list (remove it to rebuild it from the data, which restarts the run's data)", file.display())
+        })?;
+        Ok(Some(f))
+    }
+    /// Freezes the lists into `run_dir` (created).
+    pub async fn write(&self, run_dir: &Path) -> Result<()> {
+        tokio::fs::create_dir_all(run_dir).await.with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
+        let file = run_dir.join(FROZEN_SAMPLES);
+        let tmp = file.with_extension("json.tmp");
+        tokio::fs::write(&tmp, serde_json::to_vec(self)?).await.with_context(|| format!("cannot write {}", tmp.display()))?;
+        tokio::fs::rename(&tmp, &file).await.with_context(|| format!("cannot write {}", file.display()))?;
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -358,21 +532,19 @@ impl FrozenSample {
         FrozenSample { id: s.id.clone(), image: s.image.clone(), labels: s.labels.to_vec() }
     }
     fn sample(self) -> Result<fpn::Sample> {
-        let labels: [bool; 21] =
-            self.labels.try_into().map_err(|v: Vec<bool>| anyhow!("sample {}: {} labels instead of 21", self.id, v.len()))?;
-        Ok(fpn::Sample { id: self.id, image: self.image, labels })
+        Ok(fpn::Sample { labels: labels21(&self.id, self.labels)?, id: self.id, image: self.image })
     }
+}
+
+/// 21 stored labels as the model's array.
+pub(crate) fn labels21(id: &str, labels: Vec<bool>) -> Result<[bool; 21]> {
+    labels.try_into().map_err(|v: Vec<bool>| anyhow!("sample {id}: {} labels instead of 21", v.len()))
 }
 
 /// The run's samples: those frozen in its folder when it has them, else built now from `data`
 /// (and frozen). `true` when they were read back.
-async fn run_samples(app: &App, spec: &TrainSpec) -> Result<(Vec<fpn::Sample>, Vec<fpn::Sample>, bool)> {
-    let file = spec.run_dir.join(FROZEN_SAMPLES);
-    if file.is_file() {
-        let text = tokio::fs::read_to_string(&file).await.with_context(|| format!("cannot read {}", file.display()))?;
-        let f: Frozen = serde_json::from_str(&text).with_context(|| {
-            format!("{}: not the run's sample list (remove it to rebuild it from the data, which restarts the run's data)", file.display())
-        })?;
+async fn run_samples(app: &App, spec: &FpnTrainSpec) -> Result<(Vec<fpn::Sample>, Vec<fpn::Sample>, bool)> {
+    if let Some(f) = Frozen::<FrozenSample>::read(&spec.run_dir).await? {
         let train = f.train.into_iter().map(FrozenSample::sample).collect::<Result<Vec<_>>>()?;
         let val = f.val.into_iter().map(FrozenSample::sample).collect::<Result<Vec<_>>>()?;
         return Ok((train, val, true));
@@ -384,33 +556,33 @@ async fn run_samples(app: &App, spec: &TrainSpec) -> Result<(Vec<fpn::Sample>, V
         None => vec![],
     };
     if !train.is_empty() {
-        tokio::fs::create_dir_all(&spec.run_dir)
-            .await
-            .with_context(|| format!("cannot create the run folder {}", spec.run_dir.display()))?;
         let f = Frozen { train: train.iter().map(FrozenSample::of).collect(), val: val.iter().map(FrozenSample::of).collect() };
-        let tmp = file.with_extension("json.tmp");
-        tokio::fs::write(&tmp, serde_json::to_vec(&f)?).await.with_context(|| format!("cannot write {}", tmp.display()))?;
-        tokio::fs::rename(&tmp, &file).await.with_context(|| format!("cannot write {}", file.display()))?;
+        f.write(&spec.run_dir).await?;
     }
     Ok((train, val, false))
 }
 
+/// The refusal of a run without training samples.
+pub(crate) fn no_samples(data: &TrainData) -> anyhow::Error {
+    anyhow!(
+        "no samples in the {} split{}: accept annotated triplets of that split first (or check [data])",
+        data.train_split,
+        match data.source {
+            DataSource::Db => " of the database",
+            DataSource::Export => " of the export folder",
+        }
+    )
+}
+
 /// Runs a training job: samples, the trainer on a blocking thread, figures into the database.
-pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live: &Live, worker: &str) -> Result<TrainSummary> {
+pub async fn run(app: &App, job: Uuid, spec: &FpnTrainSpec, bar: ProgressBar, live: &Live, worker: &str) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let pool = &app.pool;
     let cfg = spec.config.clone();
     let labels = cfg.labels;
     let (train, val, frozen) = run_samples(app, spec).await?;
     if train.is_empty() {
-        bail!(
-            "no samples in the {} split{}: accept annotated triplets of that split first (or check [data])",
-            spec.data.train_split,
-            match spec.data.source {
-                DataSource::Db => " of the database",
-                DataSource::Export => " of the export folder",
-            }
-        );
+        return Err(no_samples(&spec.data));
     }
     let resuming = has_checkpoint(&spec.run_dir);
     let labels_text = match labels {
@@ -443,13 +615,67 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
         super::event(pool, job, "warn", Some(worker), "no validation samples: the best checkpoint cannot be chosen by PLM").await?;
     }
     bar.set_length(cfg.steps);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut reporter = Reporter { tx, bar: bar.clone(), live: live.clone() };
     let (n_train, n_val) = (train.len(), val.len());
     let run_dir = spec.run_dir.clone();
     let handle = tokio::task::spawn_blocking(move || fpn::train(&cfg, &train, &val, &run_dir, &mut reporter));
+    let d = drive(pool, job, worker, live, spec.config.steps, n_val, rx, handle).await?;
+    let o = match d.out {
+        Ok(o) => o,
+        Err(e) => return Err(anyhow::Error::new(e).context("training failed")),
+    };
+    Ok(TrainSummary {
+        model: TrainModel::Fpn,
+        run_dir: spec.run_dir.clone(),
+        last_step: o.last_step,
+        total_steps: spec.config.steps,
+        stopped: o.stopped,
+        best_plm: o.best_plm,
+        best_dir: o.best_dir,
+        last_dir: o.last_dir,
+        train_samples: n_train,
+        val_samples: n_val,
+        labels,
+        resumed_from: resumed_from(d.first, o.last_step),
+        final_loss: d.last_loss,
+        images_per_s: d.last_rate,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// What [`drive`] saw of a run: the trainer's own result and the figures of its last step.
+pub(crate) struct Driven<T> {
+    pub out: T,
+    /// The first step this run reported (> 1: it resumed from the run folder).
+    pub first: Option<u64>,
+    pub last_loss: Option<f64>,
+    pub last_rate: Option<f64>,
+}
+
+/// The step a run started from: the one before its first reported step, else `last_step`
+/// (nothing ran).
+pub(crate) fn resumed_from(first: Option<u64>, last_step: u64) -> u64 {
+    first.map(|f| f.saturating_sub(1)).unwrap_or(last_step)
+}
+
+/// Follows a trainer running on a blocking thread until it returns: every step's and
+/// validation's figures into `train_metrics` (batched, at least every second), events for every
+/// twentieth step, each validation, a resumption and the notable checkpoints. A database error
+/// stops the trainer (it checkpoints) and fails the job once it has returned.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn drive<T: Send + 'static>(
+    pool: &PgPool,
+    job: Uuid,
+    worker: &str,
+    live: &Live,
+    steps: u64,
+    n_val: usize,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Msg>,
+    handle: tokio::task::JoinHandle<T>,
+) -> Result<Driven<T>> {
     let mut handle = std::pin::pin!(handle);
-    let every = (spec.config.steps / 20).max(1);
+    let every = (steps / 20).max(1);
     let mut buf: Vec<Point> = Vec::new();
     let mut last_flush = Instant::now();
     let mut first: Option<u64> = None;
@@ -459,7 +685,8 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
     let mut handle_msg = async |m: Msg, buf: &mut Vec<Point>| -> Result<(), JobError> {
         match m {
             Msg::Note(text) => super::event(pool, job, "info", Some(worker), &format!("trainer: {text}")).await?,
-            Msg::Step { step, total, loss, lr, rate } => {
+            Msg::Step(f) => {
+                let StepFigures { step, total, loss, lm_loss, mask_loss, lr, rate } = f;
                 if first.is_none() {
                     first = Some(step);
                     if step > 1 {
@@ -475,21 +702,25 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
                 }
                 last_loss = Some(loss);
                 last_rate = Some(rate).filter(|r| r.is_finite() && *r > 0.0);
-                buf.push(Point { step: step as i64, loss: Some(loss), lr: Some(lr), rate: last_rate, plm: None });
-                if step % every == 0 || step == total {
+                buf.push(Point { step: step as i64, loss: Some(loss), lm_loss, mask_loss, lr: Some(lr), rate: last_rate, ..Default::default() });
+                if step.is_multiple_of(every) || step == total {
+                    let parts = match (lm_loss, mask_loss) {
+                        (Some(t), Some(m)) => format!(" (text {t:.4}, mask {m:.4})"),
+                        _ => String::new(),
+                    };
                     super::event(
                         pool,
                         job,
                         "info",
                         Some(worker),
-                        &format!("step {step}/{total}: loss {loss:.4}, lr {lr:.3e}, {rate:.1} images/s"),
+                        &format!("step {step}/{total}: loss {loss:.4}{parts}, lr {lr:.3e}, {rate:.1} images/s"),
                     )
                     .await?;
                 }
             }
             Msg::Val { .. } if n_val == 0 => {}
-            Msg::Val { step, plm, best } => {
-                buf.push(Point { step: step as i64, plm: Some(plm), ..Default::default() });
+            Msg::Val { step, figures, best } => {
+                buf.push(Point::of_val(step, figures));
                 flush(pool, job, buf).await?;
                 super::event(
                     pool,
@@ -497,8 +728,8 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
                     "info",
                     Some(worker),
                     &format!(
-                        "validation at step {step}: PLM {:.2}{}",
-                        100.0 * plm,
+                        "validation at step {step}: {}{}",
+                        figures.text(),
                         if best { " (best so far: checkpoint best/)" } else { "" }
                     ),
                 )
@@ -507,10 +738,7 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
             Msg::Checkpoint { step, dir } => {
                 flush(pool, job, buf).await?;
                 // the log keeps the last checkpoints of a stop and the end, and one every half minute
-                if live.stopping()
-                    || step == spec.config.steps
-                    || last_ckpt_event.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(30))
-                {
+                if live.stopping() || step == steps || last_ckpt_event.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(30)) {
                     last_ckpt_event = Some(Instant::now());
                     super::event(pool, job, "info", Some(worker), &format!("checkpoint of step {step} written to {}", dir.display()))
                         .await?;
@@ -553,28 +781,8 @@ pub async fn run(app: &App, job: Uuid, spec: &TrainSpec, bar: ProgressBar, live:
         return Err(anyhow::Error::new(e).context("recording the training figures"));
     }
     flush(pool, job, &mut buf).await?;
-    let outcome = outcome.map_err(|e| anyhow!("the trainer stopped unexpectedly (panic): {e}"))?;
-    let o = match outcome {
-        Ok(o) => o,
-        Err(e) => return Err(anyhow::Error::new(e).context("training failed")),
-    };
-    Ok(TrainSummary {
-        model: spec.model,
-        run_dir: spec.run_dir.clone(),
-        last_step: o.last_step,
-        total_steps: spec.config.steps,
-        stopped: o.stopped,
-        best_plm: o.best_plm,
-        best_dir: o.best_dir,
-        last_dir: o.last_dir,
-        train_samples: n_train,
-        val_samples: n_val,
-        labels,
-        resumed_from: first.map(|f| f.saturating_sub(1)).unwrap_or(o.last_step),
-        final_loss: last_loss,
-        images_per_s: last_rate,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    let out = outcome.map_err(|e| anyhow!("the trainer stopped unexpectedly (panic): {e}"))?;
+    Ok(Driven { out, first, last_loss, last_rate })
 }
 
 /// Refuses a run folder that an open training job (not `except`) already writes into.
@@ -586,14 +794,15 @@ pub async fn check_run_dir_free(pool: &PgPool, spec: &TrainSpec, except: Option<
     .bind(except)
     .fetch_all(pool)
     .await?;
-    let mine = spec.run_dir.canonicalize().unwrap_or_else(|_| spec.run_dir.clone());
+    let run_dir = spec.run_dir();
+    let mine = run_dir.canonicalize().unwrap_or_else(|_| run_dir.to_path_buf());
     for (id, state, params) in open {
         let Some(dir) = params.get("run_dir").and_then(|d| d.as_str()) else { continue };
         let dir = Path::new(dir);
         if dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()) == mine {
             return Err(SpecError::new(
                 "run_dir",
-                format!("{} is the run folder of job {id} ({state}): choose another folder, or resume that job", spec.run_dir.display()),
+                format!("{} is the run folder of job {id} ({state}): choose another folder, or resume that job", run_dir.display()),
             )
             .into());
         }
@@ -601,68 +810,116 @@ pub async fn check_run_dir_free(pool: &PgPool, spec: &TrainSpec, except: Option<
     Ok(())
 }
 
+/// A stage-2 validation's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CaptionScores {
+    pub step: u64,
+    pub cider: f64,
+    pub bleu4: f64,
+    /// CIDEr + BLEU-4: what chooses the best checkpoint.
+    pub score: f64,
+}
+
 /// The figures of a training job for the chart and the metrics panel.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Series {
+    pub model: TrainModel,
     /// (step, loss, lr, images/s): at most about `max_points` evenly spaced steps.
     pub steps: Vec<u64>,
     pub loss: Vec<f64>,
     pub lr: Vec<f64>,
     pub images_per_s: Vec<Option<f64>>,
-    /// (step, PLM 0..1) of every validation.
+    /// Stage 2: the loss's token cross-entropy and mask parts at the same steps.
+    pub lm_loss: Vec<Option<f64>>,
+    pub mask_loss: Vec<Option<f64>>,
+    /// (step, PLM 0..1) of every stage-1 validation.
     pub val: Vec<(u64, f64)>,
+    /// Every stage-2 validation.
+    pub scores: Vec<CaptionScores>,
     /// The last step's figures.
     pub last_step: Option<u64>,
     pub last_loss: Option<f64>,
+    pub last_lm_loss: Option<f64>,
+    pub last_mask_loss: Option<f64>,
     pub last_lr: Option<f64>,
     pub last_images_per_s: Option<f64>,
     pub best_plm: Option<f64>,
     pub last_plm: Option<f64>,
+    pub best_score: Option<f64>,
+    pub last_score: Option<CaptionScores>,
 }
 
-/// (step, loss, lr, images/s, validation PLM) of `train_metrics`.
-type MetricRow = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+impl Default for Series {
+    fn default() -> Self {
+        Series {
+            model: TrainModel::Fpn,
+            steps: vec![],
+            loss: vec![],
+            lr: vec![],
+            images_per_s: vec![],
+            lm_loss: vec![],
+            mask_loss: vec![],
+            val: vec![],
+            scores: vec![],
+            last_step: None,
+            last_loss: None,
+            last_lm_loss: None,
+            last_mask_loss: None,
+            last_lr: None,
+            last_images_per_s: None,
+            best_plm: None,
+            last_plm: None,
+            best_score: None,
+            last_score: None,
+        }
+    }
+}
+
+/// (step, loss, lr, images/s, validation PLM, text loss, mask loss, CIDEr, BLEU-4, score) of `train_metrics`.
+type MetricRow = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
 
 pub async fn series(pool: &PgPool, job: Uuid, max_points: i64) -> Result<Series, JobError> {
+    let model: Option<String> =
+        sqlx::query_scalar("SELECT params->>'model' FROM jobs WHERE id = $1").bind(job).fetch_optional(pool).await?.flatten();
     let max_step: Option<i64> =
         sqlx::query_scalar("SELECT max(step) FROM train_metrics WHERE job_id = $1 AND loss IS NOT NULL").bind(job).fetch_one(pool).await?;
-    let mut s = Series::default();
-    let Some(max_step) = max_step else {
-        let val: Vec<(i64, f64)> =
-            sqlx::query_as("SELECT step, val_plm FROM train_metrics WHERE job_id = $1 AND val_plm IS NOT NULL ORDER BY step")
-                .bind(job)
-                .fetch_all(pool)
-                .await?;
-        s.val = val.into_iter().map(|(a, b)| (a as u64, b)).collect();
-        return Ok(s);
-    };
-    let stride = (max_step / max_points.max(1)).max(1);
+    let mut s = Series { model: if model.as_deref() == Some("talker") { TrainModel::Talker } else { TrainModel::Fpn }, ..Default::default() };
+    let stride = max_step.map(|m| (m / max_points.max(1)).max(1)).unwrap_or(1);
     let rows: Vec<MetricRow> = sqlx::query_as(
-        "SELECT step, loss, lr, images_per_s, val_plm FROM train_metrics \
-         WHERE job_id = $1 AND (val_plm IS NOT NULL OR step % $2 = 0 OR step = $3) ORDER BY step",
+        "SELECT step, loss, lr, images_per_s, val_plm, lm_loss, mask_loss, val_cider, val_bleu4, val_score FROM train_metrics \
+         WHERE job_id = $1 AND (val_plm IS NOT NULL OR val_score IS NOT NULL OR step % $2 = 0 OR step = $3) ORDER BY step",
     )
     .bind(job)
     .bind(stride)
-    .bind(max_step)
+    .bind(max_step.unwrap_or(-1))
     .fetch_all(pool)
     .await?;
-    for (step, loss, lr, rate, plm) in rows {
+    for (step, loss, lr, rate, plm, lm, mask, cider, bleu4, score) in rows {
         if let Some(p) = plm {
             s.val.push((step as u64, p));
         }
-        if let (Some(l), true) = (loss, step % stride == 0 || step == max_step) {
+        if let Some(score) = score {
+            s.scores.push(CaptionScores { step: step as u64, cider: cider.unwrap_or(f64::NAN), bleu4: bleu4.unwrap_or(f64::NAN), score });
+        }
+        if let (Some(l), true) = (loss, step % stride == 0 || Some(step) == max_step) {
             s.steps.push(step as u64);
             s.loss.push(l);
             s.lr.push(lr.unwrap_or(f64::NAN));
             s.images_per_s.push(rate);
+            s.lm_loss.push(lm);
+            s.mask_loss.push(mask);
         }
     }
     s.last_step = s.steps.last().copied();
     s.last_loss = s.loss.last().copied();
+    s.last_lm_loss = s.lm_loss.last().copied().flatten();
+    s.last_mask_loss = s.mask_loss.last().copied().flatten();
     s.last_lr = s.lr.last().copied().filter(|x| x.is_finite());
     s.last_images_per_s = s.images_per_s.last().copied().flatten();
     s.best_plm = s.val.iter().map(|v| v.1).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
     s.last_plm = s.val.last().map(|v| v.1);
+    s.best_score = s.scores.iter().map(|v| v.score).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    s.last_score = s.scores.last().copied();
     Ok(s)
 }
 

@@ -282,6 +282,7 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::GET, "/admin/leaderboard", Access::Admin, get(admin::eval::leaderboard)),
         (Method::GET, "/admin/train", Access::Admin, get(admin::train::form)),
         (Method::POST, "/admin/train", Access::Admin, post(admin::train::submit)),
+        (Method::POST, "/admin/train/talker", Access::Admin, post(admin::train::submit_talker)),
         (Method::GET, "/admin/train/{id}/chart", Access::Admin, get(admin::train::chart)),
         (Method::GET, "/admin/actions", Access::Admin, get(admin::audit::list)),
     ]

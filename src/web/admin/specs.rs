@@ -134,3 +134,38 @@ pub fn train(spec: crate::jobs::train::TrainSpec) -> Result<crate::jobs::train::
     })?;
     Ok(spec)
 }
+
+/// A stage-2 training run (its config from the Train page's stage-2 form): the job system's
+/// field names mapped to the form's (keys the form does not show name the preset they came from).
+pub fn train_talker(spec: crate::jobs::train::talker::TalkerTrainSpec) -> Result<crate::jobs::train::talker::TalkerTrainSpec, Refusal> {
+    const ON_THE_FORM: [&str; 18] = [
+        "preset",
+        "init",
+        "fpn",
+        "regions",
+        "steps",
+        "batch_size",
+        "lr",
+        "warmup_steps",
+        "seed",
+        "checkpoint_every",
+        "eval_every",
+        "eval_limit",
+        "devices",
+        "cache_vision_features",
+        "augment",
+        "double_sigmoid",
+        "align_masks",
+        "normalize_captions",
+    ];
+    spec.validate().map_err(|SpecError { field, message }| {
+        let field = match field {
+            "data" => "limit",
+            "mask_loss" => "double_sigmoid",
+            f if ON_THE_FORM.contains(&f) => f,
+            _ => "preset",
+        };
+        Refusal::new(field, message)
+    })?;
+    Ok(spec)
+}
