@@ -989,11 +989,14 @@ pub async fn evaluate(
 /// The checkpoint a training job is scored with: its best (else last) checkpoint; the job must
 /// be a finished training job.
 pub async fn job_checkpoint(pool: &PgPool, job: Uuid) -> Result<PathBuf> {
-    let row: Option<(String, String, Option<serde_json::Value>)> =
-        sqlx::query_as("SELECT kind, state, result FROM jobs WHERE id = $1").bind(job).fetch_optional(pool).await?;
-    let Some((kind, state, result)) = row else { bail!("no job {job} (`mmtt jobs --kind train` lists the training jobs)") };
+    let row: Option<(String, String, Option<serde_json::Value>, Option<String>)> =
+        sqlx::query_as("SELECT kind, state, result, params->>'model' FROM jobs WHERE id = $1").bind(job).fetch_optional(pool).await?;
+    let Some((kind, state, result, model)) = row else { bail!("no job {job} (`mmtt jobs --kind train` lists the training jobs)") };
     if kind != "train" {
         bail!("job {job} is a {kind} job, not a training job");
+    }
+    if let Some(m) = model.filter(|m| m != "fpn") {
+        bail!("job {job} trained the {m} model, not the FPN: give an FPN training job");
     }
     let Some(result) = result.filter(|_| state == "done") else {
         bail!("job {job} is {state}: score a finished training job, or give its run folder's checkpoint with --checkpoint");

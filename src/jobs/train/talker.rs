@@ -24,8 +24,9 @@ use crate::dataset::training::TrainData;
 use crate::jobs::SpecError;
 use anyhow::{Result, anyhow};
 use indicatif::ProgressBar;
+use mmtt_model::fpn::Control;
 use mmtt_model::talker::train::{
-    self as trainer, Control, RegionSource, TalkerProgress, TalkerSample, TalkerStepReport, TalkerTrainConfig, TalkerValReport,
+    self as trainer, RegionSource, TalkerProgress, TalkerSample, TalkerStepReport, TalkerTrainConfig, TalkerValReport,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -207,7 +208,7 @@ pub fn check_config(c: &TalkerTrainConfig) -> Result<(), SpecError> {
     if c.devices.is_empty() {
         return Err(SpecError::new("devices", "give at least one device: cpu, or cuda:0,cuda:1,..."));
     }
-    trainer::parse_devices(&c.devices).map_err(|e| {
+    mmtt_model::parallel::parse_devices(&c.devices).map_err(|e| {
         SpecError::new(
             "devices",
             format!(
@@ -356,7 +357,7 @@ pub async fn run(app: &App, job: Uuid, spec: &TalkerTrainSpec, bar: ProgressBar,
         None => format!("preset {}", cfg.preset),
     };
     let fpn = cfg.fpn.as_ref().map(|p| format!(" (FPN {})", p.display())).unwrap_or_default();
-    super::super::event(
+    crate::jobs::event(
         pool,
         job,
         "info",
@@ -381,10 +382,10 @@ pub async fn run(app: &App, job: Uuid, spec: &TalkerTrainSpec, bar: ProgressBar,
     .await?;
     let no_mask = train.iter().chain(&val).filter(|s| s.mask.is_none()).count();
     if no_mask > 0 {
-        super::super::event(pool, job, "warn", Some(worker), &format!("{no_mask} samples have no mask: no mask loss for them")).await?;
+        crate::jobs::event(pool, job, "warn", Some(worker), &format!("{no_mask} samples have no mask: no mask loss for them")).await?;
     }
     if val.is_empty() {
-        super::super::event(pool, job, "warn", Some(worker), "no validation samples: the best checkpoint cannot be chosen by CIDEr + BLEU-4")
+        crate::jobs::event(pool, job, "warn", Some(worker), "no validation samples: the best checkpoint cannot be chosen by CIDEr + BLEU-4")
             .await?;
     }
     bar.set_length(cfg.steps);

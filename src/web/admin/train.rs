@@ -71,8 +71,9 @@ impl TrainPage<'_> {
         self.talker_values().opt(name).unwrap_or(default) == value
     }
     /// A stage-2 checkbox: as the admin left it on a re-shown form, else its default.
-    fn tflag(&self, name: &str, default: bool) -> bool {
-        if self.talker_values().0.is_empty() { default } else { self.talker_values().flag(name) }
+    /// (`default` by reference: the template passes fields so.)
+    fn tflag(&self, name: &str, default: &bool) -> bool {
+        if self.talker_values().0.is_empty() { *default } else { self.talker_values().flag(name) }
     }
 }
 
@@ -288,7 +289,7 @@ fn talker_spec_of(state: &AppState, f: &Fields) -> Result<TalkerTrainSpec, Refus
     c.preset = preset.to_string();
     c.init = f.opt("init").map(PathBuf::from);
     c.fpn = f.opt("fpn").map(PathBuf::from);
-    c.regions = match f.opt("regions").unwrap_or("fpn") {
+    c.regions = match f.opt("regions").unwrap_or(c.regions.name()) {
         "fpn" => RegionSource::Fpn,
         "gt" => RegionSource::Gt,
         "none" => RegionSource::None,
@@ -599,11 +600,14 @@ mod tests {
         };
         let svg = chart_svg(&s).unwrap();
         assert!(svg.contains("training loss (text + mask)") && svg.contains("validation CIDEr + BLEU-4"), "both panels are captioned");
-        assert!(svg.contains("text (T5)") && svg.contains(">mask<") && svg.contains(">BLEU-4<"), "the legends name the lines");
-        assert_eq!(svg.matches("<circle").count(), 4, "a point per validation");
         if let Ok(dir) = std::env::var("MMTT_CHART_OUT") {
             std::fs::write(std::path::Path::new(&dir).join("talker-chart.svg"), &svg).unwrap();
         }
+        let texts: Vec<&str> = svg.split("<text").skip(1).filter_map(|t| t.split_once('>')).map(|(_, rest)| rest.split('<').next().unwrap_or("").trim()).collect();
+        for name in ["loss", "text (T5)", "mask", "CIDEr + BLEU-4", "CIDEr", "BLEU-4"] {
+            assert!(texts.contains(&name), "the legend names {name}: {texts:?}");
+        }
+        assert_eq!(svg.matches("<circle").count(), 4, "a point per validation");
         assert!(chart_svg(&Series { model: TrainModel::Talker, ..Default::default() }).unwrap().contains("<svg"));
     }
 }
