@@ -17,6 +17,7 @@
 //!   release layout (PyTorch pickles), with every missing, unexpected or mis-shaped tensor reported.
 //! - [`explain`]: [`Explainer`], the entry point the CLI and the web app use.
 //! - [`bench`]: generation throughput on random weights.
+//! - [`loss`]: stage 2's training losses and the release's caption normaliser.
 
 pub mod bench;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod eva_vit;
 pub mod explain;
 pub mod generate;
 pub mod instructblip;
+pub mod loss;
 pub mod mask_branch;
 pub mod qformer;
 pub mod t5;
