@@ -1026,7 +1026,7 @@ pub fn train(
         }
         None => (st.talker, TrainerState { step: 0, best_score: None, best_step: None }),
     };
-    let mut model = freeze(TrainModule { blip: talker.blip, mask: talker.mask }.map(&mut Renumber(0)).fork(&ad), &cfg.trainable);
+    let mut model = freeze(TrainModule { blip: talker.blip, mask: talker.mask }.map(&mut Renumber(0)).fork(&ad).set_require_grad(true), &cfg.trainable);
 
     let texts = Texts { cfg: &mcfg, t5: &run.t5_tok, bert: &run.bert_tok };
     let s = mcfg.vision.image_size;
