@@ -294,7 +294,11 @@ fn the_cli_checks_the_config_queues_the_job_and_trains_from_an_export_folder() {
     ]);
     let id = v["job"].as_str().expect("job id").to_string();
     let j = env.json(&["jobs", "show", &id, "--json"]);
-    assert_eq!((j["kind"].as_str(), j["state"].as_str(), j["params"]["model"].as_str()), (Some("train"), Some("queued"), Some("talker")), "{j}");
+    assert_eq!(
+        (j["kind"].as_str(), j["state"].as_str(), j["params"]["model"].as_str()),
+        (Some("train"), Some("queued"), Some("talker")),
+        "{j}"
+    );
     assert_eq!((j["params"]["config"]["regions"].as_str(), j["params"]["config"]["steps"].as_u64()), (Some("gt"), Some(4)));
     assert_eq!(j["params"]["run_dir"].as_str(), Some(run.display().to_string().as_str()));
     env.ok(&["jobs", "cancel", &id]);

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use mmtt::jobs::train::talker::{TalkerConfigFile, TalkerTrainSpec};
 use mmtt::jobs::train::{ConfigFile, FpnTrainSpec, TrainModel, TrainSpec, parse_config};
-use mmtt_model::talker::train::RegionSource;
 use mmtt_model::fpn::{self, FpnConfig, LabelSource};
+use mmtt_model::talker::train::RegionSource;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
@@ -180,7 +180,7 @@ pub async fn train(g: &Global, action: TrainAction) -> Result<()> {
     }
     mmtt::jobs::train::check_config(&c.config).with_context(|| format!("{}", a.config.display()))?;
     let run_dir = a.run_dir.clone().unwrap_or_else(|| mmtt::jobs::cli::default_run_dir(&g.data_dir));
-    let spec = TrainSpec::Fpn(FpnTrainSpec { config: c.config, run_dir, data: c.data });
+    let spec = TrainSpec::Fpn(Box::new(FpnTrainSpec { config: c.config, run_dir, data: c.data }));
     g.with_app(async |app| mmtt::jobs::cli::train(app, spec, a.wait, a.json).await).await
 }
 
@@ -215,7 +215,7 @@ async fn train_talker(g: &Global, a: TrainTalkerArgs) -> Result<()> {
         Some(d) => abs(&d, "--run-dir")?,
         None => mmtt::jobs::cli::default_run_dir_of(&g.data_dir, TrainModel::Talker),
     };
-    let spec = TrainSpec::Talker(TalkerTrainSpec { config: c.config, run_dir, data: c.data });
+    let spec = TrainSpec::Talker(Box::new(TalkerTrainSpec { config: c.config, run_dir, data: c.data }));
     g.with_app(async |app| mmtt::jobs::cli::train(app, spec, a.wait, a.json).await).await
 }
 

@@ -118,7 +118,11 @@ pub fn from_export(dir: &Path, split: Split) -> Result<Vec<TalkerSample>> {
     for s in &out {
         for (what, p) in std::iter::once(("image", &s.image)).chain(s.mask.as_ref().map(|m| ("mask", m))) {
             if !p.is_file() {
-                bail!("{}: the {what} of sample {} is missing: re-run the export into that folder (it resumes and repairs)", p.display(), s.id);
+                bail!(
+                    "{}: the {what} of sample {} is missing: re-run the export into that folder (it resumes and repairs)",
+                    p.display(),
+                    s.id
+                );
             }
         }
     }

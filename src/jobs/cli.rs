@@ -394,7 +394,7 @@ pub async fn ablation(
         if !json {
             eprintln!("[{}/4] {}: training into {}", i + 1, row.0, spec.run_dir.display());
         }
-        let (job, out) = run_inline(app, &JobSpec::Train(TrainSpec::Fpn(spec.clone())), !json).await?;
+        let (job, out) = run_inline(app, &JobSpec::Train(TrainSpec::Fpn(Box::new(spec.clone()))), !json).await?;
         let JobOutput::Train(s) = out else { bail!("a training job produced something else") };
         if let Some(why) = unfinished(&s) {
             bail!("{}: the run {why}; run the ablation again to resume it", row.0);

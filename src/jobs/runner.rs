@@ -493,7 +493,9 @@ async fn run_spec(
             bar.inc(1);
             JobOutput::Eval { report: Box::new(report), line }
         }
-        JobSpec::Train(super::train::TrainSpec::Fpn(s)) => JobOutput::Train(Box::new(super::train::run(app, job, s, bar, live, &o.name).await?)),
+        JobSpec::Train(super::train::TrainSpec::Fpn(s)) => {
+            JobOutput::Train(Box::new(super::train::run(app, job, s, bar, live, &o.name).await?))
+        }
         JobSpec::Train(super::train::TrainSpec::Talker(s)) => {
             JobOutput::Talker(Box::new(super::train::talker::run(app, job, s, bar, live, &o.name).await?))
         }

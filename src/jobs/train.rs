@@ -62,8 +62,9 @@ impl TrainModel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "model", rename_all = "kebab-case")]
 pub enum TrainSpec {
-    Fpn(FpnTrainSpec),
-    Talker(talker::TalkerTrainSpec),
+    /// (Both boxed: the configs are large.)
+    Fpn(Box<FpnTrainSpec>),
+    Talker(Box<talker::TalkerTrainSpec>),
 }
 
 impl TrainSpec {
@@ -702,7 +703,15 @@ pub(crate) async fn drive<T: Send + 'static>(
                 }
                 last_loss = Some(loss);
                 last_rate = Some(rate).filter(|r| r.is_finite() && *r > 0.0);
-                buf.push(Point { step: step as i64, loss: Some(loss), lm_loss, mask_loss, lr: Some(lr), rate: last_rate, ..Default::default() });
+                buf.push(Point {
+                    step: step as i64,
+                    loss: Some(loss),
+                    lm_loss,
+                    mask_loss,
+                    lr: Some(lr),
+                    rate: last_rate,
+                    ..Default::default()
+                });
                 if step.is_multiple_of(every) || step == total {
                     let parts = match (lm_loss, mask_loss) {
                         (Some(t), Some(m)) => format!(" (text {t:.4}, mask {m:.4})"),
@@ -727,11 +736,7 @@ pub(crate) async fn drive<T: Send + 'static>(
                     job,
                     "info",
                     Some(worker),
-                    &format!(
-                        "validation at step {step}: {}{}",
-                        figures.text(),
-                        if best { " (best so far: checkpoint best/)" } else { "" }
-                    ),
+                    &format!("validation at step {step}: {}{}", figures.text(), if best { " (best so far: checkpoint best/)" } else { "" }),
                 )
                 .await?;
             }
@@ -883,7 +888,8 @@ pub async fn series(pool: &PgPool, job: Uuid, max_points: i64) -> Result<Series,
         sqlx::query_scalar("SELECT params->>'model' FROM jobs WHERE id = $1").bind(job).fetch_optional(pool).await?.flatten();
     let max_step: Option<i64> =
         sqlx::query_scalar("SELECT max(step) FROM train_metrics WHERE job_id = $1 AND loss IS NOT NULL").bind(job).fetch_one(pool).await?;
-    let mut s = Series { model: if model.as_deref() == Some("talker") { TrainModel::Talker } else { TrainModel::Fpn }, ..Default::default() };
+    let mut s =
+        Series { model: if model.as_deref() == Some("talker") { TrainModel::Talker } else { TrainModel::Fpn }, ..Default::default() };
     let stride = max_step.map(|m| (m / max_points.max(1)).max(1)).unwrap_or(1);
     let rows: Vec<MetricRow> = sqlx::query_as(
         "SELECT step, loss, lr, images_per_s, val_plm, lm_loss, mask_loss, val_cider, val_bleu4, val_score FROM train_metrics \

@@ -292,7 +292,11 @@ impl TalkerProgress for Reporter {
         })
     }
     fn validated(&mut self, r: &TalkerValReport) {
-        self.send(Msg::Val { step: r.step, figures: ValFigures::Captions { cider: r.cider, bleu4: r.bleu4, score: r.score }, best: r.best });
+        self.send(Msg::Val {
+            step: r.step,
+            figures: ValFigures::Captions { cider: r.cider, bleu4: r.bleu4, score: r.score },
+            best: r.best,
+        });
     }
     fn checkpoint(&mut self, step: u64, dir: &Path) {
         self.send(Msg::Checkpoint { step, dir: dir.to_path_buf() });
@@ -314,10 +318,22 @@ struct FrozenSample {
 
 impl FrozenSample {
     fn of(s: &TalkerSample) -> Self {
-        FrozenSample { id: s.id.clone(), image: s.image.clone(), mask: s.mask.clone(), caption: s.caption.clone(), labels: s.labels.to_vec() }
+        FrozenSample {
+            id: s.id.clone(),
+            image: s.image.clone(),
+            mask: s.mask.clone(),
+            caption: s.caption.clone(),
+            labels: s.labels.to_vec(),
+        }
     }
     fn sample(self) -> Result<TalkerSample> {
-        Ok(TalkerSample { labels: labels21(&self.id, self.labels)?, id: self.id, image: self.image, mask: self.mask, caption: self.caption })
+        Ok(TalkerSample {
+            labels: labels21(&self.id, self.labels)?,
+            id: self.id,
+            image: self.image,
+            mask: self.mask,
+            caption: self.caption,
+        })
     }
 }
 
@@ -385,8 +401,14 @@ pub async fn run(app: &App, job: Uuid, spec: &TalkerTrainSpec, bar: ProgressBar,
         crate::jobs::event(pool, job, "warn", Some(worker), &format!("{no_mask} samples have no mask: no mask loss for them")).await?;
     }
     if val.is_empty() {
-        crate::jobs::event(pool, job, "warn", Some(worker), "no validation samples: the best checkpoint cannot be chosen by CIDEr + BLEU-4")
-            .await?;
+        crate::jobs::event(
+            pool,
+            job,
+            "warn",
+            Some(worker),
+            "no validation samples: the best checkpoint cannot be chosen by CIDEr + BLEU-4",
+        )
+        .await?;
     }
     bar.set_length(cfg.steps);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -460,11 +482,11 @@ mod tests {
         let e = parse_config("preset = \"tiny\"\nstepz = 3\n").unwrap_err().to_string();
         assert!(e.contains("stepz"), "{e}");
         // a train job's params: the stage-2 spec round-trips, and an FPN job stored before stage 2 still reads
-        let spec = crate::jobs::JobSpec::Train(super::super::TrainSpec::Talker(TalkerTrainSpec {
+        let spec = crate::jobs::JobSpec::Train(super::super::TrainSpec::Talker(Box::new(TalkerTrainSpec {
             config: c.config.clone(),
             run_dir: "/r".into(),
             data: c.data.clone(),
-        }));
+        })));
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!((v["kind"].as_str(), v["model"].as_str(), v["config"]["steps"].as_u64()), (Some("train"), Some("talker"), Some(7)));
         let back: crate::jobs::JobSpec = serde_json::from_value(v).unwrap();
@@ -479,6 +501,9 @@ mod tests {
         assert_eq!((f.config.preset.as_str(), f.data.limit), ("tiny", Some(16)));
         // and an FPN job without `data` (before [data] existed)
         let older = serde_json::json!({"kind": "train", "model": "fpn", "run_dir": "/r", "config": serde_json::to_value(mmtt_model::fpn::TrainConfig::tiny()).unwrap()});
-        assert!(matches!(serde_json::from_value::<crate::jobs::JobSpec>(older).unwrap(), crate::jobs::JobSpec::Train(super::super::TrainSpec::Fpn(_))));
+        assert!(matches!(
+            serde_json::from_value::<crate::jobs::JobSpec>(older).unwrap(),
+            crate::jobs::JobSpec::Train(super::super::TrainSpec::Fpn(_))
+        ));
     }
 }

@@ -232,7 +232,7 @@ fn spec_of(state: &AppState, f: &Fields) -> Result<TrainSpec, Refusal> {
         })?);
     }
     let run_dir: PathBuf = crate::jobs::cli::default_run_dir_of(&state.admin.data_dir, TrainModel::Fpn);
-    specs::train(TrainSpec::Fpn(FpnTrainSpec { config: c, run_dir, data }))
+    specs::train(TrainSpec::Fpn(Box::new(FpnTrainSpec { config: c, run_dir, data })))
 }
 
 /// POST /admin/train: start a training run (a `train` job).
@@ -361,7 +361,14 @@ pub async fn submit_talker(State(state): State<AppState>, admin: Admin, headers:
                 "double_sigmoid": c.mask_loss.double_sigmoid, "align_masks": c.align_masks, "normalize_captions": c.normalize_captions,
                 "run_dir": spec.run_dir,
             });
-            specs::submit_and_answer(&state, &admin, &crate::jobs::JobSpec::Train(TrainSpec::Talker(spec)), "train talker", detail).await
+            specs::submit_and_answer(
+                &state,
+                &admin,
+                &crate::jobs::JobSpec::Train(TrainSpec::Talker(Box::new(spec))),
+                "train talker",
+                detail,
+            )
+            .await
         }
     }
 }
@@ -593,7 +600,12 @@ mod tests {
             images_per_s: vec![Some(5.0); 40],
             scores: [10u64, 20, 30, 40]
                 .iter()
-                .map(|st| train::CaptionScores { step: *st, cider: 0.01 * *st as f64, bleu4: 0.002 * *st as f64, score: 0.012 * *st as f64 })
+                .map(|st| train::CaptionScores {
+                    step: *st,
+                    cider: 0.01 * *st as f64,
+                    bleu4: 0.002 * *st as f64,
+                    score: 0.012 * *st as f64,
+                })
                 .collect(),
             steps,
             ..Default::default()
@@ -603,7 +615,12 @@ mod tests {
         if let Ok(dir) = std::env::var("MMTT_CHART_OUT") {
             std::fs::write(std::path::Path::new(&dir).join("talker-chart.svg"), &svg).unwrap();
         }
-        let texts: Vec<&str> = svg.split("<text").skip(1).filter_map(|t| t.split_once('>')).map(|(_, rest)| rest.split('<').next().unwrap_or("").trim()).collect();
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| t.split_once('>'))
+            .map(|(_, rest)| rest.split('<').next().unwrap_or("").trim())
+            .collect();
         for name in ["loss", "text (T5)", "mask", "CIDEr + BLEU-4", "CIDEr", "BLEU-4"] {
             assert!(texts.contains(&name), "the legend names {name}: {texts:?}");
         }
