@@ -566,13 +566,14 @@ fn freeze(mut m: TrainModule, parts: &[Part]) -> TrainModule {
 
 /// Gives every parameter the id of its position in the module tree, so that the optimizer state
 /// saved by one process applies to the model the next one loads (models assembled from several
-/// files would otherwise reuse ids).
+/// files would otherwise reuse ids), and puts it on the autodiff backend, tracked.
 struct Renumber(u64);
 impl burn::module::ModuleMapper for Renumber {
     fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
         let (_, tensor, mapper) = param.consume();
         self.0 += 1;
-        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.0), tensor, mapper)
+        // on the autodiff backend, tracked (the parts to freeze are frozen next)
+        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.0), tensor.autodiff().require_grad(), mapper)
     }
 }
 
@@ -934,7 +935,6 @@ pub fn train(
     }
     let devices = parallel::parse_devices(&cfg.devices).map_err(TalkerError::Config)?;
     let device = devices[0].clone();
-    let ad = device.clone().autodiff();
     std::fs::create_dir_all(run_dir.join("checkpoints")).map_err(|e| TalkerError::io(run_dir, e))?;
 
     let st = start(cfg, run_dir, &device)?;
@@ -1026,7 +1026,7 @@ pub fn train(
         }
         None => (st.talker, TrainerState { step: 0, best_score: None, best_step: None }),
     };
-    let mut model = freeze(TrainModule { blip: talker.blip, mask: talker.mask }.map(&mut Renumber(0)).fork(&ad).set_require_grad(true), &cfg.trainable);
+    let mut model = freeze(TrainModule { blip: talker.blip, mask: talker.mask }.map(&mut Renumber(0)), &cfg.trainable);
 
     let texts = Texts { cfg: &mcfg, t5: &run.t5_tok, bert: &run.bert_tok };
     let s = mcfg.vision.image_size;
