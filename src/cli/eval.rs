@@ -53,12 +53,24 @@ pub enum EvalAction {
         pred_mask_base: PathBuf,
         #[arg(long, default_value_t = 127)]
         threshold: u8,
-        /// The method name in the printed row.
-        #[arg(long, default_value = "mmtt")]
-        name: String,
+        /// The method name in the printed row [default: mmtt; with --model: "MODEL (w/o FPN)" ...].
+        #[arg(long)]
+        name: Option<String>,
         /// pycocoevalcap's meteor/ folder (see `eval captions`).
         #[arg(long)]
         meteor_data: Option<PathBuf>,
+        /// Store the row in the project's database (an `eval` job run in this process): the
+        /// console's results page shows it.
+        #[arg(long)]
+        record: bool,
+        /// The trained model the predictions came from: with --regions, the row is one of the
+        /// model's Table 3 rows on the results page.
+        #[arg(long, requires_all = ["record", "regions"])]
+        model: Option<String>,
+        /// The regions variant the predictions were made with (`mmtt predict --regions`): fpn,
+        /// none or gt.
+        #[arg(long, requires = "model", value_parser = mmtt::predict::parse_variant)]
+        regions: Option<mmtt_model::talker::train::RegionSource>,
     },
     /// PLM and per-label / macro / micro precision, recall, F1 of 21-label sets per id.
     Labels {
@@ -150,7 +162,27 @@ pub async fn eval(g: &super::Global, action: EvalAction) -> Result<()> {
             v
         }
         EvalAction::Masks { gt, pred, threshold } => serde_json::to_value(mmtt_model::eval::masks::evaluate(&gt, &pred, threshold)?)?,
-        EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name, meteor_data: meteor_data_dir } => {
+        EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name, meteor_data: meteor_data_dir, record, model, regions } => {
+            let name = match (name, &model, regions) {
+                (Some(n), ..) => n,
+                (None, Some(m), Some(r)) => format!("{m} ({})", mmtt::predict::variant_label(r)),
+                _ => "mmtt".to_string(),
+            };
+            if record {
+                let abs = |p: &Path| std::path::absolute(p).with_context(|| p.display().to_string());
+                let spec = mmtt::jobs::EvalSpec {
+                    name,
+                    gt: abs(&gt)?,
+                    predictions: abs(&pred)?,
+                    gt_masks: Some(abs(&gt_mask_base)?),
+                    masks: Some(abs(&pred_mask_base)?),
+                    threshold,
+                    meteor_data: meteor_data_dir.as_deref().map(abs).transpose()?,
+                    model,
+                    regions,
+                };
+                return g.with_app(async |app| record_report(app, spec).await).await;
+            }
             let data = meteor_data(meteor_data_dir.as_deref())?;
             let r = mmtt_model::eval::report::evaluate(
                 &read_text(&gt)?,
@@ -170,6 +202,24 @@ pub async fn eval(g: &super::Global, action: EvalAction) -> Result<()> {
         }
     };
     print_scores(&v)
+}
+
+/// `eval report --record`: the report as an `eval` job run here, stored with its row.
+async fn record_report(app: &mmtt::app::App, spec: mmtt::jobs::EvalSpec) -> Result<()> {
+    let (id, out) = mmtt::jobs::cli::run_inline(app, &mmtt::jobs::JobSpec::Eval(spec.clone()), false).await?;
+    let mmtt::jobs::runner::JobOutput::Eval { report, line } = out else {
+        anyhow::bail!("the eval job {id} produced something else");
+    };
+    eprintln!("{line}");
+    match (&spec.model, spec.regions) {
+        (Some(m), Some(r)) => eprintln!(
+            "recorded as job {id}: the {} row of {m} in Table 3 on the results page (/admin/leaderboard)",
+            mmtt::predict::variant_label(r)
+        ),
+        _ => eprintln!("recorded as job {id}: the row `{}` on the results page (/admin/leaderboard)", spec.name),
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 async fn eval_fpn(g: &super::Global, a: EvalFpnArgs) -> Result<()> {

@@ -54,6 +54,7 @@ pub enum JobOutput {
         line: String,
     },
     Train(Box<super::train::TrainSummary>),
+    Table3(Box<super::table3::Table3Summary>),
 }
 
 impl JobOutput {
@@ -66,6 +67,7 @@ impl JobOutput {
             JobOutput::Export(s) => serde_json::to_value(s),
             JobOutput::Eval { report, line } => Ok(serde_json::json!({ "report": report, "table_line": line })),
             JobOutput::Train(s) => serde_json::to_value(s),
+            JobOutput::Table3(s) => serde_json::to_value(s),
         };
         v.unwrap_or_else(|e| serde_json::json!({ "unserializable": e.to_string() }))
     }
@@ -326,8 +328,9 @@ pub async fn execute(
             }
         }
     };
-    if outcome.is_err() && matches!(spec, JobSpec::Train(_)) {
-        // a trainer runs on its own thread: ask it to checkpoint and return, and keep the lease
+    if outcome.is_err() && matches!(spec, JobSpec::Train(_) | JobSpec::Table3(_)) {
+        // a trainer (or a prediction) runs on its own thread: ask it to checkpoint and return (to
+        // stop after its slice of samples), and keep the lease
         // meanwhile, so the job is marked (and can be resumed) only once its folder is settled
         live.stop();
         loop {
@@ -430,6 +433,10 @@ fn counts(out: &JobOutput, bar_total: i64) -> (i64, i64, i64) {
         JobOutput::Export(s) => (s.samples as i64, s.samples as i64, 0),
         JobOutput::Eval { .. } => (1, 1, 0),
         JobOutput::Train(s) => (s.last_step as i64, s.total_steps as i64, 0),
+        JobOutput::Table3(s) => {
+            let n = (s.images * s.rows.len()) as i64;
+            (n, n, 0)
+        }
         JobOutput::Forge(_) => (0, bar_total, 0),
     }
 }
@@ -490,6 +497,7 @@ async fn run_spec(
             JobOutput::Eval { report: Box::new(report), line }
         }
         JobSpec::Train(s) => JobOutput::Train(Box::new(super::train::run(app, job, s, bar, live, &o.name).await?)),
+        JobSpec::Table3(s) => JobOutput::Table3(Box::new(super::table3::run(app, job, s, bar, live, &o.name).await?)),
     })
 }
 
