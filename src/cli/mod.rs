@@ -93,7 +93,7 @@ enum Command {
     Forge(forge::ForgeArgs),
     /// Process queued forgery items (any number of workers, on any machine).
     Worker(forge::WorkerCommand),
-    /// Show jobs of every kind (import, masks, forge, export, eval, train): progress, failures; control them.
+    /// Show jobs of every kind (import, masks, forge, export, eval, train, table3): progress, failures; control them.
     Jobs(jobs::JobsArgs),
     /// List forgeries.
     Forgeries {
