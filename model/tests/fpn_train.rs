@@ -237,3 +237,39 @@ fn init_loads_a_backbone_and_keeps_only_the_head_and_branch_seeded() {
     assert!(err.contains("mis-shaped: `vit.embeddings.cls_token`"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+fn weights_f32(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    tensors(dir).into_iter().map(|(k, b)| (k, b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())).collect()
+}
+
+#[test]
+fn two_cpu_replicas_equal_one_device_at_the_same_global_batch() {
+    let root = tmp("ddp");
+    let train_set = synthetic(&root.join("data"), 40, 13);
+    // The plain ViT: BatchNorm (the convolution branch) normalises each replica's shard with its
+    // own statistics, as PyTorch's DDP does without SyncBatchNorm, so only the plain model's step
+    // is the same computation split in two. An odd global batch: shards of 5 and 4.
+    let one = TrainConfig { conv_branch: false, ..small_config(15) };
+    let one = TrainConfig { batch_size: 9, ..one };
+    let two = TrainConfig { devices: vec!["cpu:0".into(), "cpu:1".into()], ..one.clone() };
+    let a = train(&one, &train_set, &[], &root.join("one"), &mut Quiet).unwrap();
+    let b = train(&two, &train_set, &[], &root.join("two"), &mut Quiet).unwrap();
+    // The summed shard gradients differ from the one-device gradient only in the order of f32
+    // additions (~1e-7 relative); AdamW divides by sqrt(v), so a weight whose gradient is ~0 can
+    // move by a fraction of lr either way. Every weight within 20 * lr * steps, nearly all within 1e-5.
+    let (ta, tb) = (weights_f32(&a.last_dir), weights_f32(&b.last_dir));
+    let (mut total, mut close, mut worst) = (0usize, 0usize, 0f32);
+    for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        for (p, q) in va.iter().zip(vb) {
+            let d = (p - q).abs();
+            worst = worst.max(d);
+            total += 1;
+            close += (d <= 1e-5) as usize;
+        }
+    }
+    eprintln!("FPN, two replicas vs one: {close} of {total} weights within 1e-5, worst {worst:e}");
+    assert!(worst as f64 <= 20.0 * one.lr * one.steps as f64, "worst weight difference {worst}");
+    assert!(close as f64 >= 0.999 * total as f64, "only {close} of {total} weights within 1e-5");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -41,6 +41,7 @@ fn cuda_device(_idx: usize, s: &str) -> Result<Device, FpnError> {
     )))
 }
 
+#[derive(Clone)]
 pub struct Predictor {
     model: FaceVit,
     config: FpnConfig,

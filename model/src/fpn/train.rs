@@ -24,7 +24,6 @@ use super::predict::{Predictor, parse_device};
 use super::weights::{self, Layout, write_json};
 use super::{FpnError, LABELS};
 use crate::eval::labels::score_sets;
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
@@ -82,6 +81,9 @@ pub struct TrainConfig {
     pub labels: LabelSource,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// Data-parallel devices (`cpu:0`, `cpu:1`, `cuda:0`, ...); empty: `device` alone. The
+    /// global batch is split across them ([`crate::parallel`]).
+    pub devices: Vec<String>,
     /// Override the preset's image size (for quick runs on small images).
     pub image_size: Option<usize>,
 }
@@ -117,6 +119,7 @@ impl TrainConfig {
             keep_checkpoints: 3,
             labels: LabelSource::Extractor,
             device: "cpu".into(),
+            devices: Vec::new(),
             image_size: None,
         }
     }
@@ -178,7 +181,20 @@ impl TrainConfig {
             return bad(format!("grad_clip is {c}; it must be positive (leave it out to not clip)"));
         }
         parse_device(&self.device)?;
+        let devices = self.device_list().map_err(FpnError::Config)?;
+        if devices.len() > self.batch_size {
+            return bad(format!("{} devices for a global batch of {}: use batch_size >= the number of devices", devices.len(), self.batch_size));
+        }
         Ok(())
+    }
+
+    /// The devices a step runs on: `devices`, or `device` alone.
+    pub fn device_list(&self) -> Result<Vec<Device>, String> {
+        if self.devices.is_empty() {
+            crate::parallel::parse_devices(std::slice::from_ref(&self.device)).map_err(|e| format!("device: {e}"))
+        } else {
+            crate::parallel::parse_devices(&self.devices).map_err(|e| format!("devices: {e}"))
+        }
     }
 
     /// Learning rate at `step` (0-based): linear warm-up to `lr`, then cosine decay to 0 at `steps`.
@@ -337,41 +353,6 @@ fn batch_indices(seed: u64, n: usize, bs: usize, step: u64, perm_cache: &mut Opt
         .collect()
 }
 
-/// Sums of squares of every parameter's gradient, then scaling them all by one factor.
-struct GradNorm<'a> {
-    grads: &'a GradientsParams,
-    sq: f64,
-}
-impl ModuleVisitor for GradNorm<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.get::<D>(param.id) {
-            self.sq += g.powi_scalar(2).sum().into_scalar::<f64>();
-        }
-    }
-}
-struct GradScale<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-}
-impl ModuleVisitor for GradScale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register::<D>(param.id, g.mul_scalar(self.factor));
-        }
-    }
-}
-
-/// Clips the global L2 norm of the gradients to `max` (PyTorch's `clip_grad_norm_`); returns the norm.
-fn clip_global_norm(model: &FaceVit, grads: &mut GradientsParams, max: f64) -> f64 {
-    let mut n = GradNorm { grads, sq: 0.0 };
-    model.visit(&mut n);
-    let norm = n.sq.sqrt();
-    if norm > max {
-        model.visit(&mut GradScale { grads, factor: max / (norm + 1e-6) });
-    }
-    norm
-}
-
 fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
     AdamWConfig::new()
         .with_beta_1(cfg.beta1 as f32)
@@ -454,7 +435,8 @@ pub fn train(
     }
     let mcfg = cfg.model_config()?;
     let pre = Preprocess::for_config(&mcfg);
-    let device = parse_device(&cfg.device)?;
+    let devices = cfg.device_list().map_err(FpnError::Config)?;
+    let device = devices[0].clone();
     let ad = device.clone().autodiff();
     let run = RunDir { root: run_dir.to_path_buf() };
     std::fs::create_dir_all(run.checkpoints()).map_err(|e| FpnError::io(&run.checkpoints(), e))?;
@@ -559,17 +541,35 @@ pub fn train(
             }
             ys.extend(train[i].labels.map(|b| if b { 1f32 } else { 0.0 }));
         }
-        let x = Tensor::<4>::from_data(TensorData::new(px, [idx.len(), 3, s, s]), &ad);
-        let y = Tensor::<2>::from_data(TensorData::new(ys, [idx.len(), 21]), &ad);
-        let logits = model.forward(&mcfg, x, &mut Noise::for_step(cfg.seed, step));
-        let loss = cfg.loss.loss(logits, y);
-        let loss_v: f64 = loss.clone().into_scalar::<f64>();
+        // data-parallel: contiguous shards, each loss scaled by its share of the global batch
+        // (the losses are per-sample means, so shard_mean * b_k / B sums to the global mean)
+        let b = idx.len();
+        let shards: Vec<(Vec<f32>, Vec<f32>, usize, usize)> = crate::parallel::shard_ranges(b, devices.len())
+            .into_iter()
+            .enumerate()
+            .map(|(k, r)| (px[r.start * 3 * s * s..r.end * 3 * s * s].to_vec(), ys[r.start * 21..r.end * 21].to_vec(), r.len(), k))
+            .collect();
+        let (mut grads, losses) = crate::parallel::data_parallel(&model, &devices, shards, |m, (px, ys, n, k), _| {
+            if n == 0 {
+                return Ok((GradientsParams::new(), 0.0));
+            }
+            let dev = devices[k].clone().autodiff();
+            let x = Tensor::<4>::from_data(TensorData::new(px, [n, 3, s, s]), &dev);
+            let y = Tensor::<2>::from_data(TensorData::new(ys, [n, 21]), &dev);
+            // one device: the step's dropout stream; several: one stream per shard
+            let mut noise = if devices.len() == 1 { Noise::for_step(cfg.seed, step) } else { Noise::for_step(cfg.seed ^ ((k as u64 + 1) << 48), step) };
+            let logits = m.forward(&mcfg, x, &mut noise);
+            let loss = cfg.loss.loss(logits, y).mul_scalar(n as f64 / b as f64);
+            let v: f64 = loss.clone().into_scalar::<f64>();
+            Ok((GradientsParams::from_grads(loss.backward(), m), v))
+        })
+        .map_err(FpnError::Data)?;
+        let loss_v: f64 = losses.iter().sum();
         if !loss_v.is_finite() {
             return Err(FpnError::Data(format!("the loss became {loss_v} at step {step}: lower lr (now {}) or enable grad_clip", cfg.lr)));
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         if let Some(max) = cfg.grad_clip {
-            clip_global_norm(&model, &mut grads, max);
+            crate::parallel::clip_global_norm(&model, &mut grads, max);
         }
         let lr = cfg.lr_at(step);
         model = optim.step(lr, model, grads);

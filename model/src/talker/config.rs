@@ -396,6 +396,10 @@ pub struct TalkerExtras {
     /// Release layout only: vision settings that no release file records (heads, eps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vision: Option<Value>,
+    /// A trained checkpoint that stores only its trained tensors: the checkpoint (HF layout or
+    /// release folder) its frozen tensors come from. Its own tensors override the base's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 impl TalkerExtras {
@@ -601,6 +605,7 @@ impl TalkerConfig {
             fpn: fpn.map(str::to_string),
             mask_branch: self.mask_branch.clone(),
             vision: None,
+            base: None,
         }
     }
 

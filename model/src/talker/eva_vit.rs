@@ -81,6 +81,12 @@ impl VisionModel {
 
     /// Image embeddings [B, 1 + patches, D] (after `post_layernorm`) for pixels [B, 3, S, S].
     pub fn forward(&self, cfg: &VisionConfig, pixels: Tensor<4>) -> Tensor<3> {
+        self.post_layernorm.forward(self.features(cfg, pixels))
+    }
+
+    /// The encoder's output before `post_layernorm` (the release's `ln_vision`, which stage 2
+    /// trains): what the trainer computes once per image and caches when EVA is frozen.
+    pub fn features(&self, cfg: &VisionConfig, pixels: Tensor<4>) -> Tensor<3> {
         let [b, _, _, _] = pixels.dims();
         let d = cfg.hidden_size;
         let n = cfg.num_patches();
@@ -91,7 +97,7 @@ impl VisionModel {
         for layer in &self.encoder.layers {
             x = layer.forward(cfg, x);
         }
-        self.post_layernorm.forward(x)
+        x
     }
 }
 

@@ -23,6 +23,8 @@ pub enum Prompting {
     Regions(Vec<String>),
     /// This exact instruction (plain InstructBLIP); the mask branch, if any, gets no region words.
     Instruction(String),
+    /// Region words per image (one list per image, in order) fill the configured template.
+    RegionsEach(Vec<Vec<String>>),
 }
 
 /// What to generate and how.
@@ -112,7 +114,22 @@ fn to_rows(t: Tensor<3>) -> Result<Vec<Vec<f32>>, TalkerError> {
     Ok((0..b).map(|i| v[i * h * w..(i + 1) * h * w].to_vec()).collect())
 }
 
+/// Region words checked against the 21 labels and put in label order, as the FPN lists them.
+fn ordered_regions(words: &[String]) -> Result<Vec<String>, TalkerError> {
+    for w in words {
+        if !LABELS.contains(&w.as_str()) {
+            return Err(TalkerError::Input(format!("`{w}` is not a region word: use {}", LABELS.join(", "))));
+        }
+    }
+    Ok(LABELS.iter().filter(|l| words.iter().any(|w| w == *l)).map(|l| l.to_string()).collect())
+}
+
 impl Explainer {
+    /// An explainer over a model already in memory (the trainer's validation).
+    pub fn from_parts(talker: Talker, t5_tok: TextTokenizer, bert_tok: TextTokenizer, fpn: Option<Predictor>, device: &Device) -> Self {
+        Explainer { talker, t5_tok, bert_tok, fpn, description: "a model in training".into(), device: device.clone() }
+    }
+
     /// Loads an HF-layout directory (InstructBLIP or ForgeryTalker) or the authors' release
     /// folder; `fpn` overrides the checkpoint's own FPN.
     pub fn load(checkpoint: &Path, fpn: Option<&Path>, device: &Device) -> Result<Explainer, TalkerError> {
@@ -126,8 +143,20 @@ impl Explainer {
         let extras = TalkerExtras::read(checkpoint)?;
         let (talker, t5_tok, bert_tok, own_fpn, layout, notes) = if checkpoint.join("config.json").is_file() {
             let (mut cfg, extras) = TalkerConfig::read_dir(checkpoint)?;
-            weights::adapt_hf_config(checkpoint, &mut cfg)?;
-            let talker = weights::load_hf_dir(checkpoint, &cfg, device)?;
+            let talker = match extras.as_ref().and_then(|x| x.base.as_ref()) {
+                // a trained checkpoint holding its trained tensors only
+                Some(base) => {
+                    let base = checkpoint.join(base);
+                    if base.join("config.json").is_file() {
+                        weights::adapt_hf_config(&base, &mut cfg)?;
+                    }
+                    weights::load_with_base(checkpoint, &base, &cfg, device)?
+                }
+                None => {
+                    weights::adapt_hf_config(checkpoint, &mut cfg)?;
+                    weights::load_hf_dir(checkpoint, &cfg, device)?
+                }
+            };
             let t5_tok = TextTokenizer::from_dir(checkpoint, "T5")?;
             let qdir = checkpoint.join("qformer_tokenizer");
             let bert_tok = TextTokenizer::from_dir(&qdir, "Q-Former (BERT)")?;
@@ -194,6 +223,11 @@ impl Explainer {
         Ok(Explainer { talker, t5_tok, bert_tok, fpn, description, device: device.clone() })
     }
 
+    /// The model, its tokenizers (T5, Q-Former) and its FPN.
+    pub fn into_parts(self) -> (Talker, TextTokenizer, TextTokenizer, Option<Predictor>) {
+        (self.talker, self.t5_tok, self.bert_tok, self.fpn)
+    }
+
     pub fn describe(&self) -> String {
         self.description.clone()
     }
@@ -228,14 +262,14 @@ impl Explainer {
         match prompting {
             Prompting::Instruction(text) => Ok(vec![(text.clone(), Vec::new()); n]),
             Prompting::Regions(words) => {
-                for w in words {
-                    if !LABELS.contains(&w.as_str()) {
-                        return Err(TalkerError::Input(format!("`{w}` is not a region word: use {}", LABELS.join(", "))));
-                    }
-                }
-                // label order, as the FPN lists them
-                let ordered: Vec<String> = LABELS.iter().filter(|l| words.iter().any(|w| w == *l)).map(|l| l.to_string()).collect();
+                let ordered = ordered_regions(words)?;
                 Ok(vec![(template.instruction(&ordered), ordered); n])
+            }
+            Prompting::RegionsEach(lists) => {
+                if lists.len() != n {
+                    return Err(TalkerError::Input(format!("{} region lists for {n} images", lists.len())));
+                }
+                lists.iter().map(|words| ordered_regions(words).map(|o| (template.instruction(&o), o))).collect()
             }
             Prompting::Fpn => {
                 let fpn = self.fpn.as_ref().ok_or_else(|| {

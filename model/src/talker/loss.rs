@@ -8,16 +8,15 @@
 //!   `BCEWithLogitsLoss(pos_weight=2)`), summed over pixels. With `double_sigmoid` the logits go
 //!   through a sigmoid first, reproducing the release's bug (spec 1.8: it applies the loss to
 //!   already-sigmoided outputs).
-//! - [`gate_sum`]: the release's auxiliary gate loss, the same BCE (no positive weight) on
+//! - [`gate_mean`]: the release's auxiliary gate loss, the same BCE (no positive weight) on
 //!   per-region gate values, per sample the mean over its predicted regions.
 //! - [`normalize_caption`]: `BlipCaptionProcessor` (spec 4.3).
 //!
-//! PyTorch's BCE-with-logits is `(1 - y) x + (1 + (w - 1) y) softplus(-x)` with
-//! `softplus(-x) = log1p(exp(-|x|)) + max(-x, 0)`, computed here the same way so that it stays
-//! finite for large logits; `model/tests/talker_train.rs` checks values and gradients against
-//! PyTorch (`make_fixtures.py losses`).
+//! PyTorch's BCE-with-logits is `(1 - y) x + (1 + (w - 1) y) softplus(-x)`, with `softplus(-x)`
+//! as `-log_sigmoid(x)` so that it stays finite for large logits; `model/tests/talker_losses.rs`
+//! checks values and gradients against PyTorch (`tests/fixtures/talker/make_loss_fixtures.py`).
 
-use burn::tensor::activation::{log_softmax, sigmoid};
+use burn::tensor::activation::{log_sigmoid, log_softmax, sigmoid};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +39,11 @@ impl Default for MaskLoss {
     }
 }
 
-/// `softplus(-x)` computed stably: `log1p(exp(-|x|)) + max(-x, 0)`.
+/// `softplus(-x) = -log_sigmoid(x)`: burn's `log_sigmoid` is computed stably and has its own
+/// backward rule (spelling it `log1p(exp(-|x|)) + max(-x, 0)` would give the wrong gradient at
+/// exactly 0, where `abs` and `clamp` have no derivative).
 fn softplus_neg<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    x.clone().abs().neg().exp().log1p() + x.neg().clamp_min(0.0)
+    log_sigmoid(x).neg()
 }
 
 /// Summed BCE-with-logits with a positive weight over all elements of `x` against 0/1 `y`.
@@ -98,14 +99,16 @@ pub fn gate_mean(gates: Tensor<1>, gt: Tensor<1>, double_sigmoid: bool) -> Tenso
 pub fn normalize_caption(caption: &str, max_words: usize) -> String {
     let lowered: String =
         caption.to_lowercase().chars().map(|c| if matches!(c, '.' | '!' | '"' | '(' | ')' | '*' | '#' | ':' | ';' | '~') { ' ' } else { c }).collect();
+    // Python's `\s` (str patterns): Unicode whitespace plus the separators U+001C..U+001F
+    let is_py_space = |c: char| c.is_whitespace() || matches!(c, '\u{1c}'..='\u{1f}');
     // re.sub(r"\s{2,}", " ", s): a run of >= 2 whitespace characters becomes one space
     let mut out = String::with_capacity(lowered.len());
     let chars: Vec<char> = lowered.chars().collect();
     let mut i = 0;
     while i < chars.len() {
-        if chars[i].is_whitespace() {
+        if is_py_space(chars[i]) {
             let mut j = i;
-            while j < chars.len() && chars[j].is_whitespace() {
+            while j < chars.len() && is_py_space(chars[j]) {
                 j += 1;
             }
             if j - i >= 2 {

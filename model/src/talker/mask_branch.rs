@@ -209,8 +209,14 @@ impl MaskBranch {
     }
 
     /// Mask probabilities [B, S, S] from the image embeddings [B, 1 + P, D] and the label tokens'
-    /// T5 embeddings [B, label_tokens, d_text].
+    /// T5 embeddings [B, label_tokens, d_text] (the sigmoid of [`Self::logits`], as the release
+    /// returns them).
     pub fn forward(&self, cfg: &MaskBranchConfig, image: Tensor<3>, label_embeds: Tensor<3>) -> Tensor<3> {
+        sigmoid(self.logits(cfg, image, label_embeds))
+    }
+
+    /// Mask logits [B, S, S] (what the training loss takes).
+    pub fn logits(&self, cfg: &MaskBranchConfig, image: Tensor<3>, label_embeds: Tensor<3>) -> Tensor<3> {
         let [b, n, d] = image.dims();
         let prompt = self.prompt_proj.forward(label_embeds);
         let patches = image.clone().slice([0..b, 1..n, 0..d]);
@@ -229,6 +235,6 @@ impl MaskBranch {
         let upscaled = md.output_upscaling_mlp.forward(keys); // [B, 22, S*S]
         let hyper = md.output_hypernetworks_mlps.forward(queries); // [B, 1, 22]
         let s = cfg.mask_size;
-        sigmoid(hyper.matmul(upscaled).reshape([b, s, s]))
+        hyper.matmul(upscaled).reshape([b, s, s])
     }
 }

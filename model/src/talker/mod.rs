@@ -1,6 +1,6 @@
 //! ForgeryTalker stage 2, the model: an InstructBLIP-style explainer (EVA ViT vision encoder,
 //! Q-Former, T5) and the authors' mask branch, in burn, with the FPN (stage 1, [`crate::fpn`])
-//! turning regions into the instruction. Inference only here; the trainer is issue 16's.
+//! turning regions into the instruction. [`train`] trains it.
 //!
 //! One file per model, each with its `Config` in [`config`]:
 //! - [`eva_vit`]: the EVA-CLIP ViT (HF `InstructBlipVisionModel` names), `post_layernorm` = the
@@ -17,6 +17,13 @@
 //!   release layout (PyTorch pickles), with every missing, unexpected or mis-shaped tensor reported.
 //! - [`explain`]: [`Explainer`], the entry point the CLI and the web app use.
 //! - [`bench`]: generation throughput on random weights.
+//! - [`loss`]: the training losses (token cross-entropy, the mask's BCE, the release's gate
+//!   loss) and the release's caption normaliser.
+//! - [`train`]: the stage-2 trainer ([`TalkerTrainConfig`], TOML; frozen EVA/T5/FPN, trained
+//!   Q-Former, queries, projection, `ln_vision`, mask branch; checkpoints, resume, validation by
+//!   CIDEr + BLEU-4, cached vision features, data-parallel devices).
+//! - [`predict`]: captions (JSONL) and masks (PNG) for a sample set, in the format `mmtt eval
+//!   report` reads, with the instruction's regions from the FPN, the reference, or none.
 
 pub mod bench;
 pub mod config;
@@ -24,16 +31,20 @@ pub mod eva_vit;
 pub mod explain;
 pub mod generate;
 pub mod instructblip;
+pub mod loss;
 pub mod mask_branch;
+pub mod predict;
 pub mod qformer;
 pub mod t5;
 pub mod tokenize;
+pub mod train;
 pub mod weights;
 
 pub use bench::{BenchFigures, bench};
 pub use config::{PRESETS, TalkerConfig, Template};
 pub use explain::{ExplainOptions, Explainer, Explanation, Mask, Prompting};
 pub use generate::GenerationConfig;
+pub use train::{Part, RegionSource, TalkerOutcome, TalkerProgress, TalkerSample, TalkerStepReport, TalkerTrainConfig, TalkerValReport};
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +60,10 @@ pub enum TalkerError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("input: {0}")]
     Input(String),
+    #[error("data: {0}")]
+    Data(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     #[error("FPN: {0}")]
     Fpn(#[from] crate::fpn::FpnError),
 }

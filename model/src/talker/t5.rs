@@ -296,6 +296,49 @@ impl T5 {
         }
     }
 
+    /// The decoder with teacher forcing (training): logits [B, T, V] for decoder inputs [B, T]
+    /// (the targets shifted right behind the start token) against `encoded` [B, Te, d] and its
+    /// 0/1 mask. Causal self-attention with the unidirectional position bias, as transformers'
+    /// `T5ForConditionalGeneration` computes it when given `labels`; every position is computed
+    /// (padding positions are ignored by the loss, not here).
+    pub fn decode_train(&self, cfg: &T5Config, decoder_ids: Tensor<2, Int>, encoded: Tensor<3>, mask: &[Vec<u8>]) -> Tensor<3> {
+        let [b, t] = decoder_ids.dims();
+        let device = encoded.device();
+        let eps = cfg.layer_norm_epsilon;
+        let enc_mask = super::qformer::additive_mask(mask, &device);
+        let causal: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::MIN } else { 0.0 })).collect();
+        let causal = Tensor::<2>::from_data(TensorData::new(causal, [t, t]), &device).unsqueeze::<4>();
+        let mut x = self.shared.forward(decoder_ids);
+        let mut bias: Option<Tensor<4>> = None;
+        for block in &self.decoder.block {
+            for sub in &block.layer {
+                let y = sub.layer_norm.forward(x.clone(), eps);
+                if let Some(sa) = &sub.self_attention {
+                    let bb = bias.get_or_insert_with(|| sa.position_bias(cfg, 0..t, t, false, &device) + causal.clone()).clone();
+                    let (q, k, v) = (sa.heads(cfg, &sa.q, y.clone()), sa.heads(cfg, &sa.k, y.clone()), sa.heads(cfg, &sa.v, y));
+                    x = x + sa.attend(cfg, q, k, v, bb);
+                } else if let Some(ca) = &sub.enc_dec_attention {
+                    let q = ca.heads(cfg, &ca.q, y);
+                    let (k, v) = (ca.heads(cfg, &ca.k, encoded.clone()), ca.heads(cfg, &ca.v, encoded.clone()));
+                    x = x + ca.attend(cfg, q, k, v, enc_mask.clone());
+                } else if let Some(ff) = &sub.dense_relu_dense {
+                    x = x + ff.forward(cfg, y);
+                }
+            }
+        }
+        let mut h = self.decoder.final_layer_norm.forward(x, eps);
+        if cfg.scale_decoder_outputs {
+            h = h.mul_scalar((cfg.d_model as f64).powf(-0.5));
+        }
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => {
+                let [_, _, d] = h.dims();
+                h.reshape([b * t, d]).matmul(self.shared.weight.val().transpose()).reshape([b, t, cfg.vocab_size])
+            }
+        }
+    }
+
     /// One decoding step: the next-token logits [N, V] after feeding `ids` (one per row).
     pub fn decode_step(&self, cfg: &T5Config, ids: &[u32], cache: &mut DecoderCache) -> Tensor<2> {
         let device = cache.enc_mask.device();

@@ -8,6 +8,7 @@ use super::TalkerError;
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+#[derive(Clone)]
 pub struct TextTokenizer {
     tok: Tokenizer,
     clean_up: bool,

@@ -540,6 +540,106 @@ pub fn load_release(files: &ReleaseFiles, cfg: &TalkerConfig, device: &Device) -
     Ok((Talker { config: cfg.clone(), blip: blip.map(&mut ToF32), mask }, notes))
 }
 
+/// Module paths -> HF names when saving (the inverse of [`HF`]): BERT's `LayerNorm` in the
+/// Q-Former encoder, T5's CamelCase sub-modules.
+const HF_BACK: &[(&str, &str)] = &[
+    (r"^(qformer\.encoder\..*)\.layer_norm\.", "$1.LayerNorm."),
+    (r"\.self_attention\.", ".SelfAttention."),
+    (r"\.enc_dec_attention\.", ".EncDecAttention."),
+    (r"\.dense_relu_dense\.", ".DenseReluDense."),
+];
+
+/// Writes `module`'s tensors (those whose module path matches one of `only`, all when empty) to
+/// a safetensors file in the HF layout, through a temporary name.
+fn save_safetensors<M: ModuleSnapshot>(module: &M, file: &Path, only: &[String], hf_names: bool) -> Result<(), TalkerError> {
+    let tmp = file.with_extension("safetensors.tmp");
+    let mut store = SafetensorsStore::from_file(&tmp)
+        .with_to_adapter(burn::store::BurnToPyTorchAdapter)
+        .metadata("format", "pt")
+        .overwrite(true);
+    if hf_names {
+        store = store.remap(remapper(HF_BACK, None));
+    }
+    for p in only {
+        store = store.with_regex(p);
+    }
+    module.save_into(&mut store).map_err(|e| TalkerError::Weights(format!("{}: cannot write safetensors: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, file).map_err(|e| TalkerError::io(file, e))
+}
+
+fn write_json_file(path: &Path, v: &serde_json::Value) -> Result<(), TalkerError> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(v).map_err(|e| TalkerError::Config(e.to_string()))?;
+    std::fs::write(&tmp, text + "\n").map_err(|e| TalkerError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TalkerError::io(path, e))
+}
+
+/// Writes a ForgeryTalker directory that [`load_hf_dir`] and `Explainer::load` read:
+/// `config.json`, `preprocessor_config.json`, `mmtt_talker.json` (`extras`), `model.safetensors`
+/// (HF names) and `mask_branch.safetensors` (the release's names). With `extras.base` set, only
+/// the InstructBLIP tensors whose module path matches `trained` are written (the rest come from
+/// the base); otherwise every tensor is. The tokenizers are the caller's to copy.
+pub fn save_dir(talker: &Talker, extras: &TalkerExtras, trained: &[String], dir: &Path) -> Result<(), TalkerError> {
+    std::fs::create_dir_all(dir).map_err(|e| TalkerError::io(dir, e))?;
+    let cfg = &talker.config;
+    let only: &[String] = if extras.base.is_some() { trained } else { &[] };
+    if extras.base.is_none() || !only.is_empty() {
+        save_safetensors(&talker.blip, &dir.join("model.safetensors"), only, true)?;
+    }
+    if let (Some(m), Some(branch)) = (&cfg.mask_branch, &talker.mask) {
+        save_safetensors(branch, &dir.join(&m.file), &[], false)?;
+    }
+    let mut hf = cfg.to_hf();
+    // transformers ties the LM head to `shared` unless told otherwise
+    hf["text_config"]["tie_word_embeddings"] = serde_json::json!(talker.blip.language_model.lm_head.is_none());
+    write_json_file(&dir.join("config.json"), &hf)?;
+    let p = &cfg.preprocess;
+    write_json_file(
+        &dir.join("preprocessor_config.json"),
+        &serde_json::json!({
+            "image_processor_type": "BlipImageProcessor",
+            "do_resize": true, "size": {"height": p.size, "width": p.size}, "resample": 3,
+            "do_rescale": true, "rescale_factor": p.rescale_factor,
+            "do_normalize": true, "image_mean": p.mean, "image_std": p.std, "do_convert_rgb": true
+        }),
+    )?;
+    write_json_file(&dir.join("mmtt_talker.json"), &serde_json::to_value(extras).map_err(|e| TalkerError::Config(e.to_string()))?)
+}
+
+/// Loads a checkpoint whose `mmtt_talker.json` names a `base`: the base (an HF-layout directory
+/// or the release folder) first, then this directory's tensors over it. Every tensor of this
+/// directory must land on a module tensor of the same shape.
+pub fn load_with_base(dir: &Path, base: &Path, cfg: &TalkerConfig, device: &Device) -> Result<Talker, TalkerError> {
+    let mut talker = if base.join("config.json").is_file() {
+        let mut base_cfg = cfg.clone();
+        base_cfg.mask_branch = None;
+        adapt_hf_config(base, &mut base_cfg)?;
+        let t = load_hf_dir(base, &base_cfg, device)?;
+        Talker { config: cfg.clone(), blip: t.blip, mask: None }
+    } else {
+        let files = ReleaseFiles::find(base)?;
+        let (t, _) = load_release(&files, cfg, device)?;
+        t
+    };
+    let file = dir.join("model.safetensors");
+    if file.is_file() {
+        let mut tally = Tally::default();
+        let r = safetensors_into(&mut talker.blip, &file, remapper(HF, None))?;
+        if r.applied.is_empty() {
+            tally.problems.push(format!("{}: no tensor of it names a module tensor", file.display()));
+        }
+        tally.add(&file, ApplyResult { missing: Vec::new(), ..r }, &|u| !hf_alias(u), &hf_name);
+        tally.finish(&dir.display().to_string(), &|_| true, &hf_name)?;
+    }
+    if let Some(m) = &cfg.mask_branch {
+        let f = dir.join(&m.file);
+        if f.is_file() || talker.mask.is_none() {
+            talker.mask = Some(load_mask_safetensors(&f, m, cfg, device)?);
+        }
+    }
+    Ok(Talker { config: cfg.clone(), blip: talker.blip.map(&mut ToF32), mask: talker.mask.map(|m| m.map(&mut ToF32)) })
+}
+
 /// A module path as the release's files name it.
 fn release_name(path: &str) -> String {
     const BACK: &[(&str, &str)] = &[
