@@ -112,6 +112,13 @@ fn painted_export(dir: &Path, counts: [(&str, usize); 3]) -> std::collections::B
     regions
 }
 
+/// The results page's JSON.
+async fn board(c: &reqwest::Client, base: &str, tok: &str) -> serde_json::Value {
+    let r = c.get(format!("{base}/admin/leaderboard")).bearer_auth(tok).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
 fn lines(p: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -276,12 +283,7 @@ fn a_tiny_talker_trained_on_painted_faces_gets_its_table3_rows() {
     rt().block_on(async {
         let base = &served.base;
         let c = common::admin::client();
-        let board = |c: reqwest::Client| async move {
-            let r = c.get(format!("{base}/admin/leaderboard")).bearer_auth(&tok).send().await.unwrap();
-            assert_eq!(r.status(), StatusCode::OK);
-            r.json::<serde_json::Value>().await.unwrap()
-        };
-        let b = board(c.clone()).await;
+        let b = board(&c, base, &tok).await;
         assert_eq!(b["table3"]["paper"].as_array().unwrap().len(), 3, "{b}");
         assert_eq!(b["table3"]["paper"][0]["cells"][0], 48.1, "w/ FPN-GT's CIDEr: {b}");
         let model = b["table3"]["models"].as_array().unwrap().iter().find(|m| m["model"] == "painted-tiny").cloned();
@@ -328,7 +330,7 @@ fn a_tiny_talker_trained_on_painted_faces_gets_its_table3_rows() {
         for r in rows {
             finite_row(r);
         }
-        let b = board(c.clone()).await;
+        let b = board(&c, base, &tok).await;
         let model = b["table3"]["models"].as_array().unwrap().iter().find(|m| m["model"] == "painted-tiny job").cloned();
         let model = model.unwrap_or_else(|| panic!("no Table 3 rows of the job's model: {b}"));
         let got: Vec<&str> = model["rows"].as_array().unwrap().iter().map(|r| r["regions"].as_str().unwrap()).collect();

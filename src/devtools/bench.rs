@@ -570,7 +570,7 @@ fn check_talker_train(a: &TalkerTrainArgs) -> Result<()> {
     if a.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
-    mmtt_model::talker::train::parse_devices(&a.devices).map_err(|e| anyhow!("--devices: {e}"))?;
+    mmtt_model::parallel::parse_devices(&a.devices).map_err(|e| anyhow!("--devices: {e}"))?;
     Ok(())
 }
 
