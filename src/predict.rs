@@ -224,9 +224,8 @@ pub fn run(
         end = (end + slice).min(total);
         // the whole prefix each time: the samples already predicted are skipped, and gt.json
         // always lists everything predicted so far
-        let s = mmtt_model::talker::predict::predict(checkpoint, fpn, device, &samples[..end], opts, out, &mut |d, _| {
-            tick(d.min(end), total)
-        })?;
+        let s =
+            mmtt_model::talker::predict::predict(checkpoint, fpn, device, &samples[..end], opts, out, &mut |d, _| tick(d.min(end), total))?;
         if end == total {
             return Ok(Some(s));
         }
@@ -293,13 +292,8 @@ mod tests {
 
     #[test]
     fn one_prediction_per_image() {
-        let s = |id: &str, c: &str| TalkerSample {
-            id: id.into(),
-            image: "/i.png".into(),
-            mask: None,
-            caption: c.into(),
-            labels: [false; 21],
-        };
+        let s =
+            |id: &str, c: &str| TalkerSample { id: id.into(), image: "/i.png".into(), mask: None, caption: c.into(), labels: [false; 21] };
         let (kept, dropped) = one_per_id(vec![s("a", "1"), s("a", "2"), s("b", "3")]);
         assert_eq!(dropped, 1);
         assert_eq!(kept.iter().map(|x| x.caption.as_str()).collect::<Vec<_>>(), ["1", "3"]);

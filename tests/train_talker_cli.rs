@@ -166,7 +166,10 @@ fn predict_refuses_what_cannot_work_and_names_the_fix() {
         }
     };
     let missing = d.join("no-such-run").join("best").display().to_string();
-    refused(&["predict", "--checkpoint", &missing, "--out", &out, "--regions", "gt"], &["--checkpoint", "no-such-run", "no such folder", "best/"]);
+    refused(
+        &["predict", "--checkpoint", &missing, "--out", &out, "--regions", "gt"],
+        &["--checkpoint", "no-such-run", "no such folder", "best/"],
+    );
     refused(&["predict", "--checkpoint", &missing, "--out", &out, "--regions", "oracle"], &["oracle", "fpn", "none", "gt", "FPN-GT"]);
     // a checkpoint that names no FPN cannot predict with the FPN's regions
     let ck = d.join("ck");
@@ -187,7 +190,23 @@ fn predict_refuses_what_cannot_work_and_names_the_fix() {
         &["--model"],
     );
     refused(
-        &["eval", "report", "--gt", &gt, "--pred", &gt, "--gt-mask-base", "/", "--pred-mask-base", "/", "--record", "--model", "m", "--regions", "x"],
+        &[
+            "eval",
+            "report",
+            "--gt",
+            &gt,
+            "--pred",
+            &gt,
+            "--gt-mask-base",
+            "/",
+            "--pred-mask-base",
+            "/",
+            "--record",
+            "--model",
+            "m",
+            "--regions",
+            "x",
+        ],
         &["`x` is not a regions variant"],
     );
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM jobs"), 0, "nothing was recorded");
@@ -241,8 +260,23 @@ fn a_tiny_talker_trained_on_painted_faces_gets_its_table3_rows() {
         }
         let gt = out.join("gt.json").display().to_string();
         let report = env.json(&[
-            "eval", "report", "--gt", &gt, "--pred", &format!("{o}/predictions.jsonl"), "--gt-mask-base", "/", "--pred-mask-base", &o,
-            "--meteor-data", &meteor, "--record", "--model", "painted-tiny", "--regions", variant,
+            "eval",
+            "report",
+            "--gt",
+            &gt,
+            "--pred",
+            &format!("{o}/predictions.jsonl"),
+            "--gt-mask-base",
+            "/",
+            "--pred-mask-base",
+            &o,
+            "--meteor-data",
+            &meteor,
+            "--record",
+            "--model",
+            "painted-tiny",
+            "--regions",
+            variant,
         ]);
         finite_row(&report);
         assert_eq!(report["images"].as_u64(), Some(n_test as u64));
@@ -251,7 +285,21 @@ fn a_tiny_talker_trained_on_painted_faces_gets_its_table3_rows() {
     // predicting again into the same folder resumes (nothing to do); another variant is refused there
     let (gt_out, gt_preds, gt_report) = &reports["gt"];
     let o = gt_out.display().to_string();
-    env.ok(&["predict", "--checkpoint", &ck, "--from-export", &exp, "--regions", "gt", "--out", &o, "--num-beams", "1", "--max-new-tokens", "20"]);
+    env.ok(&[
+        "predict",
+        "--checkpoint",
+        &ck,
+        "--from-export",
+        &exp,
+        "--regions",
+        "gt",
+        "--out",
+        &o,
+        "--num-beams",
+        "1",
+        "--max-new-tokens",
+        "20",
+    ]);
     assert_eq!(&lines(&gt_out.join("predictions.jsonl")), gt_preds, "a resumed prediction keeps what it wrote");
     let refused = env.mmtt(&["predict", "--checkpoint", &ck, "--from-export", &exp, "--regions", "none", "--out", &o, "--num-beams", "1"]);
     let err = String::from_utf8_lossy(&refused.stderr);

@@ -162,7 +162,18 @@ pub async fn eval(g: &super::Global, action: EvalAction) -> Result<()> {
             v
         }
         EvalAction::Masks { gt, pred, threshold } => serde_json::to_value(mmtt_model::eval::masks::evaluate(&gt, &pred, threshold)?)?,
-        EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name, meteor_data: meteor_data_dir, record, model, regions } => {
+        EvalAction::Report {
+            gt,
+            pred,
+            gt_mask_base,
+            pred_mask_base,
+            threshold,
+            name,
+            meteor_data: meteor_data_dir,
+            record,
+            model,
+            regions,
+        } => {
             let name = match (name, &model, regions) {
                 (Some(n), ..) => n,
                 (None, Some(m), Some(r)) => format!("{m} ({})", mmtt::predict::variant_label(r)),

@@ -325,9 +325,7 @@ pub async fn talker_samples(app: &App, data: &TrainData, split: Split) -> Result
         DataSource::Db => talker_from_db(app, split, data.include_unreviewed).await?,
         DataSource::Export => {
             let dir = data.export_dir()?.to_path_buf();
-            tokio::task::spawn_blocking(move || talker_from_export(&dir, split))
-                .await
-                .map_err(|e| anyhow!("reading the export: {e}"))??
+            tokio::task::spawn_blocking(move || talker_from_export(&dir, split)).await.map_err(|e| anyhow!("reading the export: {e}"))??
         }
     };
     if let Some(n) = data.limit {

@@ -582,8 +582,12 @@ pub fn talker_train(a: &TalkerTrainArgs, json: bool) -> Result<Vec<TalkerTrainBe
     let mut rows = Vec::new();
     for case in ["uncached", "cached"] {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["bench", "talker-train", "--only", case, "--preset", &a.preset, "--batch", &a.batch.to_string()])
-            .args(["--steps", &a.steps().to_string(), "--devices", &a.devices.join(",")]);
+        cmd.args(["bench", "talker-train", "--only", case, "--preset", &a.preset, "--batch", &a.batch.to_string()]).args([
+            "--steps",
+            &a.steps().to_string(),
+            "--devices",
+            &a.devices.join(","),
+        ]);
         if !json {
             eprintln!("training {} for {} steps of batch {} ({case} vision features) ...", a.preset, a.steps(), a.batch);
         }

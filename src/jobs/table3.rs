@@ -130,9 +130,8 @@ impl Table3Spec {
             }
             seen.push(*v);
         }
-        predict::check_inputs(&self.checkpoint, self.fpn.as_deref(), &self.variants).map_err(|(field, m)| {
-            SpecError::new(if field == "regions" { "variants" } else { field }, m)
-        })?;
+        predict::check_inputs(&self.checkpoint, self.fpn.as_deref(), &self.variants)
+            .map_err(|(field, m)| SpecError::new(if field == "regions" { "variants" } else { field }, m))?;
         self.data.check().map_err(|m| SpecError::new("data", m))?;
         if self.out.as_os_str().is_empty() {
             return Err(SpecError::new("out", "give the folder the predictions go into"));
@@ -186,7 +185,14 @@ pub struct Table3Summary {
 pub const REPORT_FILE: &str = "report.json";
 
 /// Runs a Table 3 job: samples, then per variant the prediction and its report.
-pub async fn run(app: &App, job: Uuid, spec: &Table3Spec, bar: ProgressBar, live: &super::train::Live, worker: &str) -> Result<Table3Summary> {
+pub async fn run(
+    app: &App,
+    job: Uuid,
+    spec: &Table3Spec,
+    bar: ProgressBar,
+    live: &super::train::Live,
+    worker: &str,
+) -> Result<Table3Summary> {
     let t0 = Instant::now();
     let pool = &app.pool;
     let all = training::talker_samples(app, &spec.data, spec.split).await?;

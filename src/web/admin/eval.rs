@@ -364,10 +364,7 @@ async fn table3_spec(state: &AppState, f: &Fields) -> Result<crate::jobs::table3
         ));
     }
     let run = runs.iter().find(|r| r.job.to_string() == f.val("train_job")).ok_or_else(|| {
-        Refusal::new(
-            "train_job",
-            format!("`{}` is not a finished stage-2 training run: choose one of the list", short(f.val("train_job"))),
-        )
+        Refusal::new("train_job", format!("`{}` is not a finished stage-2 training run: choose one of the list", short(f.val("train_job"))))
     })?;
     let split = crate::dataset::training::parse_split(f.opt("split").unwrap_or("test")).map_err(|m| Refusal::new("split", m))?;
     let mut variants = Vec::new();
@@ -395,7 +392,8 @@ async fn table3_spec(state: &AppState, f: &Fields) -> Result<crate::jobs::table3
         })?);
     }
     spec.num_beams = f.u64_or("num_beams", Some(spec.num_beams as u64), "the beams of the beam search, such as 5 (1: greedy)")? as usize;
-    spec.max_new_tokens = f.u64_or("max_new_tokens", Some(spec.max_new_tokens as u64), "the most new tokens per image, such as 100")? as usize;
+    spec.max_new_tokens =
+        f.u64_or("max_new_tokens", Some(spec.max_new_tokens as u64), "the most new tokens per image, such as 100")? as usize;
     spec.batch_size = f.u64_or("batch_size", Some(spec.batch_size as u64), "images per forward pass, such as 8")? as usize;
     if let Some(d) = f.opt("device") {
         spec.device = d.to_string();
@@ -658,7 +656,5 @@ pub async fn leaderboard(State(state): State<AppState>, admin: Admin) -> Respons
             "models": models3,
         },
     });
-    page_or_json(admin.json, &data, || {
-        render(&BoardPage { nav: &NAV, name: &admin.user.name, columns: &COLUMNS, rows, paper3, models3 })
-    })
+    page_or_json(admin.json, &data, || render(&BoardPage { nav: &NAV, name: &admin.user.name, columns: &COLUMNS, rows, paper3, models3 }))
 }
