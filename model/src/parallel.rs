@@ -116,7 +116,9 @@ where
             })
             .collect();
         let mine = work(model, first, 0);
-        std::iter::once(mine).chain(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a replica's thread panicked".into())))).collect()
+        std::iter::once(mine)
+            .chain(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a replica's thread panicked".into()))))
+            .collect()
     });
     let mut total: Option<GradientsParams> = None;
     let mut outs = Vec::with_capacity(results.len());

@@ -13,7 +13,8 @@ use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 
 /// Regions the synthetic set paints: (label index, word, cell x, cell y, cell w, cell h, colour) on a 64 px face.
-const REGIONS: [(usize, &str, u32, u32, u32, u32, [u8; 3]); 4] = [
+type Painted = (usize, &'static str, u32, u32, u32, u32, [u8; 3]);
+const REGIONS: [Painted; 4] = [
     (0, "eye", 12, 18, 40, 10, [20, 200, 255]),
     (4, "nose", 26, 30, 12, 12, [255, 220, 0]),
     (3, "mouth", 18, 46, 28, 9, [230, 20, 120]),
@@ -101,7 +102,8 @@ fn the_tiny_preset_learns_to_name_and_locate_painted_regions() {
     let train_set = synthetic(&root.join("train"), 160, 1);
     let val = synthetic(&root.join("val"), 24, 2);
     // No regions in the instruction: what the text names must come from the pixels.
-    let cfg = TalkerTrainConfig { regions: RegionSource::None, steps: 400, eval_every: 200, checkpoint_every: 200, ..TalkerTrainConfig::tiny() };
+    let cfg =
+        TalkerTrainConfig { regions: RegionSource::None, steps: 400, eval_every: 200, checkpoint_every: 200, ..TalkerTrainConfig::tiny() };
     let mut rec = Record::default();
     let out = train(&cfg, &train_set, &val, &root.join("run"), &mut rec).unwrap();
     assert_eq!(out.last_step, 400);
@@ -114,7 +116,10 @@ fn the_tiny_preset_learns_to_name_and_locate_painted_regions() {
     // first 5 steps' loss.
     let mean = |r: &[TalkerStepReport]| r.iter().map(|s| s.loss).sum::<f64>() / r.len() as f64;
     let (first, last) = (mean(&rec.steps[..5]), mean(&rec.steps[rec.steps.len() - 20..]));
-    eprintln!("loss: first 5 steps {first:.3}, last 20 steps {last:.3}; validations {:?}", rec.vals.iter().map(|v| v.score).collect::<Vec<_>>());
+    eprintln!(
+        "loss: first 5 steps {first:.3}, last 20 steps {last:.3}; validations {:?}",
+        rec.vals.iter().map(|v| v.score).collect::<Vec<_>>()
+    );
     assert!(last < 0.25 * first, "loss fell from {first:.3} to {last:.3} only");
 
     // Held-out predictions through the ordinary path (`predict`, then the files `mmtt eval report` reads).

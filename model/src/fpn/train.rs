@@ -183,7 +183,11 @@ impl TrainConfig {
         parse_device(&self.device)?;
         let devices = self.device_list().map_err(FpnError::Config)?;
         if devices.len() > self.batch_size {
-            return bad(format!("{} devices for a global batch of {}: use batch_size >= the number of devices", devices.len(), self.batch_size));
+            return bad(format!(
+                "{} devices for a global batch of {}: use batch_size >= the number of devices",
+                devices.len(),
+                self.batch_size
+            ));
         }
         Ok(())
     }
@@ -557,7 +561,8 @@ pub fn train(
             let x = Tensor::<4>::from_data(TensorData::new(px, [n, 3, s, s]), &dev);
             let y = Tensor::<2>::from_data(TensorData::new(ys, [n, 21]), &dev);
             // one device: the step's dropout stream; several: one stream per shard
-            let mut noise = if devices.len() == 1 { Noise::for_step(cfg.seed, step) } else { Noise::for_step(cfg.seed ^ ((k as u64 + 1) << 48), step) };
+            let mut noise =
+                if devices.len() == 1 { Noise::for_step(cfg.seed, step) } else { Noise::for_step(cfg.seed ^ ((k as u64 + 1) << 48), step) };
             let logits = m.forward(&mcfg, x, &mut noise);
             let loss = cfg.loss.loss(logits, y).mul_scalar(n as f64 / b as f64);
             let v: f64 = loss.clone().into_scalar::<f64>();

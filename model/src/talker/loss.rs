@@ -97,8 +97,11 @@ pub fn gate_mean(gates: Tensor<1>, gt: Tensor<1>, double_sigmoid: bool) -> Tenso
 /// space, trailing newlines and surrounding spaces are stripped, and at most `max_words` words
 /// (split on single spaces) are kept.
 pub fn normalize_caption(caption: &str, max_words: usize) -> String {
-    let lowered: String =
-        caption.to_lowercase().chars().map(|c| if matches!(c, '.' | '!' | '"' | '(' | ')' | '*' | '#' | ':' | ';' | '~') { ' ' } else { c }).collect();
+    let lowered: String = caption
+        .to_lowercase()
+        .chars()
+        .map(|c| if matches!(c, '.' | '!' | '"' | '(' | ')' | '*' | '#' | ':' | ';' | '~') { ' ' } else { c })
+        .collect();
     // Python's `\s` (str patterns): Unicode whitespace plus the separators U+001C..U+001F
     let is_py_space = |c: char| c.is_whitespace() || matches!(c, '\u{1c}'..='\u{1f}');
     // re.sub(r"\s{2,}", " ", s): a run of >= 2 whitespace characters becomes one space

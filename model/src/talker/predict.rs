@@ -95,12 +95,19 @@ pub fn predict(
         let owned: Vec<TalkerSample> = chunk.iter().map(|s| (*s).clone()).collect();
         let images = owned
             .iter()
-            .map(|s| image::open(&s.image).map(|i| i.to_rgb8()).map_err(|e| TalkerError::Input(format!("{}: cannot read the image: {e}", s.image.display()))))
+            .map(|s| {
+                image::open(&s.image)
+                    .map(|i| i.to_rgb8())
+                    .map_err(|e| TalkerError::Input(format!("{}: cannot read the image: {e}", s.image.display())))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let explanations = ex.explain(&images, &ExplainOptions { prompting: prompting_for(opts.regions, &owned), generation: opts.generation.clone() })?;
+        let explanations =
+            ex.explain(&images, &ExplainOptions { prompting: prompting_for(opts.regions, &owned), generation: opts.generation.clone() })?;
         for (s, e) in owned.iter().zip(explanations) {
             let (w, h) = match &s.mask {
-                Some(m) => image::image_dimensions(m).map_err(|err| TalkerError::Input(format!("{}: cannot read the mask: {err}", m.display())))?,
+                Some(m) => {
+                    image::image_dimensions(m).map_err(|err| TalkerError::Input(format!("{}: cannot read the mask: {err}", m.display())))?
+                }
                 None => (512, 512),
             };
             let rel = format!("masks/{}.png", safe(&s.id));

@@ -298,7 +298,10 @@ impl TalkerTrainConfig {
             return bad("checkpoint_every and eval_every must be at least 1".into());
         }
         if self.trainable.is_empty() {
-            return bad("trainable is empty: name the parts to train (qformer, query-tokens, projection, ln-vision, mask-branch, vision, t5)".into());
+            return bad(
+                "trainable is empty: name the parts to train (qformer, query-tokens, projection, ln-vision, mask-branch, vision, t5)"
+                    .into(),
+            );
         }
         if self.cache_vision_features && (self.augment || self.trainable.contains(&Part::Vision)) {
             return bad(
@@ -306,7 +309,7 @@ impl TalkerTrainConfig {
                     .into(),
             );
         }
-        if !(self.mask_loss.pos_weight > 0.0) || self.mask_weight < 0.0 {
+        if self.mask_loss.pos_weight.is_nan() || self.mask_loss.pos_weight <= 0.0 || self.mask_weight < 0.0 {
             return bad("mask_loss.pos_weight must be positive and mask_weight not negative".into());
         }
         if self.eval_beams == 0 || self.eval_max_new_tokens == 0 {
@@ -314,7 +317,11 @@ impl TalkerTrainConfig {
         }
         let devices = parallel::parse_devices(&self.devices).map_err(|e| TalkerError::Config(format!("devices: {e}")))?;
         if devices.len() > self.batch_size {
-            return bad(format!("{} devices for a global batch of {}: use batch_size >= the number of devices", devices.len(), self.batch_size));
+            return bad(format!(
+                "{} devices for a global batch of {}: use batch_size >= the number of devices",
+                devices.len(),
+                self.batch_size
+            ));
         }
         Ok(())
     }
@@ -566,13 +573,14 @@ fn freeze(mut m: TrainModule, parts: &[Part]) -> TrainModule {
 
 /// Gives every parameter the id of its position in the module tree, so that the optimizer state
 /// saved by one process applies to the model the next one loads (models assembled from several
-/// files would otherwise reuse ids).
+/// files would otherwise reuse ids), and puts it on the autodiff backend, tracked.
 struct Renumber(u64);
 impl burn::module::ModuleMapper for Renumber {
     fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
         let (_, tensor, mapper) = param.consume();
         self.0 += 1;
-        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.0), tensor, mapper)
+        // on the autodiff backend, tracked (the parts to freeze are frozen next)
+        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.0), tensor.autodiff().require_grad(), mapper)
     }
 }
 
@@ -624,6 +632,9 @@ fn open_mask(path: &Path) -> Result<GrayImage, TalkerError> {
     image::open(path).map(|i| i.to_luma8()).map_err(|e| TalkerError::Input(format!("{}: cannot read the mask: {e}", path.display())))
 }
 
+/// (Q-Former ids, T5 ids, mask label ids).
+type PromptIds = (Vec<u32>, Vec<u32>, Vec<u32>);
+
 /// Text-side inputs shared by training and prediction.
 pub(crate) struct Texts<'a> {
     pub cfg: &'a TalkerConfig,
@@ -633,7 +644,7 @@ pub(crate) struct Texts<'a> {
 
 impl Texts<'_> {
     /// (Q-Former ids, T5 ids, mask label ids) of an instruction over `words`.
-    fn prompt(&self, words: &[String]) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>), TalkerError> {
+    fn prompt(&self, words: &[String]) -> Result<PromptIds, TalkerError> {
         let instruction = self.cfg.template.instruction(words);
         let q = self.bert.encode(&instruction, self.cfg.max_txt_len)?;
         let t = self.t5.encode(&instruction, self.cfg.max_txt_len)?;
@@ -737,7 +748,8 @@ fn shard_forward(
         && tc.mask_weight > 0.0
     {
         let k = input.mask_rows.len();
-        let rows = Tensor::<1, Int>::from_data(TensorData::new(input.mask_rows.iter().map(|r| *r as i64).collect::<Vec<_>>(), [k]), &device);
+        let rows =
+            Tensor::<1, Int>::from_data(TensorData::new(input.mask_rows.iter().map(|r| *r as i64).collect::<Vec<_>>(), [k]), &device);
         let label_ids: Vec<Vec<u32>> = input.mask_rows.iter().map(|r| input.label_ids[*r].clone()).collect();
         let embeds = m.blip.language_model.embed(ids_tensor(&label_ids, &device));
         let logits = branch.logits(mcfg, image.select(0, rows), embeds);
@@ -810,7 +822,10 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), TalkerError> {
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64())).is_some_and(|s| s <= step)
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
         })
         .collect();
     let mut out = kept.join("\n");
@@ -899,7 +914,10 @@ impl Run<'_> {
         let mut items = BTreeMap::new();
         for chunk in val.chunks(8) {
             let images = chunk.iter().map(|s| open_rgb(&s.image)).collect::<Result<Vec<_>, _>>()?;
-            let out = ex.explain(&images, &ExplainOptions { prompting: prompting_for(self.cfg.regions, chunk), generation: self.cfg.generation() })?;
+            let out = ex.explain(
+                &images,
+                &ExplainOptions { prompting: prompting_for(self.cfg.regions, chunk), generation: self.cfg.generation() },
+            )?;
             for (s, e) in chunk.iter().zip(out) {
                 items.insert(s.id.clone(), (e.text, vec![s.caption.clone()]));
             }
@@ -934,7 +952,6 @@ pub fn train(
     }
     let devices = parallel::parse_devices(&cfg.devices).map_err(TalkerError::Config)?;
     let device = devices[0].clone();
-    let ad = device.clone().autodiff();
     std::fs::create_dir_all(run_dir.join("checkpoints")).map_err(|e| TalkerError::io(run_dir, e))?;
 
     let st = start(cfg, run_dir, &device)?;
@@ -1026,7 +1043,7 @@ pub fn train(
         }
         None => (st.talker, TrainerState { step: 0, best_score: None, best_step: None }),
     };
-    let mut model = freeze(TrainModule { blip: talker.blip, mask: talker.mask }.map(&mut Renumber(0)).fork(&ad).set_require_grad(true), &cfg.trainable);
+    let mut model = freeze(TrainModule { blip: talker.blip, mask: talker.mask }.map(&mut Renumber(0)), &cfg.trainable);
 
     let texts = Texts { cfg: &mcfg, t5: &run.t5_tok, bert: &run.bert_tok };
     let s = mcfg.vision.image_size;
@@ -1076,7 +1093,9 @@ pub fn train(
         let mut need_fpn = Vec::new();
         for (j, &i) in idx.iter().enumerate() {
             let smp = &train[i];
-            if !cfg.augment && let Some(p) = fixed.get(&i) {
+            if !cfg.augment
+                && let Some(p) = fixed.get(&i)
+            {
                 prepared.push(p.clone());
                 continue;
             }
@@ -1173,7 +1192,11 @@ pub fn train(
                 }
                 let features = cfg.cache_vision_features.then(|| part_idx.iter().flat_map(|i| cache.map[i].iter().copied()).collect());
                 ShardInput {
-                    pixels: if cfg.cache_vision_features { Vec::new() } else { part.iter().flat_map(|p| p.pixels.iter().copied()).collect() },
+                    pixels: if cfg.cache_vision_features {
+                        Vec::new()
+                    } else {
+                        part.iter().flat_map(|p| p.pixels.iter().copied()).collect()
+                    },
                     features,
                     n: part.len(),
                     qformer_ids: part.iter().map(|p| p.qformer_ids.clone()).collect(),
@@ -1201,8 +1224,9 @@ pub fn train(
                 }
             })
             .collect();
-        let (mut grads, outs) = parallel::data_parallel(&model, &devices, shards, |m, input, _| shard_forward(m, &mcfg, cfg, input, counts))
-            .map_err(TalkerError::Data)?;
+        let (mut grads, outs) =
+            parallel::data_parallel(&model, &devices, shards, |m, input, _| shard_forward(m, &mcfg, cfg, input, counts))
+                .map_err(TalkerError::Data)?;
         let lm_loss = outs.iter().map(|o| o.lm_sum).sum::<f64>() / counts.tokens.max(1) as f64;
         let mask_loss = outs.iter().map(|o| o.mask_sum).sum::<f64>() / counts.mask_pixels.max(1) as f64;
         let loss = lm_loss + cfg.mask_weight * mask_loss;
@@ -1242,7 +1266,11 @@ pub fn train(
                 state.best_score = Some(score);
                 state.best_step = Some(state.step);
             }
-            let _ = writeln!(metrics, "{}", serde_json::json!({"step": state.step, "cider": cider, "bleu4": bleu4, "score": score, "best": best}));
+            let _ = writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({"step": state.step, "cider": cider, "bleu4": bleu4, "score": score, "best": best})
+            );
             progress.validated(&TalkerValReport { step: state.step, cider, bleu4, score, best });
             let dir = run.save(&model, &opts, &state)?;
             last_ckpt = state.step;
@@ -1285,7 +1313,13 @@ pub struct TrainBench {
 
 /// Trains `preset` (random weights) on 32 synthetic images for `steps` steps of `batch`, with or
 /// without cached vision features, without validation; the caller measures peak memory.
-pub fn bench_train(preset: &str, batch: usize, steps: u64, cache_vision_features: bool, devices: &[String]) -> Result<TrainBench, TalkerError> {
+pub fn bench_train(
+    preset: &str,
+    batch: usize,
+    steps: u64,
+    cache_vision_features: bool,
+    devices: &[String],
+) -> Result<TrainBench, TalkerError> {
     let mcfg = TalkerConfig::preset(preset)?;
     let root = std::env::temp_dir().join(format!("mmtt-bench-talker-train-{}-{}", std::process::id(), cache_vision_features));
     let _ = std::fs::remove_dir_all(&root);
@@ -1299,7 +1333,13 @@ pub fn bench_train(preset: &str, batch: usize, steps: u64, cache_vision_features
             let (ip, mp) = (root.join(format!("{i}.png")), root.join(format!("{i}-mask.png")));
             img.save(&ip).map_err(|e| TalkerError::Input(e.to_string()))?;
             mask.save(&mp).map_err(|e| TalkerError::Input(e.to_string()))?;
-            Ok(TalkerSample { id: i.to_string(), image: ip, mask: Some(mp), caption: "the eye and the mouth look blurred and smeared".into(), labels: [false; 21] })
+            Ok(TalkerSample {
+                id: i.to_string(),
+                image: ip,
+                mask: Some(mp),
+                caption: "the eye and the mouth look blurred and smeared".into(),
+                labels: [false; 21],
+            })
         })
         .collect::<Result<_, TalkerError>>()?;
     let cfg = TalkerTrainConfig {

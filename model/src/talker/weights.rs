@@ -553,10 +553,8 @@ const HF_BACK: &[(&str, &str)] = &[
 /// a safetensors file in the HF layout, through a temporary name.
 fn save_safetensors<M: ModuleSnapshot>(module: &M, file: &Path, only: &[String], hf_names: bool) -> Result<(), TalkerError> {
     let tmp = file.with_extension("safetensors.tmp");
-    let mut store = SafetensorsStore::from_file(&tmp)
-        .with_to_adapter(burn::store::BurnToPyTorchAdapter)
-        .metadata("format", "pt")
-        .overwrite(true);
+    let mut store =
+        SafetensorsStore::from_file(&tmp).with_to_adapter(burn::store::BurnToPyTorchAdapter).metadata("format", "pt").overwrite(true);
     if hf_names {
         store = store.remap(remapper(HF_BACK, None));
     }
