@@ -227,9 +227,11 @@ fn a_tiny_talker_trained_on_painted_faces_gets_its_table3_rows() {
     std::fs::write(
         &cfg,
         format!(
-            "preset = \"tiny\"\nregions = \"gt\"\nsteps = 150\nbatch_size = 4\nwarmup_steps = 10\nseed = 5\n\
-             checkpoint_every = 75\neval_every = 75\neval_limit = 4\neval_beams = 1\neval_max_new_tokens = 16\n\
-             augment = false\n\n[data]\nsource = \"export\"\ndir = \"{}\"\n",
+            "preset = \"tiny\"\nregions = \"gt\"\n\
+             trainable = [\"qformer\", \"query-tokens\", \"projection\", \"ln-vision\", \"mask-branch\", \"t5\"]\n\
+             steps = 150\nbatch_size = 4\nlr = 2e-3\nmin_lr = 1e-4\nwarmup_steps = 10\nseed = 5\n\
+             augment = false\ncache_vision_features = true\ncheckpoint_every = 75\neval_every = 75\n\
+             eval_limit = 4\neval_beams = 1\neval_max_new_tokens = 16\n\n[data]\nsource = \"export\"\ndir = \"{}\"\n",
             export.display()
         ),
     )
