@@ -209,6 +209,8 @@ fn predict_refuses_what_cannot_work_and_names_the_fix() {
         ],
         &["`x` is not a regions variant"],
     );
+    refused(&["eval", "table3", "--checkpoint", &missing, "--model", "m"], &["--checkpoint", "no such folder"]);
+    refused(&["eval", "table3", "--checkpoint", &ck, "--model", "m"], &["--fpn", "no FPN"]);
     assert_eq!(env.db.scalar_i64("SELECT count(*) FROM jobs"), 0, "nothing was recorded");
 }
 
@@ -323,6 +325,26 @@ fn a_tiny_talker_trained_on_painted_faces_gets_its_table3_rows() {
     let (zeros, ones) = (constant_mask_iou(&gt_json, &d.join("zeros"), 0), constant_mask_iou(&gt_json, &d.join("ones"), 255));
     println!("mask IoU {iou:.2}; all-zeros {zeros:.2}, all-ones {ones:.2}");
     assert!(iou > zeros.max(ones), "predicted masks (IoU {iou:.2}) are no better than all-zeros ({zeros:.2}) or all-ones ({ones:.2})");
+
+    // `mmtt eval table3` runs the variants as one job here (one variant, a few images)
+    let train_job = job["id"].as_str().unwrap();
+    let printed = env.ok(&[
+        "eval",
+        "table3",
+        "--job",
+        train_job,
+        "--model",
+        "painted-tiny cli",
+        "--variants",
+        "gt",
+        "--limit",
+        "4",
+        "--num-beams",
+        "1",
+        "--max-new-tokens",
+        "20",
+    ]);
+    assert!(printed.contains("Table 3 of painted-tiny cli (4 images of the test split") && printed.contains("| w/ FPN-GT | "), "{printed}");
 
     // the results page: the recorded rows are the model's Table 3 rows; then a table3 job started
     // from the Evaluate page predicts and scores all three variants

@@ -9,7 +9,7 @@
 //! - [`jobs`]: `jobs [show|cancel|pause|resume|retry]` (every kind of long work).
 //! - [`generate`]: `generate` (one forgery from files).
 //! - [`export`]: `export`, `stats`.
-//! - [`eval`]: `eval captions|masks|report|labels|fpn`, `regions`.
+//! - [`eval`]: `eval captions|masks|report|labels|fpn|table3`, `regions`.
 //! - [`train`]: `train fpn`, `fpn predict|init`, `ablation fpn` (ForgeryTalker's region prompter).
 //! - [`explain`]: `explain` (ForgeryTalker's explanations and masks of images).
 //! - [`predict`]: `predict` (a trained stage-2 checkpoint over a split, for `eval report`).
