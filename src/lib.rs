@@ -11,6 +11,8 @@
 //! - [`generate`]: `mmtt generate`, one forgery from files, without the database.
 //! - [`explain`]: ForgeryTalker's explainer on the platform's side (input checks, mask files,
 //!   the server's lazily loaded model), shared by `mmtt explain` and the explain page.
+//! - [`predict`]: a trained stage-2 checkpoint over a split (the regions variants of Table 3,
+//!   output folders), shared by `mmtt predict` and the Table 3 job.
 //!
 //! The command line sits on top, in the binary (`src/main.rs`, `src/cli/`): one module per
 //! command group, parsing arguments and calling the functions above; nothing here calls it.
@@ -21,5 +23,6 @@ pub mod devtools;
 pub mod explain;
 pub mod generate;
 pub mod jobs;
+pub mod predict;
 pub mod storage;
 pub mod web;

@@ -117,9 +117,9 @@
           return;
         }
         var tbody = section.querySelector("table.jobs tbody");
-        var kind = section.dataset.kind;
+        var kinds = section.dataset.kind ? section.dataset.kind.split(",") : null;
         (data.jobs || []).forEach(function (j) {
-          if (kind && j.kind !== kind) return;
+          if (kinds && kinds.indexOf(j.kind) < 0) return;
           var el = section.querySelector('tr[data-job="' + j.id + '"]');
           if (!el && tbody) el = row(tbody, j);
           if (el) update(el, j);

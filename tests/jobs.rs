@@ -382,6 +382,8 @@ fn eval_jobs_are_validated_and_run_by_a_worker() {
             masks: None,
             threshold: 127,
             meteor_data: None,
+            model: None,
+            regions: None,
         })
     };
     // refused with the field named; nothing stored

@@ -61,6 +61,7 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("GET", "/admin/train/{id}/chart"), [401, 403, 403, 404]),
         (("GET", "/admin/eval"), [401, 403, 403, 200]),
         (("POST", "/admin/eval"), [401, 403, 403, 400]),
+        (("POST", "/admin/eval/table3"), [401, 403, 403, 422]),
         (("GET", "/admin/leaderboard"), [401, 403, 403, 200]),
         (("GET", "/admin/actions"), [401, 403, 403, 200]),
     ])

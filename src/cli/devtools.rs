@@ -129,6 +129,25 @@ pub enum BenchAction {
         #[arg(long)]
         json: bool,
     },
+    /// ForgeryTalker stage-2 training: images/s and peak memory of a preset with random weights on
+    /// synthetic images, with and without cached vision features (each case in its own process).
+    TalkerTrain {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Steps per case [default: 20 for tiny, 2 for the others].
+        #[arg(long)]
+        steps: Option<u64>,
+        /// cpu; cpu:0,cpu:1 (two CPU replicas); cuda:0,cuda:1,... (a build with `--features cuda`).
+        #[arg(long, value_delimiter = ',', default_value = "cpu")]
+        devices: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        /// (internal) run one case in this process (`cached` or `uncached`) and print its JSON line.
+        #[arg(long, hide = true)]
+        only: Option<String>,
+    },
     /// "Next task" + annotation page latency at many concurrent clients (fill the database first
     /// with `mmtt seed-synthetic`).
     Web {
@@ -204,6 +223,13 @@ pub async fn bench(g: &Global, action: BenchAction) -> Result<()> {
         BenchAction::Talker { preset, batch, rounds, num_beams, max_new_tokens, device, json } => {
             let args = mmtt::devtools::bench::TalkerBenchArgs { preset, batch, rounds, num_beams, max_new_tokens, device };
             mmtt::devtools::bench::talker(&args, json).map(|_| ())
+        }
+        BenchAction::TalkerTrain { preset, batch, steps, devices, json, only } => {
+            let args = mmtt::devtools::bench::TalkerTrainArgs { preset, batch, steps, devices };
+            match only {
+                Some(case) => mmtt::devtools::bench::talker_train_child(&args, &case),
+                None => mmtt::devtools::bench::talker_train(&args, json).map(|_| ()),
+            }
         }
         BenchAction::Captions { n, refs, preds, meteor_runs } => mmtt::devtools::bench::captions(n, refs, preds, meteor_runs),
         BenchAction::Export { out } => {

@@ -1,6 +1,7 @@
-//! `mmtt eval captions|masks|report|labels|fpn` and `mmtt regions`: the paper's metrics over
-//! files (JSON on stdout, a table on stderr); no database, except `eval fpn` over the project's
-//! samples.
+//! `mmtt eval captions|masks|report|labels|fpn|table3` and `mmtt regions`: the paper's metrics
+//! over files (JSON on stdout, a table on stderr); no database, except `eval fpn` over the
+//! project's samples, `eval report --record` (the row stored as an `eval` job) and `eval table3`
+//! (a trained stage-2 model's Table 3 rows, as a `table3` job).
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -53,12 +54,24 @@ pub enum EvalAction {
         pred_mask_base: PathBuf,
         #[arg(long, default_value_t = 127)]
         threshold: u8,
-        /// The method name in the printed row.
-        #[arg(long, default_value = "mmtt")]
-        name: String,
+        /// The method name in the printed row [default: mmtt; with --model: "MODEL (w/o FPN)" ...].
+        #[arg(long)]
+        name: Option<String>,
         /// pycocoevalcap's meteor/ folder (see `eval captions`).
         #[arg(long)]
         meteor_data: Option<PathBuf>,
+        /// Store the row in the project's database (an `eval` job run in this process): the
+        /// console's results page shows it.
+        #[arg(long)]
+        record: bool,
+        /// The trained model the predictions came from: with --regions, the row is one of the
+        /// model's Table 3 rows on the results page.
+        #[arg(long, requires_all = ["record", "regions"])]
+        model: Option<String>,
+        /// The regions variant the predictions were made with (`mmtt predict --regions`): fpn,
+        /// none or gt.
+        #[arg(long, requires = "model", value_parser = mmtt::predict::parse_variant)]
+        regions: Option<mmtt_model::talker::train::RegionSource>,
     },
     /// PLM and per-label / macro / micro precision, recall, F1 of 21-label sets per id.
     Labels {
@@ -67,6 +80,10 @@ pub enum EvalAction {
         #[arg(long)]
         pred: PathBuf,
     },
+    /// A trained stage-2 model's Table 3 rows: predicted with each regions variant (w/o FPN, w/
+    /// FPN, w/ FPN-GT) on a split and scored, as a `table3` job run here; the rows go to the
+    /// results page.
+    Table3(EvalTable3Args),
     /// A region-prompter checkpoint on a split: PLM, per-label, macro and micro figures; the
     /// predicted regions of every sample written with --out (the JSON `eval labels --pred` and
     /// stage 2 read).
@@ -93,6 +110,47 @@ pub struct EvalFpnArgs {
     /// Ground-truth labels from the captions (extractor, default) or the annotators' chips.
     #[arg(long, value_enum, default_value = "extractor")]
     labels: super::train::LabelsArg,
+}
+
+#[derive(clap::Args)]
+pub struct EvalTable3Args {
+    /// A finished stage-2 training job: its best (else last) checkpoint, its data source and its
+    /// FPN.
+    #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
+    job: Option<uuid::Uuid>,
+    /// The stage-2 checkpoint folder (instead of --job).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// The model's name on the results page [default: the run folder's name].
+    #[arg(long, required_unless_present = "job")]
+    model: Option<String>,
+    #[arg(long, default_value = "test", value_parser = super::train::parse_split)]
+    split: mmtt::storage::split::Split,
+    /// The variants, comma-separated [default: none,fpn,gt].
+    #[arg(long, value_delimiter = ',', value_parser = mmtt::predict::parse_variant)]
+    variants: Vec<mmtt_model::talker::train::RegionSource>,
+    /// An FPN checkpoint folder for the w/ FPN variant, instead of the checkpoint's own.
+    #[arg(long)]
+    fpn: Option<PathBuf>,
+    /// An hf or mmtt export folder instead of the database (with --job: the run's own source).
+    #[arg(long)]
+    from_export: Option<PathBuf>,
+    /// At most this many images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The output folder (one sub-folder per variant) [default: DATA_DIR/evals/table3-DATE-ID].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Beams of the beam search (1: greedy) [default: the release's, 5].
+    #[arg(long)]
+    num_beams: Option<usize>,
+    /// Most tokens generated per image [default: the release's, 100].
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -134,6 +192,7 @@ fn print_scores(v: &serde_json::Value) -> Result<()> {
 pub async fn eval(g: &super::Global, action: EvalAction) -> Result<()> {
     let v = match action {
         EvalAction::Fpn(a) => return eval_fpn(g, a).await,
+        EvalAction::Table3(a) => return g.with_app(async |app| eval_table3(app, &g.data_dir, a).await).await,
         EvalAction::Captions { refs, preds, meteor_data: meteor_data_dir, metrics } => {
             let t = std::time::Instant::now();
             let set = mmtt_model::eval::captions::CaptionSet::parse(&read_text(&refs)?, &read_text(&preds)?)?;
@@ -150,7 +209,38 @@ pub async fn eval(g: &super::Global, action: EvalAction) -> Result<()> {
             v
         }
         EvalAction::Masks { gt, pred, threshold } => serde_json::to_value(mmtt_model::eval::masks::evaluate(&gt, &pred, threshold)?)?,
-        EvalAction::Report { gt, pred, gt_mask_base, pred_mask_base, threshold, name, meteor_data: meteor_data_dir } => {
+        EvalAction::Report {
+            gt,
+            pred,
+            gt_mask_base,
+            pred_mask_base,
+            threshold,
+            name,
+            meteor_data: meteor_data_dir,
+            record,
+            model,
+            regions,
+        } => {
+            let name = match (name, &model, regions) {
+                (Some(n), ..) => n,
+                (None, Some(m), Some(r)) => format!("{m} ({})", mmtt::predict::variant_label(r)),
+                _ => "mmtt".to_string(),
+            };
+            if record {
+                let abs = |p: &Path| std::path::absolute(p).with_context(|| p.display().to_string());
+                let spec = mmtt::jobs::EvalSpec {
+                    name,
+                    gt: abs(&gt)?,
+                    predictions: abs(&pred)?,
+                    gt_masks: Some(abs(&gt_mask_base)?),
+                    masks: Some(abs(&pred_mask_base)?),
+                    threshold,
+                    meteor_data: meteor_data_dir.as_deref().map(abs).transpose()?,
+                    model,
+                    regions,
+                };
+                return g.with_app(async |app| record_report(app, spec).await).await;
+            }
             let data = meteor_data(meteor_data_dir.as_deref())?;
             let r = mmtt_model::eval::report::evaluate(
                 &read_text(&gt)?,
@@ -170,6 +260,86 @@ pub async fn eval(g: &super::Global, action: EvalAction) -> Result<()> {
         }
     };
     print_scores(&v)
+}
+
+/// `eval report --record`: the report as an `eval` job run here, stored with its row.
+async fn record_report(app: &mmtt::app::App, spec: mmtt::jobs::EvalSpec) -> Result<()> {
+    let (id, out) = mmtt::jobs::cli::run_inline(app, &mmtt::jobs::JobSpec::Eval(spec.clone()), false).await?;
+    let mmtt::jobs::runner::JobOutput::Eval { report, line } = out else {
+        anyhow::bail!("the eval job {id} produced something else");
+    };
+    eprintln!("{line}");
+    match (&spec.model, spec.regions) {
+        (Some(m), Some(r)) => eprintln!(
+            "recorded as job {id}: the {} row of {m} in Table 3 on the results page (/admin/leaderboard)",
+            mmtt::predict::variant_label(r)
+        ),
+        _ => eprintln!("recorded as job {id}: the row `{}` on the results page (/admin/leaderboard)", spec.name),
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `eval table3`: the spec from a training job or a checkpoint, run as a job here, its rows printed.
+async fn eval_table3(app: &mmtt::app::App, data_dir: &Path, a: EvalTable3Args) -> Result<()> {
+    use mmtt::dataset::training::{DataSource, TrainData};
+    use mmtt::jobs::table3::{Table3Spec, default_out, finished_talker_runs};
+    let abs = |p: &Path| std::path::absolute(p).with_context(|| p.display().to_string());
+    let out = match &a.out {
+        Some(o) => abs(o)?,
+        None => default_out(data_dir),
+    };
+    let mut spec = match (a.job, &a.checkpoint) {
+        (Some(job), _) => {
+            let runs = finished_talker_runs(&app.pool).await?;
+            let run = runs.iter().find(|r| r.job == job).ok_or_else(|| {
+                anyhow::anyhow!("job {job} is not a finished stage-2 training job with a checkpoint (`mmtt jobs --kind train` lists them)")
+            })?;
+            let mut s = Table3Spec::new(a.model.as_deref().unwrap_or(&run.name), &run.checkpoint, &out);
+            s.train_job = Some(job);
+            s.data = run.data.clone();
+            if !mmtt::predict::checkpoint_has_fpn(&run.checkpoint) {
+                s.fpn = run.fpn.clone();
+            }
+            s
+        }
+        (None, Some(c)) => Table3Spec::new(a.model.as_deref().unwrap_or_default(), &abs(c)?, &out),
+        (None, None) => anyhow::bail!("give --job ID (a finished stage-2 training job) or --checkpoint DIR --model NAME"),
+    };
+    spec.split = a.split;
+    if !a.variants.is_empty() {
+        spec.variants = a.variants.clone();
+    }
+    if let Some(f) = &a.fpn {
+        spec.fpn = Some(abs(f)?);
+    }
+    if let Some(d) = &a.from_export {
+        spec.data = TrainData { source: DataSource::Export, dir: Some(abs(d)?), ..Default::default() };
+    }
+    if a.limit.is_some() {
+        spec.data.limit = a.limit;
+    }
+    spec.device = a.device.clone();
+    spec.num_beams = a.num_beams.unwrap_or(spec.num_beams);
+    spec.max_new_tokens = a.max_new_tokens.unwrap_or(spec.max_new_tokens);
+    spec.validate().map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message))?;
+    let (id, out) = mmtt::jobs::cli::run_inline(app, &mmtt::jobs::JobSpec::Table3(spec), !a.json).await?;
+    let mmtt::jobs::runner::JobOutput::Table3(s) = out else {
+        anyhow::bail!("the table3 job {id} produced something else");
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    let cols = ["CIDEr", "B-1", "B-2", "B-3", "B-4", "ROUGE-L", "IoU", "Prec.", "Rec."];
+    println!("Table 3 of {} ({} images of the {} split; job {id})", s.model, s.images, s.split);
+    println!("| variant | {} |", cols.join(" | "));
+    for r in &s.rows {
+        let cells: Vec<String> =
+            cols.iter().map(|c| r.table2_row.get(*c).map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())).collect();
+        println!("| {} | {} |", r.label, cells.join(" | "));
+    }
+    Ok(())
 }
 
 async fn eval_fpn(g: &super::Global, a: EvalFpnArgs) -> Result<()> {

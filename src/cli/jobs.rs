@@ -1,4 +1,4 @@
-//! `mmtt jobs`: every kind of long work (import, masks, forge, export, eval, train): list, show,
+//! `mmtt jobs`: every kind of long work (import, masks, forge, export, eval, train, table3): list, show,
 //! cancel, pause, resume, retry. The output comes from `mmtt::jobs::cli`.
 
 use super::Global;
@@ -12,7 +12,7 @@ pub struct JobsArgs {
     action: Option<JobsAction>,
     #[arg(long)]
     json: bool,
-    /// Only this kind (import, masks, forge, export, eval, train).
+    /// Only this kind (import, masks, forge, export, eval, train, table3).
     #[arg(long)]
     kind: Option<String>,
     /// Only this state (queued, running, paused, cancelling, cancelled, failed, done).

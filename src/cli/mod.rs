@@ -9,14 +9,15 @@
 //! - [`jobs`]: `jobs [show|cancel|pause|resume|retry]` (every kind of long work).
 //! - [`generate`]: `generate` (one forgery from files).
 //! - [`export`]: `export`, `stats`.
-//! - [`eval`]: `eval captions|masks|report|labels|fpn`, `regions`.
+//! - [`eval`]: `eval captions|masks|report|labels|fpn|table3`, `regions`.
 //! - [`train`]: `train fpn`, `fpn predict|init`, `ablation fpn` (ForgeryTalker's region prompter),
 //!   `train talker` (stage 2).
 //! - [`explain`]: `explain` (ForgeryTalker's explanations and masks of images).
+//! - [`predict`]: `predict` (a trained stage-2 checkpoint over a split, for `eval report`).
 //! - [`web`]: `serve`, `user add`.
 //! - [`project`]: `project show|set-split`.
 //! - [`devtools`]: `demo`, `fixtures`, `seed-synthetic`, `bench` (`bench fpn`: training throughput;
-//!   `bench talker`: generation throughput).
+//!   `bench talker`: generation throughput; `bench talker-train`: stage-2 training throughput).
 
 mod db;
 mod devtools;
@@ -28,6 +29,7 @@ mod generate;
 mod import;
 mod jobs;
 mod masks;
+mod predict;
 mod project;
 mod train;
 mod web;
@@ -92,7 +94,7 @@ enum Command {
     Forge(forge::ForgeArgs),
     /// Process queued forgery items (any number of workers, on any machine).
     Worker(forge::WorkerCommand),
-    /// Show jobs of every kind (import, masks, forge, export, eval, train): progress, failures; control them.
+    /// Show jobs of every kind (import, masks, forge, export, eval, train, table3): progress, failures; control them.
     Jobs(jobs::JobsArgs),
     /// List forgeries.
     Forgeries {
@@ -131,6 +133,9 @@ enum Command {
     },
     /// ForgeryTalker's explanation (text, regions, mask) of face images, from a checkpoint.
     Explain(explain::ExplainArgs),
+    /// A trained ForgeryTalker (stage 2) checkpoint over a split: captions and masks in the
+    /// format `mmtt eval report` reads (`--regions fpn|none|gt`: Table 3's variants).
+    Predict(predict::PredictArgs),
     /// The paper's ablations (`ablation fpn`: Table 4).
     Ablation {
         #[command(subcommand)]
@@ -203,6 +208,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Fpn { action } => train::fpn(action),
         Command::Ablation { action } => train::ablation(g, action).await,
         Command::Explain(a) => explain::run(a),
+        Command::Predict(a) => predict::run(g, a).await,
         Command::Regions(a) => eval::regions(a),
         Command::SeedSynthetic(a) => devtools::seed_synthetic(g, a).await,
         Command::User { action } => web::user(g, action).await,

@@ -1,6 +1,8 @@
 //! `mmtt bench forge`: throughput of the generators, printed as figures (never asserted in tests);
 //! `mmtt bench fpn`: training images/s and peak memory of the region prompter's presets on CPU;
-//! `mmtt bench talker`: ForgeryTalker's forward and generation time, tokens/s and images/s.
+//! `mmtt bench talker`: ForgeryTalker's forward and generation time, tokens/s and images/s;
+//! `mmtt bench talker-train`: stage-2 training images/s and peak memory, with and without cached
+//! vision features.
 //!
 //! ONNX: the `mat`- and `lama`-shaped models through mmtt (pre-processing, inference,
 //! post-processing, rounding) against the same models through Python onnxruntime with the same
@@ -525,6 +527,132 @@ pub fn talker(a: &TalkerBenchArgs, json: bool) -> Result<serde_json::Value> {
         }
     }
     Ok(v)
+}
+
+/// Settings of `mmtt bench talker-train`.
+#[derive(Debug, Clone)]
+pub struct TalkerTrainArgs {
+    pub preset: String,
+    pub batch: usize,
+    /// Steps per case; 20 for tiny, 2 for the others when `None`.
+    pub steps: Option<u64>,
+    pub devices: Vec<String>,
+}
+
+impl TalkerTrainArgs {
+    fn steps(&self) -> u64 {
+        self.steps.unwrap_or(if self.preset == "tiny" { 20 } else { 2 })
+    }
+}
+
+/// One case of `mmtt bench talker-train`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TalkerTrainBench {
+    pub preset: String,
+    pub cached: bool,
+    pub batch_size: usize,
+    pub steps: u64,
+    pub seconds: f64,
+    pub images_per_s: f64,
+    /// VmHWM of the process that trained (one process per case), kB.
+    pub peak_kb: u64,
+    pub devices: Vec<String>,
+    pub threads: usize,
+}
+
+fn check_talker_train(a: &TalkerTrainArgs) -> Result<()> {
+    if !mmtt_model::talker::PRESETS.contains(&a.preset.as_str()) {
+        bail!("--preset {}: unknown: use one of {}", a.preset, mmtt_model::talker::PRESETS.join(", "));
+    }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if a.steps == Some(0) {
+        bail!("--steps must be at least 1");
+    }
+    mmtt_model::parallel::parse_devices(&a.devices).map_err(|e| anyhow!("--devices: {e}"))?;
+    Ok(())
+}
+
+/// `mmtt bench talker-train`: the preset trained for a few steps without, then with cached vision
+/// features, each in its own process (so each peak memory is its own); a table, or JSON.
+pub fn talker_train(a: &TalkerTrainArgs, json: bool) -> Result<Vec<TalkerTrainBench>> {
+    check_talker_train(a)?;
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for case in ["uncached", "cached"] {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["bench", "talker-train", "--only", case, "--preset", &a.preset, "--batch", &a.batch.to_string()]).args([
+            "--steps",
+            &a.steps().to_string(),
+            "--devices",
+            &a.devices.join(","),
+        ]);
+        if !json {
+            eprintln!("training {} for {} steps of batch {} ({case} vision features) ...", a.preset, a.steps(), a.batch);
+        }
+        let out = cmd.output().context("running the benchmark's child process")?;
+        if !out.status.success() {
+            bail!("bench talker-train ({case}) failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let row: TalkerTrainBench = serde_json::from_str(text.lines().last().unwrap_or_default())
+            .with_context(|| format!("bench talker-train ({case}): unreadable child output: {text}"))?;
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "ForgeryTalker stage-2 training, preset {} on {} (batch {}, {} threads, random weights, synthetic images)",
+            a.preset,
+            a.devices.join(","),
+            a.batch,
+            rows.first().map(|r| r.threads).unwrap_or(0)
+        );
+        println!("{:<16} {:>6} {:>10} {:>12} {:>10}", "vision features", "steps", "seconds", "images/s", "peak MB");
+        for r in &rows {
+            println!(
+                "{:<16} {:>6} {:>10.2} {:>12.2} {:>10.1}",
+                if r.cached { "cached" } else { "computed" },
+                r.steps,
+                r.seconds,
+                r.images_per_s,
+                r.peak_kb as f64 / 1024.0
+            );
+        }
+        if let [u, c] = rows.as_slice()
+            && u.images_per_s > 0.0
+        {
+            println!("cached / computed: {:.2}x images/s", c.images_per_s / u.images_per_s);
+        }
+    }
+    Ok(rows)
+}
+
+/// The child of [`talker_train`]: one case (`cached` or `uncached`), one JSON line.
+pub fn talker_train_child(a: &TalkerTrainArgs, case: &str) -> Result<()> {
+    check_talker_train(a)?;
+    let cached = match case {
+        "cached" => true,
+        "uncached" => false,
+        other => bail!("--only {other}: give cached or uncached"),
+    };
+    let b = mmtt_model::talker::train::bench_train(&a.preset, a.batch, a.steps(), cached, &a.devices)
+        .with_context(|| format!("bench talker-train {} ({case})", a.preset))?;
+    let row = TalkerTrainBench {
+        preset: a.preset.clone(),
+        cached: b.cached,
+        batch_size: a.batch,
+        steps: b.steps,
+        seconds: b.seconds,
+        images_per_s: b.images_per_s,
+        peak_kb: peak_kb().unwrap_or(0),
+        devices: a.devices.clone(),
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    println!("{}", serde_json::to_string(&row)?);
+    Ok(())
 }
 
 /// 1234567 as "1,234,567".

@@ -29,6 +29,7 @@
 pub mod cli;
 pub mod forge;
 pub mod runner;
+pub mod table3;
 pub mod train;
 pub mod workers;
 
@@ -51,10 +52,13 @@ pub enum JobKind {
     Export,
     Eval,
     Train,
+    /// A trained stage-2 model predicted and scored with each regions variant (the paper's Table 3).
+    Table3,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] = [JobKind::Import, JobKind::Masks, JobKind::Forge, JobKind::Export, JobKind::Eval, JobKind::Train];
+    pub const ALL: [JobKind; 7] =
+        [JobKind::Import, JobKind::Masks, JobKind::Forge, JobKind::Export, JobKind::Eval, JobKind::Train, JobKind::Table3];
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Import => "import",
@@ -63,6 +67,7 @@ impl JobKind {
             JobKind::Export => "export",
             JobKind::Eval => "eval",
             JobKind::Train => "train",
+            JobKind::Table3 => "table3",
         }
     }
 }
@@ -73,7 +78,7 @@ impl FromStr for JobKind {
         JobKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown job kind `{s}`: the kinds are import, masks, forge, export, eval, train"))
+            .ok_or_else(|| format!("unknown job kind `{s}`: the kinds are import, masks, forge, export, eval, train, table3"))
     }
 }
 
@@ -317,6 +322,13 @@ pub struct EvalSpec {
     /// pycocoevalcap's meteor/ folder (default: found on the machine).
     #[serde(default)]
     pub meteor_data: Option<PathBuf>,
+    /// The trained model the predictions came from: with `regions`, the row is one of the
+    /// model's Table 3 rows on the results page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The regions variant the predictions were made with (`fpn`, `none`, `gt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<mmtt_model::talker::train::RegionSource>,
 }
 
 impl EvalSpec {
@@ -338,6 +350,7 @@ pub enum JobSpec {
     Export(ExportSpec),
     Eval(EvalSpec),
     Train(train::TrainSpec),
+    Table3(table3::Table3Spec),
 }
 
 impl JobSpec {
@@ -349,6 +362,7 @@ impl JobSpec {
             JobSpec::Export(_) => JobKind::Export,
             JobSpec::Eval(_) => JobKind::Eval,
             JobSpec::Train(_) => JobKind::Train,
+            JobSpec::Table3(_) => JobKind::Table3,
         }
     }
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -359,6 +373,7 @@ impl JobSpec {
             JobSpec::Export(s) => s.validate(),
             JobSpec::Eval(s) => s.validate(),
             JobSpec::Train(s) => s.validate(),
+            JobSpec::Table3(s) => s.validate(),
         }
     }
     /// Attempts a worker gets at the job before it is failed (forge: per item).
@@ -482,7 +497,17 @@ impl EvalSpec {
         if let Some(m) = &self.meteor_data {
             existing_dir("meteor_data", m)?;
         }
-        Ok(())
+        match (&self.model, self.regions) {
+            (Some(m), Some(_)) if m.trim().is_empty() || m.chars().count() > 100 => {
+                Err(SpecError::new("model", "give the trained model's name (1 to 100 characters)"))
+            }
+            (Some(_), Some(_)) | (None, None) => Ok(()),
+            (Some(_), None) => Err(SpecError::new(
+                "regions",
+                format!("a Table 3 row needs its regions variant as well as the model: give {}", crate::predict::VARIANTS_HELP),
+            )),
+            (None, Some(_)) => Err(SpecError::new("model", "a Table 3 row needs the trained model's name as well as its regions variant")),
+        }
     }
 }
 

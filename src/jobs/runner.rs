@@ -56,6 +56,7 @@ pub enum JobOutput {
     Train(Box<super::train::TrainSummary>),
     /// A stage-2 (ForgeryTalker explainer and mask decoder) training run.
     Talker(Box<super::train::talker::TalkerSummary>),
+    Table3(Box<super::table3::Table3Summary>),
 }
 
 impl JobOutput {
@@ -69,6 +70,7 @@ impl JobOutput {
             JobOutput::Eval { report, line } => Ok(serde_json::json!({ "report": report, "table_line": line })),
             JobOutput::Train(s) => serde_json::to_value(s),
             JobOutput::Talker(s) => serde_json::to_value(s),
+            JobOutput::Table3(s) => serde_json::to_value(s),
         };
         v.unwrap_or_else(|e| serde_json::json!({ "unserializable": e.to_string() }))
     }
@@ -329,8 +331,9 @@ pub async fn execute(
             }
         }
     };
-    if outcome.is_err() && matches!(spec, JobSpec::Train(_)) {
-        // a trainer runs on its own thread: ask it to checkpoint and return, and keep the lease
+    if outcome.is_err() && matches!(spec, JobSpec::Train(_) | JobSpec::Table3(_)) {
+        // a trainer (or a prediction) runs on its own thread: ask it to checkpoint and return (to
+        // stop after its slice of samples), and keep the lease
         // meanwhile, so the job is marked (and can be resumed) only once its folder is settled
         live.stop();
         loop {
@@ -434,6 +437,10 @@ fn counts(out: &JobOutput, bar_total: i64) -> (i64, i64, i64) {
         JobOutput::Eval { .. } => (1, 1, 0),
         JobOutput::Train(s) => (s.last_step as i64, s.total_steps as i64, 0),
         JobOutput::Talker(s) => (s.last_step as i64, s.total_steps as i64, 0),
+        JobOutput::Table3(s) => {
+            let n = (s.images * s.rows.len()) as i64;
+            (n, n, 0)
+        }
         JobOutput::Forge(_) => (0, bar_total, 0),
     }
 }
@@ -499,6 +506,7 @@ async fn run_spec(
         JobSpec::Train(super::train::TrainSpec::Talker(s)) => {
             JobOutput::Talker(Box::new(super::train::talker::run(app, job, s, bar, live, &o.name).await?))
         }
+        JobSpec::Table3(s) => JobOutput::Table3(Box::new(super::table3::run(app, job, s, bar, live, &o.name).await?)),
     })
 }
 

@@ -279,6 +279,7 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::GET, "/admin/export/{id}/download", Access::Admin, get(admin::export::download)),
         (Method::GET, "/admin/eval", Access::Admin, get(admin::eval::form)),
         (Method::POST, "/admin/eval", Access::Admin, post(admin::eval::submit).layer(axum::extract::DefaultBodyLimit::disable())),
+        (Method::POST, "/admin/eval/table3", Access::Admin, post(admin::eval::submit_table3)),
         (Method::GET, "/admin/leaderboard", Access::Admin, get(admin::eval::leaderboard)),
         (Method::GET, "/admin/train", Access::Admin, get(admin::train::form)),
         (Method::POST, "/admin/train", Access::Admin, post(admin::train::submit)),

@@ -1,15 +1,22 @@
 //! Evaluation pages: upload a prediction file (the JSONL `mmtt eval report` reads) with a tar of
 //! its masks, against the ground truth of a finished export in the release format; an eval job
-//! computes the Table 2 row. The leaderboard lists every finished evaluation beside the paper's
-//! rows (spec section 9).
+//! computes the Table 2 row. A finished stage-2 training run is predicted and scored with each
+//! regions variant by one `table3` job (w/o FPN, w/ FPN, w/ FPN-GT). The results page (the
+//! leaderboard) lists every finished evaluation beside the paper's Table 2 rows (spec section 9),
+//! and each trained model's Table 3 rows beside the paper's (from `table3` jobs, and from `eval`
+//! jobs tagged with a model and a regions variant: `mmtt eval report --record --model --regions`).
 
 use super::jobs::{JobRow, recent};
-use super::{Admin, Fields, NAV, Refusal, page_or_json, refused, short, specs};
+use super::{Admin, Fields, NAV, Refusal, fields, page_or_json, refused, short, specs};
 use crate::jobs;
+use crate::jobs::table3::{TalkerRun, finished_talker_runs};
 use crate::web::{AppState, WebError, render};
 use askama::Template;
+use axum::body::Bytes;
 use axum::extract::{Multipart, State};
+use axum::http::HeaderMap;
 use axum::response::{Html, Response};
+use mmtt_model::talker::train::RegionSource;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -38,6 +45,26 @@ pub const PAPER_ROWS: [(&str, [Option<f64>; 9]); 8] = [
     (
         "authors' release, test (21,679)",
         [Some(69.48), Some(34.50), Some(22.49), Some(16.73), Some(13.47), Some(30.54), Some(66.06), Some(76.27), Some(81.83)],
+    ),
+];
+
+/// The paper's Table 3 (the ablation of the region prompts), in its order: (variant, the paper's
+/// row name, the Table 2 columns). "w/o FPN" is the paper's InstructBLIP row but for B-4 (6.0).
+pub const PAPER_TABLE3: [(RegionSource, &str, [Option<f64>; 9]); 3] = [
+    (
+        RegionSource::Gt,
+        "ForgeryTalker w/ FPN-GT",
+        [Some(48.1), Some(38.0), Some(22.4), Some(14.4), Some(9.5), Some(32.3), Some(70.26), Some(88.83), Some(77.93)],
+    ),
+    (
+        RegionSource::None,
+        "ForgeryTalker w/o FPN",
+        [Some(20.9), Some(30.6), Some(16.8), Some(9.8), Some(6.0), Some(24.8), Some(67.38), Some(85.47), Some(80.25)],
+    ),
+    (
+        RegionSource::Fpn,
+        "ForgeryTalker",
+        [Some(21.5), Some(31.1), Some(16.9), Some(9.8), Some(5.9), Some(24.3), Some(70.81), Some(87.06), Some(78.34)],
     ),
 ];
 
@@ -80,6 +107,27 @@ struct EvalPage<'a> {
     values: &'a Fields,
     truths: Vec<GroundTruth>,
     jobs: Vec<JobRow>,
+    runs: Vec<TalkerRun>,
+    beams: usize,
+    new_tokens: usize,
+}
+
+impl EvalPage<'_> {
+    /// The form's value of `name`, else the default shown.
+    fn v(&self, name: &str, default: String) -> String {
+        self.values.opt(name).map(str::to_string).unwrap_or(default)
+    }
+    fn variant_on(&self, name: &str) -> bool {
+        self.values.all("variants").is_empty() || self.values.has("variants", name)
+    }
+}
+
+/// The evaluation jobs of both kinds, newest first.
+async fn eval_jobs(state: &AppState) -> Result<Vec<JobRow>, WebError> {
+    let mut jobs = recent(&state.pool, Some("eval")).await?;
+    jobs.extend(recent(&state.pool, Some("table3")).await?);
+    jobs.sort_by(|a, b| b.created.cmp(&a.created));
+    Ok(jobs)
 }
 
 async fn page(
@@ -89,9 +137,22 @@ async fn page(
     values: &Fields,
 ) -> Result<(Html<String>, serde_json::Value), WebError> {
     let truths = ground_truths(state).await?;
-    let jobs = recent(&state.pool, Some("eval")).await?;
-    let data = serde_json::json!({ "ground_truths": truths, "jobs": jobs });
-    let html = render(&EvalPage { nav: &NAV, name: &admin.user.name, csrf: &admin.user.csrf, error, values, truths, jobs })?;
+    let jobs = eval_jobs(state).await?;
+    let runs = finished_talker_runs(&state.pool).await.map_err(|e| WebError::Internal(e.to_string()))?;
+    let g = mmtt_model::talker::GenerationConfig::release();
+    let data = serde_json::json!({ "ground_truths": truths, "jobs": jobs, "talker_runs": runs });
+    let html = render(&EvalPage {
+        nav: &NAV,
+        name: &admin.user.name,
+        csrf: &admin.user.csrf,
+        error,
+        values,
+        truths,
+        jobs,
+        runs,
+        beams: g.num_beams,
+        new_tokens: g.max_new_tokens,
+    })?;
     Ok((html, data))
 }
 
@@ -293,6 +354,75 @@ pub async fn submit(State(state): State<AppState>, admin: Admin, mut mp: Multipa
     }
 }
 
+/// The Table 3 job the form asks for (checked by the job system's own validation).
+async fn table3_spec(state: &AppState, f: &Fields) -> Result<crate::jobs::table3::Table3Spec, Refusal> {
+    let runs = finished_talker_runs(&state.pool).await.map_err(|e| Refusal::new("train_job", e.to_string()))?;
+    if runs.is_empty() {
+        return Err(Refusal::new(
+            "train_job",
+            "no finished stage-2 training run with a checkpoint yet: train one on the Train page (model: ForgeryTalker stage 2) first",
+        ));
+    }
+    let run = runs.iter().find(|r| r.job.to_string() == f.val("train_job")).ok_or_else(|| {
+        Refusal::new("train_job", format!("`{}` is not a finished stage-2 training run: choose one of the list", short(f.val("train_job"))))
+    })?;
+    let split = crate::dataset::training::parse_split(f.opt("split").unwrap_or("test")).map_err(|m| Refusal::new("split", m))?;
+    let mut variants = Vec::new();
+    for v in f.all("variants") {
+        variants.push(crate::predict::parse_variant(v).map_err(|m| Refusal::new("variants", m))?);
+    }
+    if variants.is_empty() {
+        variants = crate::predict::VARIANTS.iter().map(|v| v.0).collect();
+    }
+    let model = f.opt("model").unwrap_or(&run.name).to_string();
+    let out = crate::jobs::table3::default_out(&state.admin.data_dir);
+    let mut spec = crate::jobs::table3::Table3Spec::new(&model, &run.checkpoint, &out);
+    spec.train_job = Some(run.job);
+    spec.split = split;
+    spec.variants = variants;
+    spec.fpn = match f.opt("fpn") {
+        Some(p) => Some(std::path::PathBuf::from(p)),
+        None if !crate::predict::checkpoint_has_fpn(&run.checkpoint) => run.fpn.clone(),
+        None => None,
+    };
+    spec.data = run.data.clone();
+    if let Some(l) = f.opt("limit") {
+        spec.data.limit = Some(l.parse().map_err(|_| {
+            Refusal::new("limit", format!("`{}` is not a whole number: give at most how many images, or nothing for all", short(l)))
+        })?);
+    }
+    spec.num_beams = f.u64_or("num_beams", Some(spec.num_beams as u64), "the beams of the beam search, such as 5 (1: greedy)")? as usize;
+    spec.max_new_tokens =
+        f.u64_or("max_new_tokens", Some(spec.max_new_tokens as u64), "the most new tokens per image, such as 100")? as usize;
+    spec.batch_size = f.u64_or("batch_size", Some(spec.batch_size as u64), "images per forward pass, such as 8")? as usize;
+    if let Some(d) = f.opt("device") {
+        spec.device = d.to_string();
+    }
+    specs::table3(spec)
+}
+
+/// POST /admin/eval/table3: predict and score a finished stage-2 training run with each regions
+/// variant (a `table3` job).
+pub async fn submit_table3(State(state): State<AppState>, admin: Admin, headers: HeaderMap, body: Bytes) -> Response {
+    let f = match fields(&admin, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    match table3_spec(&state, &f).await {
+        Err(r) => {
+            let html = page(&state, &admin, Some(&r), &f).await.map(|(h, _)| h);
+            refused(admin.json, &r, |_| html)
+        }
+        Ok(spec) => {
+            let detail = serde_json::json!({
+                "model": spec.model, "checkpoint": spec.checkpoint, "train_job": spec.train_job, "split": spec.split,
+                "variants": spec.variants, "out": spec.out,
+            });
+            specs::submit_and_answer(&state, &admin, &crate::jobs::JobSpec::Table3(spec), "table3", detail).await
+        }
+    }
+}
+
 /// One leaderboard row.
 #[derive(Debug, Clone, Serialize)]
 pub struct BoardRow {
@@ -346,9 +476,158 @@ pub async fn board(state: &AppState) -> Result<Vec<BoardRow>, WebError> {
             cells: COLUMNS.iter().map(|c| row.get(*c).and_then(|v| v.as_f64())).collect(),
         });
     }
+    // a Table 3 job's w/ FPN row is its model's Table 2 row
+    for r in table3_results(state).await? {
+        if r.regions == RegionSource::Fpn {
+            mine.push(BoardRow { name: r.model, paper: false, by: r.by, when: r.when, job: r.job, cells: r.cells });
+        }
+    }
     mine.sort_by(|a, b| b.cells[0].unwrap_or(f64::MIN).total_cmp(&a.cells[0].unwrap_or(f64::MIN)));
     rows.extend(mine);
     Ok(rows)
+}
+
+/// One scored variant of a trained model, from a `table3` job or a tagged `eval` job.
+#[derive(Debug, Clone)]
+struct Table3Result {
+    model: String,
+    checkpoint: String,
+    regions: RegionSource,
+    cells: Vec<Option<f64>>,
+    job: String,
+    by: String,
+    when: String,
+}
+
+fn cells_of(row: &serde_json::Value) -> Vec<Option<f64>> {
+    COLUMNS.iter().map(|c| row.get(*c).and_then(|v| v.as_f64())).collect()
+}
+
+/// Every scored variant of every trained model, newest first.
+async fn table3_results(state: &AppState) -> Result<Vec<Table3Result>, WebError> {
+    let list = |kind| {
+        let filter = jobs::JobFilter { kind: Some(kind), state: Some(jobs::JobState::Done), limit: Some(1000) };
+        async move { jobs::list(&state.pool, &filter).await.map_err(|e| WebError::Internal(e.to_string())) }
+    };
+    let mut out = Vec::new();
+    for j in list(jobs::JobKind::Table3).await? {
+        let j = JobRow::from_view(serde_json::to_value(&j).unwrap_or_default());
+        let Some(r) = j.view.get("result") else { continue };
+        let text = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        for row in r.get("rows").and_then(|x| x.as_array()).into_iter().flatten() {
+            let Some(regions) = row.get("regions").and_then(|v| serde_json::from_value::<RegionSource>(v.clone()).ok()) else { continue };
+            let Some(t) = row.get("table2_row") else { continue };
+            out.push(Table3Result {
+                model: text("model"),
+                checkpoint: text("checkpoint"),
+                regions,
+                cells: cells_of(t),
+                job: j.id.clone(),
+                by: j.started_by.clone(),
+                when: j.created.clone(),
+            });
+        }
+    }
+    for j in list(jobs::JobKind::Eval).await? {
+        let j = JobRow::from_view(serde_json::to_value(&j).unwrap_or_default());
+        let p = j.view.get("params");
+        let model = p.and_then(|p| p.get("model")).and_then(|m| m.as_str()).map(str::to_string);
+        let regions = p.and_then(|p| p.get("regions")).and_then(|v| serde_json::from_value::<RegionSource>(v.clone()).ok());
+        let row = j.view.get("result").and_then(|r| r.get("table2_row").or_else(|| r.get("report").and_then(|x| x.get("table2_row"))));
+        if let (Some(model), Some(regions), Some(row)) = (model, regions, row) {
+            out.push(Table3Result {
+                model,
+                checkpoint: String::new(),
+                regions,
+                cells: cells_of(row),
+                job: j.id.clone(),
+                by: j.started_by.clone(),
+                when: j.created.clone(),
+            });
+        }
+    }
+    out.sort_by(|a, b| b.when.cmp(&a.when));
+    Ok(out)
+}
+
+/// One Table 3 row: the paper's, or a trained model's (cells `None` where not scored yet).
+#[derive(Debug, Clone, Serialize)]
+pub struct Table3Line {
+    /// `fpn`, `none`, `gt`.
+    pub regions: &'static str,
+    /// `w/ FPN-GT`, `w/o FPN`, `w/ FPN`.
+    pub label: &'static str,
+    pub cells: Vec<Option<f64>>,
+    /// The job that scored it ("" for the paper's rows and rows not scored yet).
+    pub job: String,
+    pub by: String,
+    pub when: String,
+}
+
+impl Table3Line {
+    pub fn cell_texts(&self) -> Vec<String> {
+        self.cells.iter().map(|c| c.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())).collect()
+    }
+}
+
+/// A trained model's three Table 3 rows, in the paper's order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Table3Model {
+    pub model: String,
+    pub checkpoint: String,
+    pub rows: Vec<Table3Line>,
+}
+
+/// The paper's Table 3 rows and each trained model's (the newest score of each variant; models
+/// with the newest scores first).
+pub async fn table3(state: &AppState) -> Result<(Vec<(String, Table3Line)>, Vec<Table3Model>), WebError> {
+    let paper = PAPER_TABLE3
+        .iter()
+        .map(|(r, name, cells)| {
+            let line = Table3Line {
+                regions: crate::predict::variant_name(*r),
+                label: crate::predict::variant_label(*r),
+                cells: cells.to_vec(),
+                job: String::new(),
+                by: "paper".into(),
+                when: String::new(),
+            };
+            (name.to_string(), line)
+        })
+        .collect();
+    let mut models: Vec<Table3Model> = Vec::new();
+    for r in table3_results(state).await? {
+        let i = match models.iter().position(|m| m.model == r.model) {
+            Some(i) => i,
+            None => {
+                let rows = PAPER_TABLE3
+                    .iter()
+                    .map(|(v, ..)| Table3Line {
+                        regions: crate::predict::variant_name(*v),
+                        label: crate::predict::variant_label(*v),
+                        cells: vec![None; COLUMNS.len()],
+                        job: String::new(),
+                        by: String::new(),
+                        when: String::new(),
+                    })
+                    .collect();
+                models.push(Table3Model { model: r.model.clone(), checkpoint: String::new(), rows });
+                models.len() - 1
+            }
+        };
+        let m = &mut models[i];
+        if m.checkpoint.is_empty() {
+            m.checkpoint = r.checkpoint.clone();
+        }
+        let name = crate::predict::variant_name(r.regions);
+        if let Some(line) = m.rows.iter_mut().find(|l| l.regions == name && l.job.is_empty()) {
+            line.cells = r.cells;
+            line.job = r.job;
+            line.by = r.by;
+            line.when = r.when;
+        }
+    }
+    Ok((paper, models))
 }
 
 #[derive(Template)]
@@ -358,14 +637,24 @@ struct BoardPage<'a> {
     name: &'a str,
     columns: &'a [&'a str],
     rows: Vec<BoardRow>,
+    paper3: Vec<(String, Table3Line)>,
+    models3: Vec<Table3Model>,
 }
 
 /// GET /admin/leaderboard
 pub async fn leaderboard(State(state): State<AppState>, admin: Admin) -> Response {
-    let rows = match board(&state).await {
+    let got = async { Ok::<_, WebError>((board(&state).await?, table3(&state).await?)) }.await;
+    let (rows, (paper3, models3)) = match got {
         Ok(r) => r,
         Err(e) => return super::error_response(e, admin.json),
     };
-    let data = serde_json::json!({ "columns": COLUMNS, "rows": rows });
-    page_or_json(admin.json, &data, || render(&BoardPage { nav: &NAV, name: &admin.user.name, columns: &COLUMNS, rows }))
+    let data = serde_json::json!({
+        "columns": COLUMNS,
+        "rows": rows,
+        "table3": {
+            "paper": paper3.iter().map(|(name, l)| serde_json::json!({ "name": name, "regions": l.regions, "label": l.label, "cells": l.cells })).collect::<Vec<_>>(),
+            "models": models3,
+        },
+    });
+    page_or_json(admin.json, &data, || render(&BoardPage { nav: &NAV, name: &admin.user.name, columns: &COLUMNS, rows, paper3, models3 }))
 }

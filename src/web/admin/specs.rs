@@ -91,11 +91,26 @@ pub fn eval(gt: &Path, gt_mask_base: &Path, pred: &Path, pred_mask_base: &Path, 
         masks: Some(pred_mask_base.to_path_buf()),
         threshold: 127,
         meteor_data: None,
+        model: None,
+        regions: None,
     });
     checked(spec, |f| match f {
         "gt" | "gt_masks" => "truth",
         other => other,
     })
+}
+
+/// A Table 3 job (a finished stage-2 training run predicted and scored with each regions variant).
+pub fn table3(spec: crate::jobs::table3::Table3Spec) -> Result<crate::jobs::table3::Table3Spec, Refusal> {
+    spec.validate().map_err(|SpecError { field, message }| {
+        let field = match field {
+            "checkpoint" | "out" => "train_job",
+            "data" => "limit",
+            other => other,
+        };
+        Refusal::new(field, message)
+    })?;
+    Ok(spec)
 }
 
 /// Submits `spec` as `admin`, records the action, answers 303 to the job's page (or 201 with
