@@ -431,6 +431,12 @@ impl TalkerExtras {
 }
 
 impl TalkerConfig {
+    /// The Q-Former's instruction length: `max_txt_len`, but never past its position embeddings
+    /// (left truncation, as the release's tokenizer does; the tiny shapes have 64 positions).
+    pub fn qformer_max_len(&self) -> usize {
+        self.max_txt_len.min(self.qformer.max_position_embeddings)
+    }
+
     /// A named preset. `tiny` runs on two CPU cores in well under a second per image; `release-xl`
     /// is the authors' model (EVA ViT-g 39 blocks, BERT-base Q-Former, flan-t5-xl with exact GELU).
     pub fn preset(name: &str) -> Result<Self, TalkerError> {

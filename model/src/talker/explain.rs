@@ -310,7 +310,7 @@ impl Explainer {
         let mut qf_ids = Vec::with_capacity(n);
         let mut t5_ids = Vec::with_capacity(n);
         for (instruction, _) in &prompts {
-            qf_ids.push(self.bert_tok.encode(instruction, cfg.max_txt_len)?);
+            qf_ids.push(self.bert_tok.encode(instruction, cfg.qformer_max_len())?);
             t5_ids.push(self.t5_tok.encode(instruction, cfg.max_txt_len)?);
         }
         let masks = match &cfg.mask_branch {

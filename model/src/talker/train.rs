@@ -646,7 +646,7 @@ impl Texts<'_> {
     /// (Q-Former ids, T5 ids, mask label ids) of an instruction over `words`.
     fn prompt(&self, words: &[String]) -> Result<PromptIds, TalkerError> {
         let instruction = self.cfg.template.instruction(words);
-        let q = self.bert.encode(&instruction, self.cfg.max_txt_len)?;
+        let q = self.bert.encode(&instruction, self.cfg.qformer_max_len())?;
         let t = self.t5.encode(&instruction, self.cfg.max_txt_len)?;
         let label_tokens = self.cfg.mask_branch.as_ref().map_or(21, |m| m.label_tokens);
         let l = self.t5.encode_padded(&words.join(" "), label_tokens, self.cfg.text.pad_token_id)?;
