@@ -1,7 +1,7 @@
 //! `mmtt predict`: a trained stage-2 checkpoint over one split of the project's accepted triplets
 //! (or of an export folder): captions (`predictions.jsonl`), masks (`masks/<id>.png`) and the
 //! ground truth (`gt.json`) in the format `mmtt eval report` reads. The work is in
-//! `mmtt::predict`, `mmtt::dataset::training::talker_samples` and `mmtt_model::talker::predict`.
+//! `mmtt::predict`, `mmtt::dataset::talker_training::samples` and `mmtt_model::talker::predict`.
 
 use super::Global;
 use anyhow::{Context, Result, anyhow, bail};
@@ -99,7 +99,7 @@ pub async fn run(g: &Global, a: PredictArgs) -> Result<()> {
     let samples = match data.source {
         DataSource::Export => {
             let dir = data.dir.clone().unwrap_or_default();
-            let mut s = training::talker_from_export(&dir, a.split)?;
+            let mut s = mmtt::dataset::talker_training::from_export(&dir, a.split)?;
             if let Some(n) = data.limit {
                 s.truncate(n);
             }
@@ -108,7 +108,7 @@ pub async fn run(g: &Global, a: PredictArgs) -> Result<()> {
         DataSource::Db => {
             let mut got = Vec::new();
             g.with_app(async |app| {
-                got = training::talker_samples(app, &data, a.split).await?;
+                got = mmtt::dataset::talker_training::samples(app, &data, a.split).await?;
                 Ok(())
             })
             .await?;

@@ -20,7 +20,6 @@ use crate::app::App;
 use crate::storage::split::Split;
 use anyhow::{Context, Result, anyhow, bail};
 use mmtt_model::fpn::{self, LabelSource, Sample};
-use mmtt_model::talker::train::TalkerSample;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -312,125 +311,6 @@ pub fn from_export(dir: &Path, split: Split, labels: LabelSource) -> Result<Vec<
             s.image.display(),
             s.id
         );
-    }
-    Ok(out)
-}
-
-/// One split's stage-2 samples (ForgeryTalker's explainer and mask branch) from `data`, in id
-/// order (at most `data.limit`): the forged image, its forgery mask, the accepted caption, and the
-/// region labels the extractor reads in that caption. Several accepted captions of one image are
-/// several samples sharing the id.
-pub async fn talker_samples(app: &App, data: &TrainData, split: Split) -> Result<Vec<TalkerSample>> {
-    let mut out = match data.source {
-        DataSource::Db => talker_from_db(app, split, data.include_unreviewed).await?,
-        DataSource::Export => {
-            let dir = data.export_dir()?.to_path_buf();
-            tokio::task::spawn_blocking(move || talker_from_export(&dir, split)).await.map_err(|e| anyhow!("reading the export: {e}"))??
-        }
-    };
-    if let Some(n) = data.limit {
-        out.truncate(n);
-    }
-    Ok(out)
-}
-
-/// The extractor's 21 labels of a caption.
-fn caption_labels(caption: &str) -> [bool; 21] {
-    let mut out = [false; 21];
-    for (o, v) in out.iter_mut().zip(multilabel(caption)) {
-        *o = v == 1;
-    }
-    out
-}
-
-/// The accepted (with `include_unreviewed`, also submitted) triplets of `split` in the database as
-/// stage-2 samples: the forged image's and the mask's blob paths, the release `image_id` as the id.
-pub async fn talker_from_db(app: &App, split: Split, include_unreviewed: bool) -> Result<Vec<TalkerSample>> {
-    check_label_order()?;
-    let mut o = ExportOptions::new(Format::Mmtt, PathBuf::new());
-    o.include_unreviewed = include_unreviewed;
-    let (rows, ..) = select(app, &o).await?;
-    let mut out = Vec::new();
-    let mut missing = Vec::new();
-    for s in rows.into_iter().filter(|s| s.split == split) {
-        let (image, mask) = (app.store.path_of(&s.image), app.store.path_of(&s.mask));
-        if let Some(p) = [&image, &mask].into_iter().find(|p| !p.is_file()) {
-            missing.push(format!("{} ({})", s.image_id, p.display()));
-            continue;
-        }
-        let labels = caption_labels(&s.text);
-        out.push(TalkerSample { id: s.image_id, image, mask: Some(mask), caption: s.text, labels });
-    }
-    if !missing.is_empty() {
-        bail!(
-            "{} images or masks of the {split} split are missing from the blob store under {}: {}{} (restore the data directory's blobs/)",
-            missing.len(),
-            app.store.root().display(),
-            missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
-            if missing.len() > 5 { ", ..." } else { "" }
-        );
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
-}
-
-/// One split of an `hf` or `mmtt` export folder as stage-2 samples (image, mask, caption).
-pub fn talker_from_export(dir: &Path, split: Split) -> Result<Vec<TalkerSample>> {
-    check_label_order()?;
-    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
-    let mut out = Vec::new();
-    match export_layout(dir)? {
-        ExportLayout::Mmtt => {
-            let file = dir.join(format!("{}.json", release_split_name(split)));
-            if !file.is_file() {
-                return Ok(out);
-            }
-            let records: Vec<serde_json::Value> =
-                serde_json::from_str(&read(&file)?).with_context(|| format!("{}: not a JSON list of samples", file.display()))?;
-            for (i, r) in records.iter().enumerate() {
-                let field = |k: &str| r.get(k).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("{} record {i}: no `{k}`", file.display()));
-                let id = match r.get("image_id") {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(v) if !v.is_null() => v.to_string(),
-                    _ => bail!("{} record {i}: no `image_id`", file.display()),
-                };
-                let caption = field("caption")?.to_string();
-                let mask = r.get("mask_path").and_then(|v| v.as_str()).map(|m| dir.join(m));
-                out.push(TalkerSample { id, image: dir.join(field("img_path")?), mask, labels: caption_labels(&caption), caption });
-            }
-        }
-        ExportLayout::Hf => {
-            let file = dir.join(split.name()).join("metadata.jsonl");
-            if !file.is_file() {
-                return Ok(out);
-            }
-            for (n, line) in read(&file)?.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let r: serde_json::Value =
-                    serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", file.display(), n + 1))?;
-                let field =
-                    |k: &str| r.get(k).and_then(|v| v.as_str()).ok_or_else(|| anyhow!("{} line {}: no `{k}`", file.display(), n + 1));
-                let id = field("image_id").or_else(|_| field("id"))?.to_string();
-                let caption = field("text")?.to_string();
-                let mask = r.get("mask_file_name").and_then(|v| v.as_str()).map(|m| dir.join(split.name()).join(m));
-                out.push(TalkerSample {
-                    id,
-                    image: dir.join(split.name()).join(field("file_name")?),
-                    mask,
-                    labels: caption_labels(&caption),
-                    caption,
-                });
-            }
-        }
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    for s in &out {
-        if let Some(p) = std::iter::once(&s.image).chain(s.mask.as_ref()).find(|p| !p.is_file()) {
-            bail!(
-                "{}: the image or mask of sample {} is missing: re-run the export into that folder (it resumes and repairs)",
-                p.display(),
-                s.id
-            );
-        }
     }
     Ok(out)
 }

@@ -19,7 +19,7 @@
 
 use super::{JobError, JobFilter, JobKind, JobState, SpecError};
 use crate::app::App;
-use crate::dataset::training::{self, DataSource, TrainData};
+use crate::dataset::training::{DataSource, TrainData};
 use crate::predict::{self, PredictRecord};
 use crate::storage::split::Split;
 use anyhow::{Context, Result, anyhow, bail};
@@ -195,7 +195,7 @@ pub async fn run(
 ) -> Result<Table3Summary> {
     let t0 = Instant::now();
     let pool = &app.pool;
-    let all = training::talker_samples(app, &spec.data, spec.split).await?;
+    let all = crate::dataset::talker_training::samples(app, &spec.data, spec.split).await?;
     let (samples, dropped) = predict::one_per_id(all.clone());
     if samples.is_empty() {
         bail!(
