@@ -4,6 +4,7 @@
 //! the CLI) give them.
 
 pub mod annotation;
+pub mod assist;
 pub mod export;
 pub mod import;
 pub mod masks;

@@ -387,6 +387,7 @@ pub async fn write(app: &App, seed: u64) -> Result<CaptionSummary> {
             fp_labels: &fp,
             active_seconds: 0.0,
             elapsed_seconds: 0.0,
+            assist: None,
         };
         let submitted = annotations::submit(&mut tx, &submission).await?;
         let acceptance = annotations::Acceptance {

@@ -48,6 +48,19 @@ macro_rules! text_enum {
 }
 
 text_enum!(
+    /// `project_settings.assist_mode`, `annotation_tasks.assist_mode`, `annotations.assist_mode`:
+    /// how the model helps annotators (issue 17).
+    AssistMode, "assistance mode" {
+        /// No suggestion is shown: the annotation flow of before.
+        Off => "off",
+        /// The model's regions and mask are shown once the annotator has written a first draft.
+        Hint => "hint",
+        /// The model's explanation is the starting draft.
+        Prefill => "prefill",
+    }
+);
+
+text_enum!(
     /// `annotations.status`: a caption's review state.
     AnnotationStatus, "annotation status" {
         /// Written by its annotator, waiting for review.

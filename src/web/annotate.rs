@@ -308,6 +308,7 @@ pub async fn submit(
         fp_labels: &fp,
         active_seconds: active,
         elapsed_seconds: elapsed,
+        assist: None,
     };
     annotations::submit(&mut tx, &submission).await?;
     tx.commit().await?;

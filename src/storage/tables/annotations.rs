@@ -30,6 +30,29 @@ pub struct Submission<'a> {
     pub fp_labels: &'a [&'a str],
     pub active_seconds: f64,
     pub elapsed_seconds: f64,
+    /// What the annotator was shown (issue 17); `None`: assistance off (the stored row is then
+    /// exactly what it was before assistance existed: the columns keep their defaults).
+    pub assist: Option<AssistRecord<'a>>,
+}
+
+/// The assistance an annotation was written with: the mode in effect, whether the forgery was in
+/// the held-out arm, and the suggestion shown (none in the held-out arm or without a prediction)
+/// with the token-level edit distance from it to the submitted text.
+#[derive(Debug, Clone)]
+pub struct AssistRecord<'a> {
+    pub mode: crate::storage::status::AssistMode,
+    pub holdout: bool,
+    pub suggestion: Option<ShownSuggestion<'a>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShownSuggestion<'a> {
+    pub model: uuid::Uuid,
+    pub text: &'a str,
+    pub regions: &'a [String],
+    pub suggestion_tokens: i32,
+    pub text_tokens: i32,
+    pub edit_distance: i32,
 }
 
 /// A stored submission: the annotation's id and its version now.
@@ -65,6 +88,29 @@ pub async fn submit(conn: &mut PgConnection, s: &Submission<'_>) -> sqlx::Result
     .bind(s.mentions)
     .fetch_one(&mut *conn)
     .await?;
+    if let Some(a) = &s.assist {
+        // a refinement keeps the first submission's suggestion unless it was shown one itself;
+        // the distance is always from the recorded suggestion to the text submitted now
+        let sug = a.suggestion.as_ref();
+        sqlx::query(
+            "UPDATE annotations SET assist_mode = $2, assist_holdout = $3, \
+               suggestion_model = COALESCE($4, suggestion_model), suggestion_text = COALESCE($5, suggestion_text), \
+               suggestion_regions = COALESCE($6, suggestion_regions), suggestion_tokens = COALESCE($7, suggestion_tokens), \
+               text_tokens = COALESCE($8, text_tokens), suggestion_edit_distance = COALESCE($9, suggestion_edit_distance) \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(a.mode.as_str())
+        .bind(a.holdout)
+        .bind(sug.map(|x| x.model))
+        .bind(sug.map(|x| x.text))
+        .bind(sug.map(|x| x.regions))
+        .bind(sug.map(|x| x.suggestion_tokens))
+        .bind(sug.map(|x| x.text_tokens))
+        .bind(sug.map(|x| x.edit_distance))
+        .execute(&mut *conn)
+        .await?;
+    }
     revision(conn, id, s.text, s.regions, s.annotator_id, RevisionAction::Submit, None).await?;
     annotation_tasks::mark_submitted(conn, s.forgery_id, s.annotator_id).await?;
     Ok(Submitted { id, version })
