@@ -50,6 +50,7 @@ fn demo_captions_annotate_every_open_forgery_once() {
                 fp_labels: &[],
                 active_seconds: 75.0,
                 elapsed_seconds: 90.0,
+                assist: None,
             },
         )
         .await
