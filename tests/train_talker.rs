@@ -102,6 +102,8 @@ fn a_stage_2_run_from_the_train_page_shows_progress_pauses_resumes_is_cancelled_
             (vec![("regions", "faces")], "regions"),
             (vec![("preset", "huge")], "preset"),
             (vec![("cache_vision_features", "on"), ("augment", "on")], "cache_vision_features"),
+            // the release's gate scores the FPN's regions: refused with regions = gt
+            (vec![("gate", "on")], "gate"),
         ] {
             let r = adm.post(format!("{base}/admin/train/talker")).form(&with(&changes)).send().await.unwrap();
             assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{changes:?}");

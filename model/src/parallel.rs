@@ -217,3 +217,19 @@ mod tests {
         assert!(parse_devices(&["tpu".into()]).unwrap_err().contains("unknown device"));
     }
 }
+
+/// `grad_clip` in the training TOMLs: a positive norm, or `0` for no clipping. A key left out
+/// takes the preset's value, so "off" must be spelled: without this `None` would not survive
+/// `run.toml`'s round trip (it would come back as the preset's clip and refuse the resume).
+pub mod grad_clip_toml {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(v.unwrap_or(0.0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        let v = f64::deserialize(d)?;
+        Ok(if v == 0.0 { None } else { Some(v) })
+    }
+}

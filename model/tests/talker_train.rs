@@ -342,3 +342,125 @@ fn bad_training_configs_are_refused_with_the_key_named() {
     assert!(err.contains("needs an FPN"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A seeded (untrained) tiny FPN at the tiny explainer's image size: it predicts some regions for
+/// every image, most of them not painted, which is what the gate learns to tell apart.
+fn seeded_fpn(dir: &Path) -> PathBuf {
+    use mmtt_model::fpn::config::{FpnConfig, Preprocess};
+    use mmtt_model::fpn::face_vit::{FaceVit, Init};
+    let size = mmtt_model::talker::TalkerConfig::preset("tiny").unwrap().vision.image_size;
+    let cfg = FpnConfig { image_size: size, ..FpnConfig::preset("tiny").unwrap() };
+    let device = burn::tensor::Device::flex();
+    let model = FaceVit::new(&cfg, &mut Init::new(3, &device));
+    mmtt_model::fpn::weights::save_dir(&model, &cfg, &Preprocess::for_config(&cfg), dir).unwrap();
+    dir.to_path_buf()
+}
+
+fn gate_tensor(dir: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(dir.join(mmtt_model::talker::train::GATE_FILE)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn named(dir: &Path, file: &str, name: &str) -> Vec<f32> {
+    tensors(dir).into_iter().find(|(n, _)| n == &format!("{file}:{name}")).unwrap_or_else(|| panic!("{name}")).1
+}
+
+#[test]
+fn the_release_gate_trains_beside_stage_2_checkpoints_and_resumes() {
+    use mmtt_model::talker::gate::{BertConfig, Gate, GateConfig, GateFile, load_gate};
+    use mmtt_model::talker::train::GateLoss;
+    let root = tmp("gate");
+    let train_set = synthetic(&root.join("data"), 16, 21);
+    let fpn = seeded_fpn(&root.join("fpn"));
+    let cfg = TalkerTrainConfig {
+        regions: RegionSource::Fpn,
+        fpn: Some(fpn),
+        gate: Some(GateLoss::default()),
+        steps: 40,
+        batch_size: 4,
+        grad_clip: None,
+        checkpoint_every: 20,
+        eval_every: 1000,
+        ..TalkerTrainConfig::tiny()
+    };
+    // `[gate]` and "no clipping" survive run.toml's round trip (a resume compares them)
+    assert_eq!(TalkerTrainConfig::from_toml(&cfg.to_toml()).unwrap(), cfg);
+    let mut rec = Record::default();
+    let out = train(&cfg, &train_set, &[], &root.join("run"), &mut rec).unwrap();
+    // the gate loss is reported, positive, and falls as the gate learns which predicted regions
+    // the captions name
+    assert!(
+        rec.steps.iter().all(|s| s.gate_loss.is_finite() && s.gate_loss > 0.0),
+        "{:?}",
+        rec.steps.iter().map(|s| s.gate_loss).collect::<Vec<_>>()
+    );
+    let mean = |r: &[TalkerStepReport]| r.iter().map(|s| s.gate_loss).sum::<f64>() / r.len() as f64;
+    let (first, last) = (mean(&rec.steps[..8]), mean(&rec.steps[32..]));
+    eprintln!("gate loss: first 8 steps {first:.4}, last 8 {last:.4}");
+    assert!(last < 0.8 * first, "the gate loss did not fall: {first} -> {last}");
+    // the total is L_t + L_m + 0.5 L_gate
+    for s in &rec.steps {
+        let want = s.lm_loss + s.mask_loss + 0.5 * s.gate_loss;
+        assert!((s.loss - want).abs() < 1e-9 * want.max(1.0), "step {}: {} vs {want}", s.step, s.loss);
+    }
+
+    // the checkpoint holds the gate in the release's names; it loads by them
+    let q = mmtt_model::talker::TalkerConfig::preset("tiny").unwrap();
+    let gcfg = GateConfig {
+        bert: BertConfig {
+            vocab_size: q.qformer.vocab_size,
+            hidden_size: q.qformer.hidden_size,
+            num_hidden_layers: q.qformer.num_hidden_layers,
+            num_attention_heads: q.qformer.num_attention_heads,
+            intermediate_size: q.qformer.intermediate_size,
+            max_position_embeddings: q.qformer.max_position_embeddings,
+            type_vocab_size: 2,
+            layer_norm_eps: q.qformer.layer_norm_eps,
+        },
+        vision_width: q.vision.hidden_size,
+        heads: if q.qformer.hidden_size.is_multiple_of(8) { 8 } else { q.qformer.num_attention_heads },
+    };
+    let device = burn::tensor::Device::flex();
+    let seeded = Gate::new(&gcfg, &mut mmtt_model::fpn::face_vit::Init::new(1, &device));
+    load_gate(seeded, &out.last_dir.join(mmtt_model::talker::train::GATE_FILE), GateFile::Whole).unwrap();
+
+    // the gate's gradient reaches ln_vision (and only what the gate reads): one step with and
+    // without the gate from the same start
+    let one = TalkerTrainConfig { steps: 1, checkpoint_every: 1, ..cfg.clone() };
+    let plain = TalkerTrainConfig { gate: None, ..one.clone() };
+    let a = train(&one, &train_set, &[], &root.join("one-gate"), &mut Quiet).unwrap();
+    let b = train(&plain, &train_set, &[], &root.join("one-plain"), &mut Quiet).unwrap();
+    let ln = "vision_model.post_layernorm.weight";
+    assert_ne!(
+        named(&a.last_dir, "model.safetensors", ln),
+        named(&b.last_dir, "model.safetensors", ln),
+        "ln_vision got the gate's gradient"
+    );
+    assert!(
+        a.last_dir.join(mmtt_model::talker::train::GATE_FILE).is_file() && !b.last_dir.join(mmtt_model::talker::train::GATE_FILE).exists()
+    );
+
+    // stopped at step 20 and resumed: the same gate (and model) as the uninterrupted run
+    let run2 = root.join("run2");
+    let stopped = train(&cfg, &train_set, &[], &run2, &mut StopAt(20)).unwrap();
+    assert!(stopped.stopped && stopped.last_step == 20);
+    let resumed = train(&cfg, &train_set, &[], &run2, &mut Quiet).unwrap();
+    assert_eq!(resumed.last_step, 40);
+    assert_same_weights(&resumed.last_dir, &out.last_dir, "gate run stopped and resumed vs uninterrupted");
+    for name in ["fc_layer.weight", "bert_model.encoder.layer.0.attention.self.query.weight", "gate_cross_attention_layer.in_proj_weight"] {
+        let (x, y) = (gate_tensor(&resumed.last_dir, name), gate_tensor(&out.last_dir, name));
+        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after resume");
+    }
+
+    // refused: a gate without FPN regions, a negative weight
+    let err = TalkerTrainConfig::from_toml("preset = \"tiny\"\nregions = \"gt\"\n[gate]\n").unwrap_err().to_string();
+    assert!(err.contains("[gate]") && err.contains("regions = \"fpn\""), "{err}");
+    let err = TalkerTrainConfig::from_toml("preset = \"tiny\"\nregions = \"fpn\"\n[gate]\nweight = -1\n").unwrap_err().to_string();
+    assert!(err.contains("gate.weight"), "{err}");
+    let err =
+        TalkerTrainConfig::from_toml("preset = \"tiny\"\nregions = \"fpn\"\n[gate]\nbert = \"/nonexistent\"\n").unwrap_err().to_string();
+    assert!(err.contains("gate.bert") && err.contains("config.json"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}

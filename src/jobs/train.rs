@@ -179,7 +179,7 @@ pub fn check_config(c: &TrainConfig) -> Result<(), SpecError> {
         return Err(SpecError::new("eval_every", "must be at least 1 (steps between validations)"));
     }
     if c.grad_clip.is_some_and(|g| !(g.is_finite() && g > 0.0)) {
-        return Err(SpecError::new("grad_clip", "must be a positive number, or absent for no clipping"));
+        return Err(SpecError::new("grad_clip", "must be a positive number, or 0 for no clipping"));
     }
     if let LossConfig::Paper { negative_weight, bce, dice } = &c.loss {
         if !(0.0..=1.0).contains(negative_weight) {

@@ -68,7 +68,8 @@ pub struct TrainConfig {
     pub adam_eps: f64,
     pub beta1: f64,
     pub beta2: f64,
-    /// Clip the global gradient norm to this value (none when absent).
+    /// Clip the global gradient norm to this value; `0` in TOML: no clipping.
+    #[serde(with = "crate::parallel::grad_clip_toml")]
     pub grad_clip: Option<f64>,
     pub seed: u64,
     pub loss: LossConfig,
@@ -178,7 +179,7 @@ impl TrainConfig {
         if let Some(c) = self.grad_clip
             && c <= 0.0
         {
-            return bad(format!("grad_clip is {c}; it must be positive (leave it out to not clip)"));
+            return bad(format!("grad_clip is {c}; it must be positive (0: no clipping)"));
         }
         parse_device(&self.device)?;
         let devices = self.device_list().map_err(FpnError::Config)?;

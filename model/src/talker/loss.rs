@@ -8,8 +8,9 @@
 //!   `BCEWithLogitsLoss(pos_weight=2)`), summed over pixels. With `double_sigmoid` the logits go
 //!   through a sigmoid first, reproducing the release's bug (spec 1.8: it applies the loss to
 //!   already-sigmoided outputs).
-//! - [`gate_mean`]: the release's auxiliary gate loss, the same BCE (no positive weight) on
-//!   per-region gate values, per sample the mean over its predicted regions.
+//! - [`gate_mean`]: the release's auxiliary gate loss: BCE (no positive weight) of per-region
+//!   gate probabilities, per sample the mean over its predicted regions; the release's
+//!   BCE-with-logits on those probabilities (a double sigmoid) as an option.
 //! - [`normalize_caption`]: `BlipCaptionProcessor` (spec 4.3).
 //!
 //! PyTorch's BCE-with-logits is `(1 - y) x + (1 + (w - 1) y) softplus(-x)`, with `softplus(-x)`
@@ -19,6 +20,9 @@
 use burn::tensor::activation::{log_sigmoid, log_softmax, sigmoid};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+
+/// The gate BCE's probability clamp.
+const PROB_EPS: f64 = 1e-7;
 
 /// transformers' `ignore_index` for target positions that carry no token.
 pub const IGNORE: i64 = -100;
@@ -82,14 +86,26 @@ pub fn lm_sum(logits: Tensor<3>, targets: &[Vec<i64>]) -> (Tensor<1>, usize) {
     ((logp * keep).sum().neg(), count)
 }
 
-/// The release's gate loss for one sample: BCE-with-logits of the (sigmoid) gate values `[n]`
-/// of its predicted regions against their ground-truth labels, mean over the `n` regions. The
-/// release applies it to sigmoid outputs (`double_sigmoid`); the batch loss is the sum over
-/// samples divided by the batch size.
-pub fn gate_mean(gates: Tensor<1>, gt: Tensor<1>, double_sigmoid: bool) -> Tensor<1> {
-    let [n] = gates.dims();
-    let x = if double_sigmoid { sigmoid(gates) } else { gates };
-    bce_with_logits_sum(x, gt, 1.0).div_scalar(n.max(1) as f64)
+/// The gate loss of one sample: its gate values `p` [n] (probabilities in (0, 1): each the mean
+/// of sigmoids over a region word's tokens, [`super::gate::Gate::values`]) against the 0/1 labels
+/// of its n predicted regions, mean over the regions. The release applies BCE-with-logits to
+/// these probabilities (`double_sigmoid`: a second sigmoid, spec 1.8); otherwise it is BCE on
+/// probabilities (PyTorch's `BCELoss`; probabilities clamped to [1e-7, 1 - 1e-7], where PyTorch
+/// clamps the logs at -100: the two agree inside that range). The batch loss is the sum over
+/// samples with regions divided by the batch size.
+pub fn gate_mean(p: Tensor<1>, gt: Tensor<1>, double_sigmoid: bool) -> Tensor<1> {
+    let [n] = p.dims();
+    let sum = if double_sigmoid {
+        bce_with_logits_sum(p, gt, 1.0)
+    } else {
+        // kept inside (0, 1) so that a saturated f32 probability gives a finite loss and gradient
+        let p = p.clamp(PROB_EPS, 1.0 - PROB_EPS);
+        let one_minus_y = gt.clone().neg().add_scalar(1.0);
+        let log_p = p.clone().log();
+        let log_q = p.neg().add_scalar(1.0).log();
+        (gt * log_p + one_minus_y * log_q).sum().neg()
+    };
+    sum.div_scalar(n.max(1) as f64)
 }
 
 /// The release's caption processor (`BlipCaptionProcessor.pre_caption`): lowercase, each of

@@ -111,7 +111,7 @@ impl SamAttention {
 
 impl PackedMultiheadAttention {
     /// `query` [B, Lq, D] over `kv` [B, Lk, D] (batch first here; PyTorch's is sequence first).
-    fn forward(&self, heads: usize, query: Tensor<3>, kv: Tensor<3>) -> Tensor<3> {
+    pub(crate) fn forward(&self, heads: usize, query: Tensor<3>, kv: Tensor<3>) -> Tensor<3> {
         let [_, _, d] = query.dims();
         let w = self.in_proj_weight.val();
         let bias = self.in_proj_bias.val();

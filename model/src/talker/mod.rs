@@ -17,6 +17,9 @@
 //!   release layout (PyTorch pickles), with every missing, unexpected or mis-shaped tensor reported.
 //! - [`explain`]: [`Explainer`], the entry point the CLI and the web app use.
 //! - [`bench`]: generation throughput on random weights.
+//! - [`gate`]: the release's region gate (a separate BERT over the FPN's region words,
+//!   cross-attention to the projected patches, one value per region): training-only, its loss an
+//!   option of [`train`]; no output depends on it.
 //! - [`loss`]: the training losses (token cross-entropy, the mask's BCE, the release's gate
 //!   loss) and the release's caption normaliser.
 //! - [`train`]: the stage-2 trainer ([`TalkerTrainConfig`], TOML; frozen EVA/T5/FPN, trained
@@ -29,6 +32,7 @@ pub mod bench;
 pub mod config;
 pub mod eva_vit;
 pub mod explain;
+pub mod gate;
 pub mod generate;
 pub mod instructblip;
 pub mod loss;

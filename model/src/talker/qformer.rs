@@ -77,18 +77,26 @@ pub fn additive_mask(mask: &[Vec<u8>], device: &burn::tensor::Device) -> Tensor<
 
 impl QAttention {
     fn new(cfg: &QFormerConfig, kv_width: usize, init: &mut Init) -> Self {
-        let h = cfg.hidden_size;
+        Self::with_widths(cfg.hidden_size, kv_width, cfg.layer_norm_eps, init)
+    }
+
+    /// A BERT attention block of width `h` over keys of width `kv_width` (seeded).
+    pub(crate) fn with_widths(h: usize, kv_width: usize, eps: f64, init: &mut Init) -> Self {
         QAttention {
             attention: QMultiHead { query: init.linear(h, h), key: init.linear(kv_width, h), value: init.linear(kv_width, h) },
-            output: QAddNorm { dense: init.linear(h, h), layer_norm: init.layer_norm(h, cfg.layer_norm_eps) },
+            output: QAddNorm { dense: init.linear(h, h), layer_norm: init.layer_norm(h, eps) },
         }
     }
 
-    /// Attention of `x` over `kv` (itself for self-attention), with the output's residual + norm.
     fn forward(&self, cfg: &QFormerConfig, x: Tensor<3>, kv: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
+        self.attend(cfg.num_attention_heads, x, kv, mask)
+    }
+
+    /// Attention of `x` over `kv` (itself for self-attention) with `heads` heads, with the
+    /// output's residual + norm.
+    pub(crate) fn attend(&self, heads: usize, x: Tensor<3>, kv: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
         let [b, t, h] = x.dims();
         let [_, l, _] = kv.dims();
-        let heads = cfg.num_attention_heads;
         let hd = h / heads;
         let a = &self.attention;
         let q = a.query.forward(x.clone()).reshape([b, t, heads, hd]).swap_dims(1, 2);
@@ -104,7 +112,8 @@ impl QAttention {
 }
 
 impl QAddNorm {
-    fn ff(&self, inter: &QDense, x: Tensor<3>) -> Tensor<3> {
+    /// BERT's feed-forward: `intermediate` with GELU, then this dense layer, residual and norm.
+    pub(crate) fn ff(&self, inter: &QDense, x: Tensor<3>) -> Tensor<3> {
         let y = gelu(inter.dense.forward(x.clone()));
         self.layer_norm.forward(self.dense.forward(y) + x)
     }

@@ -5,8 +5,10 @@
 //! the instruction. Which parts train is configurable ([`Part`]).
 //!
 //! The release's choices are options ([`TalkerTrainConfig`]): the caption normaliser, 60 target
-//! tokens, BCE with `pos_weight` 2; its two bugs are fixed by default and reproducible
-//! (`mask_loss.double_sigmoid`, `align_masks = false`).
+//! tokens, BCE with `pos_weight` 2, the auxiliary gate loss (`[gate]`: `L += 0.5 * gate_loss`, its
+//! BERT, projection, cross-attention and head trained beside the rest, the gradient reaching
+//! `ln_vision`; [`super::gate`]); its bugs are fixed by default and reproducible
+//! (`mask_loss.double_sigmoid`, `gate.double_sigmoid`, `align_masks = false`).
 //!
 //! A run lives in one directory, like the FPN's: `run.toml`, `data.json`, `metrics.jsonl`,
 //! `checkpoints/step-N/` (a ForgeryTalker directory `Explainer::load` reads, holding the trained
@@ -28,9 +30,10 @@
 use super::TalkerError;
 use super::config::{MaskBranchConfig, TalkerConfig};
 use super::explain::{ExplainOptions, Explainer, Prompting, pixels};
+use super::gate::{BertConfig, Gate, GateConfig, GateFile, load_gate, save_gate};
 use super::generate::GenerationConfig;
 use super::instructblip::{InstructBlip, Talker, ids_tensor};
-use super::loss::{IGNORE, MaskLoss, lm_sum, mask_sum, normalize_caption};
+use super::loss::{IGNORE, MaskLoss, gate_mean, lm_sum, mask_sum, normalize_caption};
 use super::mask_branch::MaskBranch;
 use super::tokenize::TextTokenizer;
 use super::weights;
@@ -158,6 +161,8 @@ pub struct TalkerTrainConfig {
     pub adam_eps: f64,
     pub beta1: f64,
     pub beta2: f64,
+    /// Global-norm clipping; `0` in TOML: none.
+    #[serde(with = "crate::parallel::grad_clip_toml")]
     pub grad_clip: Option<f64>,
     pub seed: u64,
     /// Target tokens per caption, `</s>` included (right truncation): the release's 60.
@@ -182,6 +187,29 @@ pub struct TalkerTrainConfig {
     pub eval_max_new_tokens: usize,
     /// Validate on at most this many validation samples (0: all).
     pub eval_limit: usize,
+    /// The release's auxiliary gate loss (`[gate]`); absent: not trained (the paper's text
+    /// names no gate; it changes no output, see [`super::gate`]).
+    pub gate: Option<GateLoss>,
+}
+
+/// The release's gate loss as a training option: `L += weight * gate_loss`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GateLoss {
+    /// The release: 0.5.
+    pub weight: f64,
+    /// Apply BCE-with-logits to the gate probabilities, as the release does (a double sigmoid).
+    pub double_sigmoid: bool,
+    /// A Hugging Face BERT folder (`config.json`, `model.safetensors`: bert-base-uncased for the
+    /// release) the gate's `bert_model` starts from; absent: seeded weights (a BERT shaped like
+    /// the Q-Former's).
+    pub bert: Option<PathBuf>,
+}
+
+impl Default for GateLoss {
+    fn default() -> Self {
+        GateLoss { weight: 0.5, double_sigmoid: false, bert: None }
+    }
 }
 
 impl Default for TalkerTrainConfig {
@@ -228,6 +256,7 @@ impl TalkerTrainConfig {
             eval_beams: 5,
             eval_max_new_tokens: 100,
             eval_limit: 0,
+            gate: None,
         }
     }
 
@@ -289,7 +318,7 @@ impl TalkerTrainConfig {
         if let Some(c) = self.grad_clip
             && c <= 0.0
         {
-            return bad(format!("grad_clip is {c}; it must be positive (leave it out to not clip)"));
+            return bad(format!("grad_clip is {c}; it must be positive (0: no clipping)"));
         }
         if self.max_target_tokens < 2 {
             return bad("max_target_tokens must be at least 2 (a word and </s>)".into());
@@ -314,6 +343,25 @@ impl TalkerTrainConfig {
         }
         if self.eval_beams == 0 || self.eval_max_new_tokens == 0 {
             return bad("eval_beams and eval_max_new_tokens must be at least 1".into());
+        }
+        if let Some(g) = &self.gate {
+            if !(g.weight >= 0.0 && g.weight.is_finite()) {
+                return bad(format!("gate.weight is {}; it must be a number >= 0 (the release: 0.5)", g.weight));
+            }
+            if self.regions != RegionSource::Fpn {
+                return bad(format!(
+                    "[gate] scores the FPN's predicted regions against the reference labels: it needs regions = \"fpn\" (now \"{}\"); remove [gate] or predict the regions with an FPN",
+                    self.regions.name()
+                ));
+            }
+            if let Some(b) = &g.bert
+                && !b.join("config.json").is_file()
+            {
+                return bad(format!(
+                    "gate.bert = {}: no config.json there: give a Hugging Face BERT folder (bert-base-uncased: config.json and model.safetensors)",
+                    b.display()
+                ));
+            }
         }
         let devices = parallel::parse_devices(&self.devices).map_err(|e| TalkerError::Config(format!("devices: {e}")))?;
         if devices.len() > self.batch_size {
@@ -348,6 +396,8 @@ pub struct TalkerStepReport {
     pub loss: f64,
     pub lm_loss: f64,
     pub mask_loss: f64,
+    /// The gate loss (0 without `[gate]`).
+    pub gate_loss: f64,
     pub lr: f64,
     pub images_per_s: f64,
 }
@@ -425,7 +475,12 @@ fn fingerprint(train: &[TalkerSample], val: &[TalkerSample]) -> DataFingerprint 
 pub struct TrainModule {
     pub blip: InstructBlip,
     pub mask: Option<MaskBranch>,
+    /// The release's gate, when `[gate]` trains it.
+    pub gate: Option<Gate>,
 }
+
+/// The gate's tensors in a checkpoint (the release's names).
+pub const GATE_FILE: &str = "gate.safetensors";
 
 /// The built-in tokenizers of the tiny preset (trained by the fixture script on caption-like text).
 const TINY_T5: &str = include_str!("../../assets/tiny-tokenizers/tokenizer.json");
@@ -469,6 +524,8 @@ struct Start {
     fpn: Option<Predictor>,
     /// `base` for checkpoints (absolute), when starting from a checkpoint.
     base: Option<PathBuf>,
+    /// The gate and its shape, when `[gate]` is set.
+    gate: Option<(Gate, GateConfig)>,
     notes: Vec<String>,
 }
 
@@ -534,7 +591,66 @@ fn start(cfg: &TalkerTrainConfig, run_dir: &Path, device: &Device) -> Result<Sta
             talker.config.vision.image_size
         )));
     }
-    Ok(Start { talker, t5_tok, bert_tok, fpn, base, notes })
+    let gate = match &cfg.gate {
+        Some(g) => Some(start_gate(g, &talker.config, &bert_tok, cfg.seed, device, &mut notes)?),
+        None => None,
+    };
+    Ok(Start { talker, t5_tok, bert_tok, fpn, base, gate, notes })
+}
+
+/// The gate a run starts with: its BERT from `gate.bert` (a Hugging Face folder), else seeded
+/// and shaped like the Q-Former's BERT; the heads seeded.
+fn start_gate(
+    g: &GateLoss,
+    mcfg: &TalkerConfig,
+    bert_tok: &TextTokenizer,
+    seed: u64,
+    device: &Device,
+    notes: &mut Vec<String>,
+) -> Result<(Gate, GateConfig), TalkerError> {
+    let q = &mcfg.qformer;
+    let bert = match &g.bert {
+        Some(dir) => BertConfig::read(dir)?,
+        None => BertConfig {
+            vocab_size: q.vocab_size,
+            hidden_size: q.hidden_size,
+            num_hidden_layers: q.num_hidden_layers,
+            num_attention_heads: q.num_attention_heads,
+            intermediate_size: q.intermediate_size,
+            max_position_embeddings: q.max_position_embeddings,
+            type_vocab_size: 2,
+            layer_norm_eps: q.layer_norm_eps,
+        },
+    };
+    if bert_tok.vocab_size() > bert.vocab_size {
+        return Err(TalkerError::Config(format!(
+            "the gate's BERT embeds {} tokens but the Q-Former tokenizer has {}: give gate.bert a BERT of that tokenizer (bert-base-uncased)",
+            bert.vocab_size,
+            bert_tok.vocab_size()
+        )));
+    }
+    let heads = if bert.hidden_size.is_multiple_of(8) { 8 } else { bert.num_attention_heads };
+    let gcfg = GateConfig { bert, vision_width: mcfg.vision.hidden_size, heads };
+    gcfg.validate()?;
+    // seeded apart from the model's own initialisation
+    let gate = Gate::new(&gcfg, &mut Init::new(seed ^ 0x6a7e, device));
+    let gate = match &g.bert {
+        Some(dir) => {
+            let files = weights::hf_weight_files(dir)?;
+            let mut gate = gate;
+            for f in &files {
+                gate = load_gate(gate, f, GateFile::Bert)?;
+            }
+            gate
+        }
+        None => {
+            notes.push(
+                "the gate's BERT starts from seeded weights (set gate.bert to a bert-base-uncased folder for the release's start)".into(),
+            );
+            gate
+        }
+    };
+    Ok((gate, gcfg))
 }
 
 /// The module paths a checkpoint saves (its trained parts), as regular expressions.
@@ -595,6 +711,10 @@ struct Prepared {
     t5_ids: Vec<u32>,
     label_ids: Vec<u32>,
     target: Vec<u32>,
+    /// The FPN's region words as BERT ids (`[CLS] word [SEP]`) and their reference labels, for
+    /// the gate (empty without `[gate]` or without predicted regions).
+    gate_words: Vec<Vec<u32>>,
+    gate_targets: Vec<f32>,
 }
 
 /// torchvision's `RandomResizedCrop` box (scale 0.5-1, ratio 3/4-4/3): `(x, y, w, h)`.
@@ -698,6 +818,10 @@ struct ShardInput {
     /// Rows with a mask and their targets [k * M * M].
     mask_rows: Vec<usize>,
     mask_targets: Vec<f32>,
+    gate_words: Vec<Vec<Vec<u32>>>,
+    gate_targets: Vec<Vec<f32>>,
+    /// BERT's `[PAD]` id.
+    gate_pad: u32,
 }
 
 /// The global batch's normalisers.
@@ -705,24 +829,29 @@ struct ShardInput {
 struct Counts {
     tokens: usize,
     mask_pixels: usize,
+    /// Samples in the global batch (the gate loss's divisor).
+    batch: usize,
 }
 
 struct ShardOut {
     lm_sum: f64,
     mask_sum: f64,
+    /// The sum over this shard's samples of their gate loss.
+    gate_sum: f64,
 }
 
 fn shard_forward(
     m: &TrainModule,
     cfg: &TalkerConfig,
     tc: &TalkerTrainConfig,
+    gcfg: Option<&GateConfig>,
     input: ShardInput,
     counts: Counts,
 ) -> Result<(GradientsParams, ShardOut), String> {
     let device = m.blip.query_tokens.val().device();
     let n = input.n;
     if n == 0 {
-        return Ok((GradientsParams::new(), ShardOut { lm_sum: 0.0, mask_sum: 0.0 }));
+        return Ok((GradientsParams::new(), ShardOut { lm_sum: 0.0, mask_sum: 0.0, gate_sum: 0.0 }));
     }
     let s = cfg.vision.image_size;
     let features = match input.features {
@@ -752,16 +881,39 @@ fn shard_forward(
             Tensor::<1, Int>::from_data(TensorData::new(input.mask_rows.iter().map(|r| *r as i64).collect::<Vec<_>>(), [k]), &device);
         let label_ids: Vec<Vec<u32>> = input.mask_rows.iter().map(|r| input.label_ids[*r].clone()).collect();
         let embeds = m.blip.language_model.embed(ids_tensor(&label_ids, &device));
-        let logits = branch.logits(mcfg, image.select(0, rows), embeds);
+        let logits = branch.logits(mcfg, image.clone().select(0, rows), embeds);
         let ms = mcfg.mask_size;
         let gt = Tensor::<3>::from_data(TensorData::new(input.mask_targets, [k, ms, ms]), &device);
         let sum = mask_sum(logits, gt, &tc.mask_loss);
         mask_value = sum.clone().into_scalar::<f64>();
         loss = loss + sum.mul_scalar(tc.mask_weight / counts.mask_pixels.max(1) as f64);
     }
+    let mut gate_value = 0.0;
+    if let (Some(gate), Some(gcfg), Some(g)) = (&m.gate, gcfg, &tc.gate) {
+        let mut sum: Option<Tensor<1>> = None;
+        let [_, tokens, width] = image.dims();
+        for (r, words) in input.gate_words.iter().enumerate() {
+            if words.is_empty() {
+                continue;
+            }
+            let emb = image.clone().slice([r..r + 1, 0..tokens, 0..width]).reshape([tokens, width]);
+            let p = gate.values(gcfg, emb, words, input.gate_pad);
+            let k = input.gate_targets[r].len();
+            let y = Tensor::<1>::from_data(TensorData::new(input.gate_targets[r].clone(), [k]), &device);
+            let one = gate_mean(p, y, g.double_sigmoid);
+            sum = Some(match sum {
+                Some(s) => s + one,
+                None => one,
+            });
+        }
+        if let Some(sum) = sum {
+            gate_value = sum.clone().into_scalar::<f64>();
+            loss = loss + sum.mul_scalar(g.weight / counts.batch.max(1) as f64);
+        }
+    }
     let lm_value = lm.into_scalar::<f64>();
     let grads = GradientsParams::from_grads(loss.backward(), m);
-    Ok((grads, ShardOut { lm_sum: lm_value, mask_sum: mask_value }))
+    Ok((grads, ShardOut { lm_sum: lm_value, mask_sum: mask_value, gate_sum: gate_value }))
 }
 
 /// The sample indices of batch `step`.
@@ -879,6 +1031,9 @@ impl Run<'_> {
         let tmp = self.checkpoints().join(format!(".{name}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
         weights::save_dir(&self.talker(m), &self.extras, &self.trained, &tmp)?;
+        if let Some(g) = &m.gate {
+            save_gate(&g.valid(), &tmp.join(GATE_FILE))?;
+        }
         copy_tokenizer(&self.t5_tok, &tmp)?;
         copy_tokenizer(&self.bert_tok, &tmp.join("qformer_tokenizer"))?;
         let save_opt = |o: &ModuleOptimizer, f: &str| {
@@ -1021,10 +1176,25 @@ pub fn train(
     let mcfg = run.mcfg.clone();
 
     let mut opts = (optimizer(cfg, cfg.weight_decay), optimizer(cfg, 0.0));
+    let (mut gate, gate_cfg) = match st.gate {
+        Some((g, c)) => (Some(g), Some(c)),
+        None => (None, None),
+    };
+    let gate_pad = run.bert_tok.token_id("[PAD]").unwrap_or(0);
     let (talker, mut state) = match run.latest()? {
         Some((step, dir)) => {
             let ex = Explainer::load(&dir, None, &device)?;
             let (t, _, _, _) = ex.into_parts();
+            if let Some(g) = gate.take() {
+                let f = dir.join(GATE_FILE);
+                if !f.is_file() {
+                    return Err(TalkerError::Checkpoint(format!(
+                        "{}: no {GATE_FILE}: this run's configuration trains the gate but the checkpoint has none; resume with the configuration it was made with",
+                        dir.display()
+                    )));
+                }
+                gate = Some(load_gate(g, &f, GateFile::Whole)?);
+            }
             let load_opt = |o: ModuleOptimizer, f: &str| {
                 let p = dir.join(f);
                 o.load(&p).map_err(|e| TalkerError::Checkpoint(format!("{}: {e:?}", p.display())))
@@ -1043,7 +1213,7 @@ pub fn train(
         }
         None => (st.talker, TrainerState { step: 0, best_score: None, best_step: None }),
     };
-    let mut model = freeze(TrainModule { blip: talker.blip, mask: talker.mask }.map(&mut Renumber(0)), &cfg.trainable);
+    let mut model = freeze(TrainModule { blip: talker.blip, mask: talker.mask, gate }.map(&mut Renumber(0)), &cfg.trainable);
 
     let texts = Texts { cfg: &mcfg, t5: &run.t5_tok, bert: &run.bert_tok };
     let s = mcfg.vision.image_size;
@@ -1151,7 +1321,16 @@ pub fn train(
             };
             let (q, t, l) = texts.prompt(&words)?;
             let target = texts.target(&smp.caption, cfg.normalize_captions, cfg.max_target_tokens)?;
-            let p = Prepared { pixels: Arc::new(px), mask: mplane, qformer_ids: q, t5_ids: t, label_ids: l, target };
+            let p = Prepared {
+                pixels: Arc::new(px),
+                mask: mplane,
+                qformer_ids: q,
+                t5_ids: t,
+                label_ids: l,
+                target,
+                gate_words: Vec::new(),
+                gate_targets: Vec::new(),
+            };
             prepared.push(p);
         }
         if !need_fpn.is_empty()
@@ -1161,6 +1340,17 @@ pub fn train(
             let words = fpn_words(fpn, px, need_fpn.len())?;
             for (k, w) in need_fpn.iter().zip(words) {
                 let (q, t, l) = texts.prompt(&w)?;
+                if cfg.gate.is_some() {
+                    let labels = &train[idx[*k]].labels;
+                    let mut ids = Vec::with_capacity(w.len());
+                    let mut targets = Vec::with_capacity(w.len());
+                    for word in &w {
+                        ids.push(run.bert_tok.encode(word, 512)?);
+                        let at = LABELS.iter().position(|l| l == word).unwrap_or(0);
+                        targets.push(if labels[at] { 1.0 } else { 0.0 });
+                    }
+                    (prepared[*k].gate_words, prepared[*k].gate_targets) = (ids, targets);
+                }
                 let p = &mut prepared[*k];
                 (p.qformer_ids, p.t5_ids, p.label_ids) = (q, t, l);
             }
@@ -1176,6 +1366,7 @@ pub fn train(
         let counts = Counts {
             tokens: prepared.iter().map(|p| p.target.len()).sum(),
             mask_pixels: prepared.iter().filter(|p| p.mask.is_some()).count() * msize * msize,
+            batch: prepared.len(),
         };
         let shards: Vec<ShardInput> = parallel::shard_ranges(prepared.len(), devices.len())
             .into_iter()
@@ -1221,15 +1412,19 @@ pub fn train(
                         .collect(),
                     mask_rows,
                     mask_targets,
+                    gate_words: part.iter().map(|p| p.gate_words.clone()).collect(),
+                    gate_targets: part.iter().map(|p| p.gate_targets.clone()).collect(),
+                    gate_pad,
                 }
             })
             .collect();
         let (mut grads, outs) =
-            parallel::data_parallel(&model, &devices, shards, |m, input, _| shard_forward(m, &mcfg, cfg, input, counts))
+            parallel::data_parallel(&model, &devices, shards, |m, input, _| shard_forward(m, &mcfg, cfg, gate_cfg.as_ref(), input, counts))
                 .map_err(TalkerError::Data)?;
         let lm_loss = outs.iter().map(|o| o.lm_sum).sum::<f64>() / counts.tokens.max(1) as f64;
         let mask_loss = outs.iter().map(|o| o.mask_sum).sum::<f64>() / counts.mask_pixels.max(1) as f64;
-        let loss = lm_loss + cfg.mask_weight * mask_loss;
+        let gate_loss = outs.iter().map(|o| o.gate_sum).sum::<f64>() / counts.batch.max(1) as f64;
+        let loss = lm_loss + cfg.mask_weight * mask_loss + cfg.gate.as_ref().map_or(0.0, |g| g.weight * gate_loss);
         if !loss.is_finite() {
             return Err(TalkerError::Data(format!("the loss became {loss} at step {step}: lower lr (now {}) or enable grad_clip", cfg.lr)));
         }
@@ -1247,13 +1442,14 @@ pub fn train(
             loss,
             lm_loss,
             mask_loss,
+            gate_loss,
             lr,
             images_per_s: idx.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9),
         };
         let _ = writeln!(
             metrics,
             "{}",
-            serde_json::json!({"step": r.step, "loss": r.loss, "lm_loss": lm_loss, "mask_loss": mask_loss, "lr": r.lr, "images_per_s": r.images_per_s})
+            serde_json::json!({"step": r.step, "loss": r.loss, "lm_loss": lm_loss, "mask_loss": mask_loss, "gate_loss": gate_loss, "lr": r.lr, "images_per_s": r.images_per_s})
         );
         let control = progress.step(&r);
 

@@ -53,7 +53,7 @@ impl TalkerTrainSpec {
 }
 
 /// The config's keys, for naming the field of the trainer's own refusals.
-const KEYS: [&str; 31] = [
+const KEYS: [&str; 32] = [
     "preset",
     "init",
     "fpn",
@@ -85,6 +85,7 @@ const KEYS: [&str; 31] = [
     "eval_max_new_tokens",
     "eval_limit",
     "double_sigmoid",
+    "gate",
 ];
 
 /// The key a message names first (as a whole word), else `config`.
@@ -179,7 +180,7 @@ pub fn check_config(c: &TalkerTrainConfig) -> Result<(), SpecError> {
         }
     }
     if c.grad_clip.is_some_and(|g| !(g.is_finite() && g > 0.0)) {
-        return Err(SpecError::new("grad_clip", "must be a positive number, or absent for no clipping"));
+        return Err(SpecError::new("grad_clip", "must be a positive number, or 0 for no clipping"));
     }
     if !(c.mask_weight.is_finite() && c.mask_weight >= 0.0) {
         return Err(SpecError::new("mask_weight", "must be 0 (no mask loss) or a positive number (the paper: 1)"));

@@ -153,7 +153,7 @@ pub fn train(spec: crate::jobs::train::TrainSpec) -> Result<crate::jobs::train::
 /// A stage-2 training run (its config from the Train page's stage-2 form): the job system's
 /// field names mapped to the form's (keys the form does not show name the preset they came from).
 pub fn train_talker(spec: crate::jobs::train::talker::TalkerTrainSpec) -> Result<crate::jobs::train::talker::TalkerTrainSpec, Refusal> {
-    const ON_THE_FORM: [&str; 18] = [
+    const ON_THE_FORM: [&str; 19] = [
         "preset",
         "init",
         "fpn",
@@ -172,6 +172,7 @@ pub fn train_talker(spec: crate::jobs::train::talker::TalkerTrainSpec) -> Result
         "double_sigmoid",
         "align_masks",
         "normalize_captions",
+        "gate",
     ];
     spec.validate().map_err(|SpecError { field, message }| {
         let field = match field {

@@ -319,6 +319,10 @@ fn talker_spec_of(state: &AppState, f: &Fields) -> Result<TalkerTrainSpec, Refus
     c.mask_loss.double_sigmoid = flag_or(f, "double_sigmoid", c.mask_loss.double_sigmoid);
     c.align_masks = flag_or(f, "align_masks", c.align_masks);
     c.normalize_captions = flag_or(f, "normalize_captions", c.normalize_captions);
+    c.gate = flag_or(f, "gate", c.gate.is_some()).then(|| mmtt_model::talker::train::GateLoss {
+        double_sigmoid: flag_or(f, "gate_double_sigmoid", false),
+        ..c.gate.clone().unwrap_or_default()
+    });
     let mut data = crate::dataset::training::TrainData { include_unreviewed: f.flag("include_unreviewed"), ..Default::default() };
     if let Some(l) = f.opt("limit") {
         data.limit = Some(l.parse().map_err(|_| {
@@ -359,6 +363,7 @@ pub async fn submit_talker(State(state): State<AppState>, admin: Admin, headers:
                 "model": "talker", "preset": c.preset, "init": c.init, "fpn": c.fpn, "regions": c.regions, "steps": c.steps,
                 "batch_size": c.batch_size, "lr": c.lr, "devices": c.devices, "cache_vision_features": c.cache_vision_features,
                 "double_sigmoid": c.mask_loss.double_sigmoid, "align_masks": c.align_masks, "normalize_captions": c.normalize_captions,
+                "gate": c.gate,
                 "run_dir": spec.run_dir,
             });
             specs::submit_and_answer(
