@@ -71,3 +71,16 @@ ALTER TABLE annotations
     ADD COLUMN text_tokens integer,
     ADD COLUMN suggestion_edit_distance integer;
 CREATE INDEX annotations_assist ON annotations (assist_mode, created_at);
+
+-- A task that passes to another annotator forgets what it showed the previous one (both claim
+-- paths: `mmtt_next_task` and the page's own claim).
+CREATE FUNCTION mmtt_task_assist_reset() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.assist_mode := NULL;
+    NEW.assist_model := NULL;
+    NEW.assist_shown_at := NULL;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER annotation_tasks_assist_reset BEFORE UPDATE OF annotator_id ON annotation_tasks
+    FOR EACH ROW WHEN (OLD.annotator_id IS DISTINCT FROM NEW.annotator_id AND OLD.assist_shown_at IS NOT NULL)
+    EXECUTE FUNCTION mmtt_task_assist_reset();

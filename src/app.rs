@@ -1,7 +1,7 @@
 //! The running context of one `mmtt` command: database pool, blob store, data directory.
 
 use crate::storage::db::{self, cluster};
-use crate::storage::store::FsBlobStore;
+use crate::storage::store::{FsBlobStore, SharedStore};
 use anyhow::{Context, Result};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 pub struct App {
     pub pool: PgPool,
-    pub store: Arc<FsBlobStore>,
+    pub store: SharedStore,
     pub data_dir: PathBuf,
     lease: Option<cluster::ClusterLease>,
 }
@@ -19,7 +19,7 @@ impl App {
     /// the data directory (started on demand).
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Self> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-        let store = Arc::new(FsBlobStore::open(data_dir.join("blobs"))?);
+        let store: SharedStore = Arc::new(FsBlobStore::open(data_dir.join("blobs"))?);
         let (pool, lease) = match database_url {
             Some(url) if !url.is_empty() => (db::connect_url(url).await?, None),
             _ => {
@@ -35,7 +35,7 @@ impl App {
 
     /// The context of a process that already holds its pool and store (the web server's): closing
     /// it closes the pool only.
-    pub fn from_parts(pool: PgPool, store: Arc<FsBlobStore>, data_dir: &Path) -> Self {
+    pub fn from_parts(pool: PgPool, store: SharedStore, data_dir: &Path) -> Self {
         App { pool, store, data_dir: data_dir.to_path_buf(), lease: None }
     }
 

@@ -160,6 +160,31 @@
     else if (e.key === "0") { zoom = { s: 1, x: 0, y: 0 }; applyZoom(); }
   });
 
+  // Model hint (assistance mode "hint"): offered once the draft has a word, fetched on request;
+  // the model's mask replaces the overlay's source.
+  var hintButton = document.getElementById("hint-button");
+  if (hintButton) {
+    var hintOut = document.getElementById("hint-out"), hintRegions = document.getElementById("hint-regions");
+    var enableHint = function () { hintButton.disabled = wordCount(text.value) === 0; };
+    text.addEventListener("input", enableHint);
+    enableHint();
+    hintButton.addEventListener("click", function () {
+      var ask = function () {
+        post("hint").then(function (r) {
+          if (!r.ok) { saved.textContent = r.status === 409 ? "write (and let it save) a first draft before the hint" : "no hint for this task"; return null; }
+          return r.json();
+        }).then(function (j) {
+          if (!j) return;
+          hintRegions.textContent = j.regions.length ? j.regions.join(", ") : "(none)";
+          hintOut.hidden = false;
+          if (j.mask_url) { mask.src = j.mask_url; mask.dataset.suggested = "1"; }
+        }).catch(function () { saved.textContent = "offline: no hint"; });
+      };
+      // the draft first, so the server sees the words the hint waits for
+      post("draft", { text: text.value, regions: chosen() }).then(ask, ask);
+    });
+  }
+
   document.getElementById("submit-form").addEventListener("submit", function () { clearTimeout(saveTimer); });
   setOpacity(); showWords(); showTime(); applyZoom();
   heartbeat();

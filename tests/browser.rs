@@ -285,3 +285,142 @@ fn a_reviewer_explains_an_uploaded_face_in_a_real_browser() {
         rev.close().await.unwrap();
     });
 }
+
+/// Sets the project's assistance on the Assist page, as an admin does.
+async fn assist_mode(admin: &Client, base: &str, mode: &str) {
+    admin.goto(&format!("{base}/admin/assist")).await.unwrap();
+    admin.find(Locator::Css(&format!("#mode option[value={mode}]"))).await.unwrap().click().await.unwrap();
+    admin.find(Locator::Css("#model option:nth-child(2)")).await.unwrap().click().await.unwrap();
+    let h = admin.find(Locator::Id("holdout")).await.unwrap();
+    h.clear().await.unwrap();
+    h.send_keys("0").await.unwrap();
+    admin.find(Locator::Css("#assist-settings-form button")).await.unwrap().click().await.unwrap();
+    wait_for(
+        admin,
+        &format!("var m = document.getElementById('assist-mode'); return !!m && m.textContent === '{mode}'"),
+        "the saved mode",
+        10,
+    )
+    .await;
+}
+
+#[test]
+fn model_assistance_in_a_real_browser() {
+    let fx = talker_fixtures();
+    let env = world();
+    let profiles = tempfile::tempdir().unwrap();
+    let driver = Driver::start();
+    common::web::rt().block_on(async {
+        let app = spawn_app(&env, WebConfig { min_seconds: 1.0, heartbeat_seconds: 1.0, ..WebConfig::default() }).await;
+        let base = app.base.clone();
+        // the admin registers the tiny ForgeryTalker fixture (its FPN inside) and computes suggestions
+        let admin = browser(&driver, &profiles.path().join("admin")).await;
+        sign_in(&admin, &base, "adm").await;
+        admin.find(Locator::LinkText("Assist")).await.unwrap().click().await.unwrap();
+        wait_for(&admin, "return location.pathname === '/admin/assist'", "the assist page", 10).await;
+        admin.find(Locator::Id("model-name")).await.unwrap().send_keys("fixture").await.unwrap();
+        admin.find(Locator::Id("checkpoint")).await.unwrap().send_keys(&fx.join("talker").display().to_string()).await.unwrap();
+        admin.find(Locator::Css("#assist-register-form button")).await.unwrap().click().await.unwrap();
+        wait_for(&admin, "return document.querySelectorAll('#model option').length === 2", "the registered model", 10).await;
+        for (name, v) in [("num_beams", "1"), ("max_new_tokens", "12")] {
+            let input = admin.find(Locator::Css(&format!("#assist-suggest-form input[name={name}]"))).await.unwrap();
+            input.clear().await.unwrap();
+            input.send_keys(v).await.unwrap();
+        }
+        admin.find(Locator::Css("#assist-suggest-form button")).await.unwrap().click().await.unwrap();
+        // a worker runs the queued job, as on a server (spawn_app has none)
+        tokio::task::block_in_place(|| env.ok(&["worker", "--until-empty"]));
+        let model: uuid::Uuid = sqlx::query_scalar("SELECT id FROM assist_models WHERE name = 'fixture'").fetch_one(&app.pool).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM suggestions WHERE model_id = $1").bind(model).fetch_one(&app.pool).await.unwrap();
+        assert_eq!(n, 2, "a suggestion for each open task");
+        shot(&admin, "30-assist-admin").await;
+
+        // prefill: the draft starts as the model's explanation; the annotator edits it
+        assist_mode(&admin, &base, "prefill").await;
+        let ann = browser(&driver, &profiles.path().join("ann")).await;
+        sign_in(&ann, &base, "ann").await;
+        ann.goto(&format!("{base}/annotate/next")).await.unwrap();
+        wait_for(&ann, "return /^\\/annotate\\/[0-9a-f-]{36}$/.test(location.pathname)", "the task page", 10).await;
+        let t1: uuid::Uuid = ann.current_url().await.unwrap().path().rsplit('/').next().unwrap().parse().unwrap();
+        let suggestion: String = sqlx::query_scalar("SELECT text FROM suggestions WHERE forgery_id = $1 AND model_id = $2")
+            .bind(t1)
+            .bind(model)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        assert!(ann.find(Locator::Id("assist-note")).await.unwrap().is_displayed().await.unwrap());
+        assert_eq!(ann.find(Locator::Id("text")).await.unwrap().prop("value").await.unwrap().as_deref(), Some(suggestion.as_str()));
+        shot(&ann, "31-assist-prefill").await;
+        let area = ann.find(Locator::Id("text")).await.unwrap();
+        area.send_keys(" The chin is blurred.").await.unwrap();
+        wait_for(&ann, "document.dispatchEvent(new Event('mousemove')); return document.getElementById('timer').classList.contains('done')", "the active-time minimum", 30).await;
+        // the admin switches to hint meanwhile: this annotation still records the prefill it was
+        // shown, and the next task (opened on submitting) gets the hint
+        assist_mode(&admin, &base, "hint").await;
+        ann.find(Locator::Id("submit")).await.unwrap().click().await.unwrap();
+        wait_for(&ann, &format!("return location.pathname !== '/annotate/{t1}'"), "the next page after submitting", 10).await;
+        let edited = format!("{suggestion} The chin is blurred.");
+        let m = mmtt::dataset::assist::EditMeasure::of(&suggestion, &edited);
+        let row: (String, String, Option<String>, Option<i32>) = sqlx::query_as(
+            "SELECT assist_mode, text, suggestion_text, suggestion_edit_distance FROM annotations WHERE forgery_id = $1",
+        )
+        .bind(t1)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(row, ("prefill".into(), edited.clone(), Some(suggestion.clone()), Some(m.edit_distance as i32)));
+        assert_eq!(m.edit_distance, 5, "the five appended tokens");
+
+        // hint: the button waits for a first word, then shows the model's regions and mask
+        ann.goto(&format!("{base}/annotate/next")).await.unwrap();
+        wait_for(&ann, "return /^\\/annotate\\/[0-9a-f-]{36}$/.test(location.pathname)", "the task page", 10).await;
+        let t2: uuid::Uuid = ann.current_url().await.unwrap().path().rsplit('/').next().unwrap().parse().unwrap();
+        assert_ne!(t1, t2);
+        assert_eq!(ann.find(Locator::Id("text")).await.unwrap().prop("value").await.unwrap().as_deref(), Some(""));
+        assert_eq!(js(&ann, "return document.getElementById('hint-button').disabled").await, true, "no hint before a draft");
+        let own = "The nose looks smeared compared to the original.";
+        ann.find(Locator::Id("text")).await.unwrap().send_keys(own).await.unwrap();
+        assert_eq!(js(&ann, "return document.getElementById('hint-button').disabled").await, false);
+        ann.find(Locator::Id("hint-button")).await.unwrap().click().await.unwrap();
+        wait_for(&ann, "return !document.getElementById('hint-out').hidden", "the hint", 10).await;
+        let (regions, mask): (Vec<String>, Option<String>) =
+            sqlx::query_as("SELECT regions, mask_hash FROM suggestions WHERE forgery_id = $1 AND model_id = $2").bind(t2).bind(model).fetch_one(&app.pool).await.unwrap();
+        let shown = ann.find(Locator::Id("hint-regions")).await.unwrap().text().await.unwrap();
+        assert_eq!(shown, if regions.is_empty() { "(none)".to_string() } else { regions.join(", ") });
+        assert!(mask.is_some(), "the model predicts a mask");
+        wait_for(&ann, "var m = document.getElementById('mask'); return m.src.endsWith('/suggested-mask') && m.complete && m.naturalWidth > 0", "the model's mask over the image", 10).await;
+        shot(&ann, "32-assist-hint").await;
+        wait_for(&ann, "document.dispatchEvent(new Event('mousemove')); return document.getElementById('timer').classList.contains('done')", "the active-time minimum", 30).await;
+        ann.find(Locator::Id("submit")).await.unwrap().click().await.unwrap();
+        wait_for(&ann, &format!("return location.pathname !== '/annotate/{t2}'"), "the next page after submitting", 10).await;
+        let row: (String, Option<uuid::Uuid>, Vec<String>) =
+            sqlx::query_as("SELECT assist_mode, suggestion_model, suggestion_regions FROM annotations WHERE forgery_id = $1").bind(t2).fetch_one(&app.pool).await.unwrap();
+        assert_eq!(row, ("hint".into(), Some(model), regions.clone()));
+
+        // the reviewer: the riskiest first, with the check and its trigger words
+        let rev = browser(&driver, &profiles.path().join("rev")).await;
+        sign_in(&rev, &base, "rev").await;
+        rev.goto(&format!("{base}/review")).await.unwrap();
+        rev.find(Locator::Id("order-risk")).await.unwrap().click().await.unwrap();
+        wait_for(&rev, "return location.search === '?order=risk'", "the risk order", 10).await;
+        shot(&rev, "33-review-risk").await;
+        let id2: uuid::Uuid = sqlx::query_scalar("SELECT id FROM annotations WHERE forgery_id = $1").bind(t2).fetch_one(&app.pool).await.unwrap();
+        let risks = js(&rev, "return Array.prototype.map.call(document.querySelectorAll('[data-risk]'), function (e) { return parseFloat(e.dataset.risk); })").await;
+        let risks: Vec<f64> = risks.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(risks.len(), 2, "both annotations in the queue");
+        assert!(risks[0] >= risks[1] && risks[0] >= 3.0, "riskiest first, and the reference to the original counts: {risks:?}");
+        rev.find(Locator::Css(&format!("a[href='/review/{id2}']"))).await.unwrap().click().await.unwrap();
+        let check = rev.wait().for_element(Locator::Css("#check-original mark")).await.unwrap().text().await.unwrap();
+        assert_eq!(check, "compared to the original");
+        assert!(rev.find(Locator::Id("check-model")).await.is_ok(), "the model's regions are compared");
+        shot(&rev, "34-review-checks").await;
+
+        // the dashboard separates assisted from unassisted work
+        admin.goto(&format!("{base}/admin")).await.unwrap();
+        assert!(admin.find(Locator::Id("assist-section")).await.is_ok());
+        shot(&admin, "35-dashboard-assist").await;
+        for c in [ann, rev, admin] {
+            c.close().await.unwrap();
+        }
+    });
+}

@@ -26,6 +26,7 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("POST", "/annotate/{task}/submit"), [401, 404, 403, 404]),
         (("POST", "/annotate/{task}/skip"), [401, 404, 403, 404]),
         (("POST", "/annotate/{task}/prefetch"), [401, 404, 403, 404]),
+        (("POST", "/annotate/{task}/hint"), [401, 404, 403, 404]),
         (("GET", "/images/{task}/{kind}"), [401, 404, 404, 404]),
         (("GET", "/review"), [401, 403, 200, 200]),
         (("GET", "/review/{annotation}"), [401, 403, 404, 404]),
@@ -36,6 +37,7 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("POST", "/explain"), [401, 403, 503, 503]),
         (("GET", "/admin"), [401, 403, 403, 200]),
         (("GET", "/admin/stats"), [401, 403, 403, 200]),
+        (("GET", "/admin/dashboard/assist.json"), [401, 403, 403, 200]),
         (("GET", "/admin/users"), [401, 403, 403, 200]),
         (("POST", "/admin/users"), [401, 403, 403, 200]),
         // the admin console (tests/admin_console.rs covers its forms, tokens and downloads)
@@ -63,6 +65,11 @@ fn expectations() -> HashMap<(&'static str, &'static str), [u16; 4]> {
         (("POST", "/admin/eval"), [401, 403, 403, 400]),
         (("POST", "/admin/eval/table3"), [401, 403, 403, 422]),
         (("GET", "/admin/leaderboard"), [401, 403, 403, 200]),
+        // model assistance (tests/assist.rs covers registration, settings and suggestion jobs)
+        (("GET", "/admin/assist"), [401, 403, 403, 200]),
+        (("POST", "/admin/assist/models"), [401, 403, 403, 422]),
+        (("POST", "/admin/assist/settings"), [401, 403, 403, 422]),
+        (("POST", "/admin/assist/suggest"), [401, 403, 403, 422]),
         (("GET", "/admin/actions"), [401, 403, 403, 200]),
     ])
 }
@@ -95,7 +102,11 @@ fn every_route_answers_every_role_as_expected() {
                 );
                 let req = match method.as_str() {
                     "GET" => c.get(&url),
-                    _ if path.ends_with("/heartbeat") || path.ends_with("/draft") || path.ends_with("/prefetch") => {
+                    _ if path.ends_with("/heartbeat")
+                        || path.ends_with("/draft")
+                        || path.ends_with("/prefetch")
+                        || path.ends_with("/hint") =>
+                    {
                         c.post(&url).header("x-csrf-token", &csrf).json(&serde_json::json!({"text": "draft"}))
                     }
                     _ if path == "/login" => c.post(&url).form(&[("name", "nobody"), ("password", "wrong password")]),
@@ -288,6 +299,66 @@ fn logins_are_throttled_and_sessions_are_cookies_only() {
         let raw: i64 =
             sqlx::query_scalar("SELECT count(*) FROM sessions WHERE token_hash = $1").bind(&token).fetch_one(&app.pool).await.unwrap();
         assert_eq!(raw, 0);
+    });
+}
+
+/// Behind a trusted reverse proxy the forwarded client is throttled, not the proxy; the header
+/// from anyone else is ignored; under an https public URL cookies are `Secure` and responses HSTS.
+#[test]
+fn the_throttle_counts_the_forwarded_client_behind_a_trusted_proxy() {
+    use mmtt::web::edge::Edge;
+    let env = world();
+    let env2 = common::Env::new();
+    rt().block_on(async {
+        let fail = async |app: &common::web::TestApp, name: &str, xff: &str, password: &str| {
+            client()
+                .post(format!("{}/login", app.base))
+                .header("x-forwarded-for", xff)
+                .form(&[("name", name), ("password", password)])
+                .send()
+                .await
+                .unwrap()
+        };
+        // the proxy is this loopback peer
+        let edge =
+            Edge { public_url: Some("https://mmtt.example.org".parse().unwrap()), trusted_proxies: vec!["127.0.0.1".parse().unwrap()] };
+        let app = spawn_app(&env, WebConfig { edge, ..WebConfig::default() }).await;
+        // five failures from one client, each under another (unknown) name: that client is throttled
+        for i in 0..5 {
+            let r = fail(&app, &format!("nobody{i}"), "198.51.100.7", "wrong password").await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+        let r = fail(&app, "ann", "198.51.100.7", PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "the forwarded client is throttled");
+        // another client behind the same proxy is not; its cookie is Secure and the response HSTS
+        let r = fail(&app, "ann", "198.51.100.8", PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "one client's mistakes do not lock out everyone behind the proxy");
+        let cookie = r.headers()["set-cookie"].to_str().unwrap();
+        assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+        assert!(r.headers()["strict-transport-security"].to_str().unwrap().starts_with("max-age="));
+        // a client that prepends its own entry is still counted under the address the proxy saw
+        let r = fail(&app, "ann", "203.0.113.1, 198.51.100.7", PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT ip FROM login_failures ORDER BY 1").fetch_all(&app.pool).await.unwrap();
+        assert_eq!(stored, ["198.51.100.7"]);
+
+        // no trusted proxy (the default): the header is ignored, the peer counts; no Secure, no HSTS
+        let app = spawn_app(&env2, WebConfig::default()).await;
+        for i in 0..5 {
+            let r = fail(&app, &format!("nobody{i}"), &format!("198.51.100.{i}"), "wrong password").await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+        let r = fail(&app, "ann", "198.51.100.99", PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "a forged header changes nothing");
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT ip FROM login_failures ORDER BY 1").fetch_all(&app.pool).await.unwrap();
+        assert_eq!(stored, ["127.0.0.1"]);
+        sqlx::query("DELETE FROM login_failures").execute(&app.pool).await.unwrap();
+        let r = fail(&app, "ann", "198.51.100.99", PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert!(!r.headers()["set-cookie"].to_str().unwrap().contains("Secure"));
+        assert!(r.headers().get("strict-transport-security").is_none());
     });
 }
 

@@ -173,7 +173,7 @@ pub async fn demo(g: &Global, a: DemoArgs) -> Result<()> {
         if a.no_serve {
             return Ok(());
         }
-        let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), mmtt::web::WebConfig::default())
+        let state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), &app.data_dir, mmtt::web::WebConfig::default())
             .with_admin(mmtt::web::admin::AdminConfig::new(&app.data_dir, vec![]));
         println!("open http://{}/ and sign in (Ctrl-C stops the server)", a.bind);
         let mut worker = super::forge::worker_options(

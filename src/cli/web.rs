@@ -35,6 +35,14 @@ pub struct ServeArgs {
     /// Where the explain page's model runs: cpu, or cuda:N (a build with `--features cuda`).
     #[arg(long, env = "MMTT_TALKER_DEVICE", default_value = "cpu")]
     talker_device: String,
+    /// The address annotators open (such as https://mmtt.example.org): with https, session
+    /// cookies are `Secure` and responses carry HSTS.
+    #[arg(long, env = "MMTT_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// A reverse proxy (address or CIDR block, repeatable) whose X-Forwarded-For header is
+    /// believed for the client's address; from anyone else the header is ignored.
+    #[arg(long = "trusted-proxy", env = "MMTT_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -64,6 +72,15 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         min_seconds: a.min_seconds,
         heartbeat_seconds: a.heartbeat_seconds,
         lease: std::time::Duration::from_secs(a.lease_minutes * 60),
+        edge: mmtt::web::edge::Edge {
+            public_url: a.public_url.as_deref().map(str::parse).transpose().map_err(|e: String| anyhow::anyhow!("--public-url: {e}"))?,
+            trusted_proxies: a
+                .trusted_proxies
+                .iter()
+                .map(|p| p.parse())
+                .collect::<Result<_, String>>()
+                .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?,
+        },
     };
     let roots = a
         .import_roots
@@ -98,7 +115,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         o
     });
     g.with_app(async |app| {
-        let mut state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), config.clone())
+        let mut state = mmtt::web::AppState::new(app.pool.clone(), app.store.clone(), &app.data_dir, config.clone())
             .with_admin(mmtt::web::admin::AdminConfig::new(&app.data_dir, roots.clone()));
         if let Some(t) = &talker {
             state = state.with_talker(t.clone());

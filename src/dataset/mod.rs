@@ -5,6 +5,8 @@
 
 pub mod annotation;
 pub mod assist;
+pub mod assist_stats;
+pub mod checks;
 pub mod export;
 pub mod import;
 pub mod masks;

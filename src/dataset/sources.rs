@@ -2,7 +2,6 @@
 
 use crate::app::App;
 use crate::dataset::import::datasets::Dataset;
-use crate::storage::store::BlobStore;
 use anyhow::Result;
 use serde::Serialize;
 

@@ -48,20 +48,23 @@ pub async fn from_db(app: &App, split: Split, include_unreviewed: bool) -> Resul
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for s in rows.into_iter().filter(|s| s.split == split) {
-        let image = app.store.path_of(&s.image);
-        let mask = app.store.path_of(&s.mask);
-        for (what, p) in [("image", &image), ("mask", &mask)] {
-            if !p.is_file() {
-                missing.push(format!("the {what} of {} ({})", s.image_id, p.display()));
+        let mut file = |what: &str, key: &crate::storage::store::BlobKey| match app.store.local_file(key) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                missing.push(format!("the {what} of {} ({e})", s.image_id));
+                None
             }
+        };
+        let (image, mask) = (file("image", &s.image), file("mask", &s.mask));
+        if let (Some(image), Some(mask)) = (image, mask) {
+            out.push(sample(s.image_id, image, Some(mask), &s.text)?);
         }
-        out.push(sample(s.image_id, image, Some(mask), &s.text)?);
     }
     if !missing.is_empty() {
         bail!(
-            "{} files of the {split} split are missing from the blob store under {}: {}{} (restore the data directory's blobs/)",
+            "{} files of the {split} split cannot be read from the blob store {}: {}{} (restore the missing blobs, or check the store's URL and credentials)",
             missing.len(),
-            app.store.root().display(),
+            app.store.location(),
             missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
             if missing.len() > 5 { ", ..." } else { "" }
         );

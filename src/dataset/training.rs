@@ -216,19 +216,21 @@ pub async fn from_db(app: &App, split: Split, labels: LabelSource, include_unrev
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for s in rows.into_iter().filter(|s| s.split == split) {
-        let image = app.store.path_of(&s.image);
-        if !image.is_file() {
-            missing.push(format!("{} ({})", s.image_id, image.display()));
-            continue;
-        }
+        let image = match app.store.local_file(&s.image) {
+            Ok(p) => p,
+            Err(e) => {
+                missing.push(format!("{} ({e})", s.image_id));
+                continue;
+            }
+        };
         let l = labels_of(&s.text, &s.regions, labels).with_context(|| format!("sample {}", s.image_id))?;
         out.push(Sample { id: s.image_id, image, labels: l });
     }
     if !missing.is_empty() {
         bail!(
-            "{} images of the {split} split are missing from the blob store under {}: {}{} (restore the data directory's blobs/)",
+            "{} images of the {split} split cannot be read from the blob store {}: {}{} (restore the missing blobs, or check the store's URL and credentials)",
             missing.len(),
-            app.store.root().display(),
+            app.store.location(),
             missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
             if missing.len() > 5 { ", ..." } else { "" }
         );

@@ -58,7 +58,7 @@ pub async fn run(app: &App, args: &WebBenchArgs) -> Result<WebBenchReport> {
     if open < (args.clients * 2) as i64 {
         bail!("only {open} open tasks: fill the database first, e.g. `mmtt seed-synthetic --samples 128303 --seed 1`");
     }
-    let state = AppState::new(app.pool.clone(), app.store.clone(), WebConfig { min_seconds: 0.0, ..WebConfig::default() });
+    let state = AppState::new(app.pool.clone(), app.store.clone(), &app.data_dir, WebConfig { min_seconds: 0.0, ..WebConfig::default() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move {

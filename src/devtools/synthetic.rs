@@ -7,7 +7,6 @@
 
 use crate::app::App;
 use crate::storage::split;
-use crate::storage::store::BlobStore;
 use crate::storage::tables::{annotations, forgeries, mask_plans};
 use anyhow::{Result, bail};
 use image::{GrayImage, RgbImage};

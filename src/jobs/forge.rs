@@ -26,7 +26,7 @@
 
 use crate::app::App;
 use crate::dataset::masks;
-use crate::storage::store::{BlobKey, BlobStore};
+use crate::storage::store::BlobKey;
 use crate::storage::tables::forgeries::NewForgery;
 use anyhow::{Context, Result, anyhow, bail};
 use image::RgbImage;

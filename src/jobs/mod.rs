@@ -26,6 +26,7 @@
 //! out into items shared by several workers, workers announcing what they can run. The forge item
 //! queue (the throughput-critical part) would stay ours anyway, leaving two queues to operate.
 
+pub mod assist;
 pub mod cli;
 pub mod forge;
 pub mod runner;
@@ -54,11 +55,13 @@ pub enum JobKind {
     Train,
     /// A trained stage-2 model predicted and scored with each regions variant (the paper's Table 3).
     Table3,
+    /// A registered model's suggestions for the annotators, computed ahead.
+    Assist,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 7] =
-        [JobKind::Import, JobKind::Masks, JobKind::Forge, JobKind::Export, JobKind::Eval, JobKind::Train, JobKind::Table3];
+    pub const ALL: [JobKind; 8] =
+        [JobKind::Import, JobKind::Masks, JobKind::Forge, JobKind::Export, JobKind::Eval, JobKind::Train, JobKind::Table3, JobKind::Assist];
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Import => "import",
@@ -68,6 +71,7 @@ impl JobKind {
             JobKind::Eval => "eval",
             JobKind::Train => "train",
             JobKind::Table3 => "table3",
+            JobKind::Assist => "assist",
         }
     }
 }
@@ -351,6 +355,7 @@ pub enum JobSpec {
     Eval(EvalSpec),
     Train(train::TrainSpec),
     Table3(table3::Table3Spec),
+    Assist(assist::AssistSpec),
 }
 
 impl JobSpec {
@@ -363,6 +368,7 @@ impl JobSpec {
             JobSpec::Eval(_) => JobKind::Eval,
             JobSpec::Train(_) => JobKind::Train,
             JobSpec::Table3(_) => JobKind::Table3,
+            JobSpec::Assist(_) => JobKind::Assist,
         }
     }
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -374,6 +380,7 @@ impl JobSpec {
             JobSpec::Eval(s) => s.validate(),
             JobSpec::Train(s) => s.validate(),
             JobSpec::Table3(s) => s.validate(),
+            JobSpec::Assist(s) => s.validate(),
         }
     }
     /// Attempts a worker gets at the job before it is failed (forge: per item).

@@ -57,6 +57,7 @@ pub enum JobOutput {
     /// A stage-2 (ForgeryTalker explainer and mask decoder) training run.
     Talker(Box<super::train::talker::TalkerSummary>),
     Table3(Box<super::table3::Table3Summary>),
+    Assist(super::assist::AssistSummary),
 }
 
 impl JobOutput {
@@ -71,6 +72,7 @@ impl JobOutput {
             JobOutput::Train(s) => serde_json::to_value(s),
             JobOutput::Talker(s) => serde_json::to_value(s),
             JobOutput::Table3(s) => serde_json::to_value(s),
+            JobOutput::Assist(s) => serde_json::to_value(s),
         };
         v.unwrap_or_else(|e| serde_json::json!({ "unserializable": e.to_string() }))
     }
@@ -331,7 +333,7 @@ pub async fn execute(
             }
         }
     };
-    if outcome.is_err() && matches!(spec, JobSpec::Train(_) | JobSpec::Table3(_)) {
+    if outcome.is_err() && matches!(spec, JobSpec::Train(_) | JobSpec::Table3(_) | JobSpec::Assist(_)) {
         // a trainer (or a prediction) runs on its own thread: ask it to checkpoint and return (to
         // stop after its slice of samples), and keep the lease
         // meanwhile, so the job is marked (and can be resumed) only once its folder is settled
@@ -441,6 +443,7 @@ fn counts(out: &JobOutput, bar_total: i64) -> (i64, i64, i64) {
             let n = (s.images * s.rows.len()) as i64;
             (n, n, 0)
         }
+        JobOutput::Assist(s) => (s.wanted as i64, s.wanted as i64, 0),
         JobOutput::Forge(_) => (0, bar_total, 0),
     }
 }
@@ -507,6 +510,7 @@ async fn run_spec(
             JobOutput::Talker(Box::new(super::train::talker::run(app, job, s, bar, live, &o.name).await?))
         }
         JobSpec::Table3(s) => JobOutput::Table3(Box::new(super::table3::run(app, job, s, bar, live, &o.name).await?)),
+        JobSpec::Assist(s) => JobOutput::Assist(super::assist::run(app, job, s, bar, live, &o.name).await?),
     })
 }
 

@@ -55,16 +55,30 @@ impl FromStr for BlobKey {
     }
 }
 
-/// Where image files live. Implementations must be safe to share between threads.
+/// Where image files live. Implementations must be safe to share between threads; their methods
+/// block (the object store runs its requests on its own runtime), so async callers use them from
+/// blocking threads or accept a short block, as with files.
 pub trait BlobStore: Send + Sync {
-    /// Stores `bytes` and returns their key (idempotent).
+    /// Stores `bytes` and returns their key (idempotent). When it returns, the blob is durable
+    /// and verified (size and hash), so the caller may commit its `blobs` row.
     fn put(&self, bytes: &[u8]) -> Result<BlobKey, StoreError>;
     /// Reads a blob back, verifying its hash.
     fn get(&self, key: &BlobKey) -> Result<Vec<u8>, StoreError>;
-    fn contains(&self, key: &BlobKey) -> bool;
-    /// A local file path for the blob, where the store has one (for people and scripts).
+    /// Whether the blob is present (not verified: [`BlobStore::get`] verifies).
+    fn contains(&self, key: &BlobKey) -> Result<bool, StoreError>;
+    /// The blob's size in bytes ([`StoreError::Missing`] when absent).
+    fn size(&self, key: &BlobKey) -> Result<u64, StoreError>;
+    /// A local file holding the blob's verified bytes, for readers that want a path (training
+    /// data loaders): the store's own file, or a copy the object store keeps under its cache.
+    fn local_file(&self, key: &BlobKey) -> Result<PathBuf, StoreError>;
+    /// The store's own local file for the blob, where it has one (for people and scripts).
     fn local_path(&self, key: &BlobKey) -> Option<PathBuf>;
+    /// Where the store is, for messages (`DIR` or `s3://bucket/prefix`).
+    fn location(&self) -> String;
 }
+
+/// The store as the platform shares it.
+pub type SharedStore = std::sync::Arc<dyn BlobStore>;
 
 /// Blobs as files under `root/ab/cd/<hash>.png`.
 #[derive(Debug, Clone)]
@@ -129,12 +143,28 @@ impl BlobStore for FsBlobStore {
         Ok(bytes)
     }
 
-    fn contains(&self, key: &BlobKey) -> bool {
-        self.path_of(key).is_file()
+    fn contains(&self, key: &BlobKey) -> Result<bool, StoreError> {
+        Ok(self.path_of(key).is_file())
+    }
+
+    fn size(&self, key: &BlobKey) -> Result<u64, StoreError> {
+        let path = self.path_of(key);
+        std::fs::metadata(&path).map(|m| m.len()).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound { StoreError::Missing(key.clone()) } else { StoreError::Io { path, source } }
+        })
+    }
+
+    fn local_file(&self, key: &BlobKey) -> Result<PathBuf, StoreError> {
+        let path = self.path_of(key);
+        if path.is_file() { Ok(path) } else { Err(StoreError::Missing(key.clone())) }
     }
 
     fn local_path(&self, key: &BlobKey) -> Option<PathBuf> {
         Some(self.path_of(key))
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
     }
 }
 

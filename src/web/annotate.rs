@@ -8,6 +8,12 @@
 //! - Refusals (a rule, an unknown chip, an over-long text, a NUL byte) answer 422 with the page
 //!   and the annotator's text; nothing is stored. Access (annotators and admins) is checked by the
 //!   router; each POST checks its CSRF token here.
+//! - Model assistance (issue 17; `storage::tables::assist`): with the project's mode `prefill`
+//!   a task opened with no draft starts from the model's explanation; with `hint` the page offers
+//!   the model's regions and mask once the saved draft has a word (`POST .../hint`). A forgery in
+//!   the held-out arm, or without a suggestion of the current model, is served exactly as with
+//!   assistance off. The submission records the mode, the arm, and the suggestion shown with the
+//!   token-level edit distance to the submitted text; with assistance off nothing is recorded.
 //! - Active time: each heartbeat credits the time since the previous one, at most one heartbeat
 //!   interval; the page sends them only while visible and in use, so a background tab earns
 //!   nothing. Elapsed time since the claim is recorded beside it.
@@ -18,8 +24,10 @@ use crate::dataset::annotation::{
     Chip, MAX_WORDS, check_draft, check_text, chips, false_positive_labels, known_regions, manipulated_parts, parse_regions, region_labels,
     word_count,
 };
-use crate::storage::store::{BlobKey, BlobStore};
-use crate::storage::tables::annotations;
+use crate::dataset::assist::{EditMeasure, in_holdout};
+use crate::storage::status::AssistMode;
+use crate::storage::store::BlobKey;
+use crate::storage::tables::{annotations, assist};
 use askama::Template;
 use axum::extract::{Path, RawForm, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -96,7 +104,8 @@ async fn held(state: &AppState, user: &User, task: uuid::Uuid) -> Result<sqlx::p
         "SELECT t.active_seconds, extract(epoch FROM now() - t.claimed_at)::float8, t.draft, t.draft_regions, \
            (SELECT r.comment FROM annotation_revisions r \
              WHERE r.annotation_id = (SELECT a.id FROM annotations a WHERE a.forgery_id = t.forgery_id AND a.status = 'returned') \
-               AND r.action = 'return' ORDER BY r.id DESC LIMIT 1) \
+               AND r.action = 'return' ORDER BY r.id DESC LIMIT 1), \
+           t.assist_shown_at IS NOT NULL, t.assist_model \
          FROM annotation_tasks t WHERE t.forgery_id = $1 AND t.annotator_id = $2 AND t.status = 'claimed' AND t.lease_until > now()",
     )
     .bind(task)
@@ -121,6 +130,46 @@ struct AnnotatePage {
     chips: Vec<Chip>,
     /// The reviewer's comment when the task came back for refinement.
     comment: Option<String>,
+    /// What the model offers on this task (none: the page of before).
+    assist: Option<AssistView>,
+}
+
+/// Whether a submission records assistance.
+enum AssistState {
+    Off,
+    On { mode: AssistMode, holdout: bool },
+}
+
+/// The model's help as the page shows it.
+struct AssistView {
+    /// `hint` or `prefill`.
+    mode: &'static str,
+    model: String,
+    /// The hint was already shown (a reopened page shows it again).
+    shown: bool,
+    regions: String,
+}
+
+/// What assistance a task gets now.
+enum Assist {
+    /// Assistance off: nothing shown, nothing recorded.
+    Off,
+    /// Assistance on, but this forgery is in the held-out arm (or has no suggestion).
+    Unassisted { mode: AssistMode, holdout: bool },
+    /// A suggestion of the current model to offer.
+    Offer { mode: AssistMode, model: crate::storage::tables::assist::AssistModel, suggestion: assist::Suggestion },
+}
+
+async fn assist_for(state: &AppState, task: uuid::Uuid) -> Result<Assist, WebError> {
+    let s = assist::settings(&state.pool).await?;
+    let Some(model) = s.active_model().cloned() else { return Ok(Assist::Off) };
+    if in_holdout(task, s.seed, s.holdout) {
+        return Ok(Assist::Unassisted { mode: s.mode, holdout: true });
+    }
+    Ok(match assist::suggestion(&state.pool, task, model.id).await? {
+        Some(suggestion) => Assist::Offer { mode: s.mode, model, suggestion },
+        None => Assist::Unassisted { mode: s.mode, holdout: false },
+    })
 }
 
 /// The paper's guidance (section 3.2), shown on every task.
@@ -142,8 +191,24 @@ async fn page_for(
     comment: Option<String>,
     error: Option<String>,
 ) -> Result<Html<String>, WebError> {
+    page_with(state, user, task, text, regions, active, comment, error, None).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn page_with(
+    state: &AppState,
+    user: &User,
+    task: uuid::Uuid,
+    text: String,
+    regions: Option<Vec<&'static str>>,
+    active: f64,
+    comment: Option<String>,
+    error: Option<String>,
+    assist: Option<AssistView>,
+) -> Result<Html<String>, WebError> {
     let chosen = regions.unwrap_or_else(|| region_labels(&text));
     render(&AnnotatePage {
+        assist,
         chips: chips(&text, &chosen),
         comment,
         task,
@@ -161,7 +226,74 @@ async fn page_for(
 pub async fn page(State(state): State<AppState>, user: User, Path(task): Path<uuid::Uuid>) -> Result<Html<String>, WebError> {
     let row = held(&state, &user, task).await?;
     let regions = row.get::<Option<Vec<String>>, _>(3).map(|r| known_regions(r.iter().map(String::as_str)));
-    page_for(&state, &user, task, row.get::<Option<String>, _>(2).unwrap_or_default(), regions, row.get(0), row.get(4), None).await
+    let mut text = row.get::<Option<String>, _>(2).unwrap_or_default();
+    let shown: bool = row.get(5);
+    let view = match assist_for(&state, task).await? {
+        Assist::Offer { mode, model, suggestion } => {
+            if mode == AssistMode::Prefill && !shown && text.trim().is_empty() {
+                // the model's explanation becomes the draft, once
+                let n = sqlx::query(
+                    "UPDATE annotation_tasks SET draft = $3, draft_regions = NULL, assist_mode = 'prefill', assist_model = $4, \
+                       assist_shown_at = now(), updated_at = now() \
+                     WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' AND lease_until > now() AND assist_shown_at IS NULL",
+                )
+                .bind(task)
+                .bind(user.id)
+                .bind(&suggestion.text)
+                .bind(model.id)
+                .execute(&state.pool)
+                .await?
+                .rows_affected();
+                if n == 1 {
+                    text = suggestion.text.clone();
+                }
+            }
+            Some(AssistView {
+                mode: mode.as_str(),
+                model: model.name,
+                shown: shown || mode == AssistMode::Prefill,
+                regions: suggestion.regions.join(", "),
+            })
+        }
+        _ => None,
+    };
+    let regions = if view.as_ref().is_some_and(|v| v.mode == "prefill") && regions.is_none() { None } else { regions };
+    page_with(&state, &user, task, text, regions, row.get(0), row.get(4), None, view).await
+}
+
+/// The model's hint for a task in `hint` mode: its regions and predicted mask, once the saved
+/// draft has a word (so the annotator's first look is their own). Recorded as shown.
+pub async fn hint(
+    State(state): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    Path(task): Path<uuid::Uuid>,
+) -> Result<Json<serde_json::Value>, WebError> {
+    user.check_csrf(csrf_header(&headers))?;
+    let Ok(row) = held(&state, &user, task).await else { return Err(not_held(&state, &user, task).await) };
+    let Assist::Offer { mode: AssistMode::Hint, model, suggestion } = assist_for(&state, task).await? else {
+        return Err(WebError::NotFound);
+    };
+    let draft: Option<String> = row.get(2);
+    if word_count(draft.as_deref().unwrap_or_default()) == 0 {
+        return Err(WebError::Conflict(
+            "write a first draft of your own (at least one word, saved) before asking for the model's hint".into(),
+        ));
+    }
+    sqlx::query(
+        "UPDATE annotation_tasks SET assist_mode = 'hint', assist_model = $3, assist_shown_at = coalesce(assist_shown_at, now()) \
+         WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' AND lease_until > now()",
+    )
+    .bind(task)
+    .bind(user.id)
+    .bind(model.id)
+    .execute(&state.pool)
+    .await?;
+    Ok(Json(serde_json::json!({
+        "model": model.name,
+        "regions": suggestion.regions,
+        "mask_url": suggestion.mask_hash.as_ref().map(|_| format!("/images/{task}/suggested-mask")),
+    })))
 }
 
 fn csrf_header(headers: &HeaderMap) -> Option<&str> {
@@ -280,6 +412,13 @@ pub async fn submit(
     }
     let regions: Vec<&str> = chosen.clone().unwrap_or_else(|| region_labels(&text));
     let manipulated = manipulated_parts(&state.pool, state.store.as_ref(), task).await?;
+    // what assistance this annotation was written under (read before the transaction)
+    let assist_record = match assist_for(&state, task).await? {
+        Assist::Off => AssistState::Off,
+        Assist::Unassisted { mode, holdout } => AssistState::On { mode: if holdout { AssistMode::Off } else { mode }, holdout },
+        // offered but not shown (a hint never opened): the mode, no suggestion
+        Assist::Offer { mode, .. } => AssistState::On { mode, holdout: false },
+    };
     let fp = false_positive_labels(&text, &regions, &manipulated);
     // then the writes, with the hold checked again under the row lock
     let mut tx = state.pool.begin().await?;
@@ -298,6 +437,46 @@ pub async fn submit(
     let (active, elapsed): (f64, f64) = (row.get(0), row.get(1));
     // a refinement of a returned annotation updates it; every version stays in the revisions
     let mentions = region_labels(&text);
+    // what this task's page showed decides the record: a suggestion shown (prefilled, or the
+    // hint opened) is recorded with the mode it was shown in, even if the project's mode changed
+    // since; otherwise the project's assistance now
+    let shown: Option<(Option<String>, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT assist_mode, assist_model FROM annotation_tasks WHERE forgery_id = $1 AND assist_shown_at IS NOT NULL")
+            .bind(task)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let shown = match shown {
+        Some((Some(mode), Some(model))) => {
+            let mode: AssistMode = mode.parse().map_err(WebError::Internal)?;
+            assist::suggestion(&mut *tx, task, model).await?.map(|s| (mode, model, s))
+        }
+        _ => None,
+    };
+    let record = match (shown, assist_record) {
+        (Some((mode, model, s)), _) => {
+            let measure = EditMeasure::of(&s.text, &text);
+            Some((mode, false, Some((model, s)), Some(measure)))
+        }
+        (None, AssistState::Off) => None,
+        (None, AssistState::On { mode, holdout }) => Some((mode, holdout, None, None)),
+    };
+    let shown_suggestion = record.as_ref().and_then(|(_, _, sug, m)| {
+        let (model, s) = sug.as_ref()?;
+        let m = m.as_ref()?;
+        Some(annotations::ShownSuggestion {
+            model: *model,
+            text: &s.text,
+            regions: &s.regions,
+            suggestion_tokens: m.suggestion_tokens as i32,
+            text_tokens: m.text_tokens as i32,
+            edit_distance: m.edit_distance as i32,
+        })
+    });
+    let assist_rec = record.as_ref().map(|(mode, holdout, _, _)| annotations::AssistRecord {
+        mode: *mode,
+        holdout: *holdout,
+        suggestion: shown_suggestion.clone(),
+    });
     let submission = annotations::Submission {
         forgery_id: task,
         annotator_id: user.id,
@@ -308,7 +487,7 @@ pub async fn submit(
         fp_labels: &fp,
         active_seconds: active,
         elapsed_seconds: elapsed,
-        assist: None,
+        assist: assist_rec,
     };
     annotations::submit(&mut tx, &submission).await?;
     tx.commit().await?;
@@ -393,6 +572,7 @@ pub async fn image(
         "original" => "original_hash",
         "forged" => "image_hash",
         "mask" => "mask_hash",
+        "suggested-mask" => return suggested_mask(&state, &user, task).await,
         _ => return Err(WebError::NotFound),
     };
     if user.role == Role::Annotator {
@@ -423,5 +603,29 @@ pub async fn image(
         ],
         bytes,
     )
+        .into_response())
+}
+
+/// The model's predicted mask of a task: to the annotator holding it once the hint was shown, and
+/// to reviewers and admins.
+async fn suggested_mask(state: &AppState, user: &User, task: uuid::Uuid) -> Result<Response, WebError> {
+    let model: Option<uuid::Uuid> = if user.role == Role::Annotator {
+        sqlx::query_scalar(
+            "SELECT assist_model FROM annotation_tasks WHERE forgery_id = $1 AND annotator_id = $2 AND status = 'claimed' \
+               AND assist_shown_at IS NOT NULL",
+        )
+        .bind(task)
+        .bind(user.id)
+        .fetch_optional(&state.pool)
+        .await?
+        .flatten()
+    } else {
+        assist::settings(&state.pool).await?.model.map(|m| m.id)
+    };
+    let Some(model) = model else { return Err(WebError::NotFound) };
+    let hash = assist::suggestion(&state.pool, task, model).await?.and_then(|s| s.mask_hash).ok_or(WebError::NotFound)?;
+    let key: BlobKey = hash.parse().map_err(|_| WebError::Internal("bad blob key".into()))?;
+    let bytes = state.store.get(&key).map_err(|e| WebError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "image/png".to_string()), (header::CACHE_CONTROL, "private, max-age=3600".to_string())], bytes)
         .into_response())
 }

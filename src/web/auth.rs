@@ -356,10 +356,11 @@ pub async fn login(state: &AppState, name: &str, password: &str, ip: &str) -> Re
     Ok(Login::Ok { token })
 }
 
-pub fn session_cookie(token: &str) -> String {
-    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_HOURS * 3600)
+/// The session cookie; `Secure` when the server's public URL is https.
+pub fn session_cookie(token: &str, secure: bool) -> String {
+    format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}", SESSION_HOURS * 3600, if secure { "; Secure" } else { "" })
 }
 
-pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+pub fn clear_cookie(secure: bool) -> String {
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}", if secure { "; Secure" } else { "" })
 }

@@ -69,6 +69,55 @@ struct DashboardPage {
     annotators: Vec<AnnotatorRow>,
     overall: AnnotatorRow,
     jobs: Vec<JobRow>,
+    assist: AssistSection,
+}
+
+/// Model assistance on the dashboard: per annotator and arm, the charts over days, the
+/// held-out comparison (`dataset::assist_stats`).
+#[derive(serde::Serialize)]
+pub struct AssistSection {
+    pub rows: Vec<crate::dataset::assist_stats::ArmRow>,
+    pub comparison: Vec<crate::dataset::assist_stats::ComparisonRow>,
+    /// (title, data URI of the SVG)
+    #[serde(skip)]
+    pub charts: Vec<(String, String)>,
+    pub days: Vec<crate::dataset::assist_stats::DayRow>,
+    /// Whether any annotation was written with a suggestion shown or in the held-out arm.
+    pub any: bool,
+}
+
+impl AssistSection {
+    fn pct(v: &Option<f64>) -> String {
+        v.map(|x| format!("{:.1} %", 100.0 * x)).unwrap_or_else(|| "-".into())
+    }
+}
+
+pub async fn assist_section(pool: &sqlx::PgPool, charts: bool) -> Result<AssistSection, WebError> {
+    use crate::dataset::assist_stats::{by_annotator, by_day, comparison, day_chart};
+    let rows = by_annotator(pool).await?;
+    let comparison = comparison(pool).await?;
+    let days = by_day(pool).await?;
+    let any = rows.iter().any(|r| r.assisted) || !comparison.is_empty();
+    let mut out = Vec::new();
+    if charts && any {
+        type Pick = fn(&crate::dataset::assist_stats::Figures) -> Option<f64>;
+        let picks: [(&str, Pick); 4] = [
+            ("Agreement with the model", |f| f.model_agreement),
+            ("Flag rate", |f| Some(f.flag_rate)),
+            ("Annotations per active hour", |f| Some(f.per_active_hour)),
+            ("Words per annotation", |f| Some(f.mean_words)),
+        ];
+        for (title, pick) in picks {
+            let svg = day_chart(title, &days, pick).map_err(WebError::Internal)?;
+            out.push((title.to_string(), svg_data_uri(&svg)));
+        }
+    }
+    Ok(AssistSection { rows, comparison, charts: out, days, any })
+}
+
+/// GET /admin/dashboard/assist.json: the model-assistance figures for scripts.
+pub async fn assist_json(State(state): State<AppState>) -> Result<axum::Json<AssistSection>, WebError> {
+    Ok(axum::Json(assist_section(&state.pool, false).await?))
 }
 
 /// Samples per state and method (the last row is the total).
@@ -222,7 +271,8 @@ pub async fn dashboard(State(state): State<AppState>, user: User) -> Result<Html
     .into_iter()
     .map(|(format, out_dir, status, started, done, total)| ExportRow { format, out_dir, status, started, done, total })
     .collect();
-    render(&DashboardPage { name: user.name.clone(), states, total, annotators, overall, jobs, exports })
+    let assist = assist_section(&state.pool, true).await?;
+    render(&DashboardPage { name: user.name.clone(), states, total, annotators, overall, jobs, exports, assist })
 }
 
 #[derive(Template)]

@@ -12,7 +12,7 @@ use super::auth::{Role, User};
 use super::{AppState, WebError, render};
 use crate::dataset::import::decode::{DecodeLimits, decode_image};
 use crate::explain::{GenerationLimits, ModelInfo, ServiceError, check_generation, fit, overlay, parse_regions, png_bytes, png_data_url};
-use crate::storage::store::{BlobKey, BlobStore};
+use crate::storage::store::BlobKey;
 use askama::Template;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};

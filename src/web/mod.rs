@@ -13,6 +13,7 @@
 //! - [`review`]: the reviewer's queue, false-positive flags, accept / edit / return.
 //! - [`dashboard`]: the admin's counts, per-annotator figures and jobs.
 //! - [`pages`]: login, home, admin users.
+//! - [`edge`]: the public URL (secure cookies, HSTS), trusted proxies and the client address.
 //! - [`explain`]: the explain page (reviewers and admins): ForgeryTalker's explanation and mask of
 //!   an uploaded face or a stored forgery, from the model `mmtt serve --talker DIR` configures.
 //! - [`admin`]: the admin console (import, masks, generate, export, evaluate, train, jobs, actions) and its JSON variants.
@@ -21,11 +22,12 @@ pub mod admin;
 pub mod annotate;
 pub mod auth;
 pub mod dashboard;
+pub mod edge;
 pub mod explain;
 pub mod pages;
 pub mod review;
 
-use crate::storage::store::FsBlobStore;
+use crate::storage::store::SharedStore;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
@@ -43,18 +45,20 @@ pub struct WebConfig {
     pub heartbeat_seconds: f64,
     /// A claimed task stays with its annotator this long without a heartbeat.
     pub lease: Duration,
+    /// How the server meets the internet (public URL, trusted proxies).
+    pub edge: edge::Edge,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { min_seconds: 60.0, heartbeat_seconds: 5.0, lease: Duration::from_secs(30 * 60) }
+        WebConfig { min_seconds: 60.0, heartbeat_seconds: 5.0, lease: Duration::from_secs(30 * 60), edge: edge::Edge::default() }
     }
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: sqlx::PgPool,
-    pub store: Arc<FsBlobStore>,
+    pub store: SharedStore,
     pub config: Arc<WebConfig>,
     pub sessions: Arc<auth::SessionCache>,
     /// The admin console's settings (import roots, upload limits, data directory).
@@ -64,10 +68,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(pool: sqlx::PgPool, store: Arc<FsBlobStore>, config: WebConfig) -> Self {
-        // the blob store lives in DATA_DIR/blobs
-        let data_dir = store.root().parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| store.root().to_path_buf());
-        let admin = Arc::new(admin::AdminConfig::new(&data_dir, vec![]));
+    /// The state of a server on `data_dir` (its admin console's defaults: uploads, import root).
+    pub fn new(pool: sqlx::PgPool, store: SharedStore, data_dir: &std::path::Path, config: WebConfig) -> Self {
+        let admin = Arc::new(admin::AdminConfig::new(data_dir, vec![]));
         AppState {
             pool,
             store,
@@ -240,6 +243,7 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::POST, "/annotate/{task}/submit", Access::Annotator, post(annotate::submit)),
         (Method::POST, "/annotate/{task}/skip", Access::Annotator, post(annotate::skip)),
         (Method::POST, "/annotate/{task}/prefetch", Access::Annotator, post(annotate::prefetch)),
+        (Method::POST, "/annotate/{task}/hint", Access::Annotator, post(annotate::hint)),
         (Method::GET, "/images/{task}/{kind}", Access::SignedIn, get(annotate::image)),
         (Method::GET, "/review", Access::Reviewer, get(review::queue)),
         (Method::GET, "/review/{annotation}", Access::Reviewer, get(review::page)),
@@ -254,6 +258,7 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         ),
         (Method::GET, "/admin", Access::Admin, get(dashboard::dashboard)),
         (Method::GET, "/admin/stats", Access::Admin, get(dashboard::stats)),
+        (Method::GET, "/admin/dashboard/assist.json", Access::Admin, get(dashboard::assist_json)),
         (Method::GET, "/admin/users", Access::Admin, get(pages::users)),
         (Method::POST, "/admin/users", Access::Admin, post(pages::add_user)),
         (Method::GET, "/static/admin.js", Access::Public, get(admin::admin_js)),
@@ -281,6 +286,10 @@ pub fn route_table() -> Vec<(Method, &'static str, Access, MethodRouter<AppState
         (Method::POST, "/admin/eval", Access::Admin, post(admin::eval::submit).layer(axum::extract::DefaultBodyLimit::disable())),
         (Method::POST, "/admin/eval/table3", Access::Admin, post(admin::eval::submit_table3)),
         (Method::GET, "/admin/leaderboard", Access::Admin, get(admin::eval::leaderboard)),
+        (Method::GET, "/admin/assist", Access::Admin, get(admin::assist::form)),
+        (Method::POST, "/admin/assist/models", Access::Admin, post(admin::assist::register)),
+        (Method::POST, "/admin/assist/settings", Access::Admin, post(admin::assist::settings)),
+        (Method::POST, "/admin/assist/suggest", Access::Admin, post(admin::assist::suggest)),
         (Method::GET, "/admin/train", Access::Admin, get(admin::train::form)),
         (Method::POST, "/admin/train", Access::Admin, post(admin::train::submit)),
         (Method::POST, "/admin/train/talker", Access::Admin, post(admin::train::submit_talker)),
@@ -308,6 +317,12 @@ pub fn router(state: AppState) -> Router {
     let mut r = Router::new();
     for (path, mr) in by_path {
         r = r.route(path, mr);
+    }
+    if state.config.edge.https() {
+        r = r.layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            header::HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        ));
     }
     r.layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(

@@ -44,14 +44,18 @@ pub struct LoginForm {
 pub async fn login_submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, WebError> {
-    let ip = peer.ip().to_string();
+    // behind a trusted reverse proxy, the client it forwards for (not the proxy) is throttled
+    let ip = state.config.edge.client_ip(peer, &headers).to_string();
     let page = |status: StatusCode, msg: &str| -> Result<Response, WebError> {
         Ok((status, Html(login_page(Some(msg)).map_err(|e| WebError::Internal(e.to_string()))?)).into_response())
     };
     match auth::login(&state, f.name.trim(), &f.password, &ip).await? {
-        auth::Login::Ok { token } => Ok(([(header::SET_COOKIE, auth::session_cookie(&token))], Redirect::to("/")).into_response()),
+        auth::Login::Ok { token } => {
+            Ok(([(header::SET_COOKIE, auth::session_cookie(&token, state.config.edge.https()))], Redirect::to("/")).into_response())
+        }
         auth::Login::Refused => page(StatusCode::UNAUTHORIZED, "Wrong name or password."),
         auth::Login::Throttled => page(
             StatusCode::TOO_MANY_REQUESTS,
@@ -81,7 +85,7 @@ pub async fn logout(
     let hash = auth::token_hash(&token);
     sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(&hash).execute(&state.pool).await?;
     state.sessions.evict(&hash);
-    Ok(([(header::SET_COOKIE, auth::clear_cookie())], Redirect::to("/login")).into_response())
+    Ok(([(header::SET_COOKIE, auth::clear_cookie(state.config.edge.https()))], Redirect::to("/login")).into_response())
 }
 
 #[derive(Template)]

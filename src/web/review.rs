@@ -1,6 +1,11 @@
 //! The reviewer's (QA) work: a queue of submitted annotations, automatic false-positive flags,
 //! accept, edit and accept, or return to the annotator with a comment (the paper's second phase).
 //!
+//! Beside them, the automatic checks of [`crate::dataset::checks`] (references to the original
+//! image, near-duplicates of the same annotator's other annotations, disagreement with the
+//! model's regions when the project has an assistance model), each with its trigger words; the
+//! queue can be ordered by their risk score (`/review?order=risk`) instead of age.
+//!
 //! The flags follow the annotation rules of [`crate::dataset::annotation`]
 //! ([`false_positive_labels`], [`manipulated_parts`]): a label none of whose parts is
 //! manipulated is flagged, and its words are highlighted in the text.
@@ -11,10 +16,12 @@ use crate::dataset::annotation::{
     Chip, MAX_COMMENT_CHARS, check_stored, check_text, chips, excerpt, false_positive_labels, highlight, known_regions, manipulated_parts,
     parse_regions, region_labels,
 };
+use crate::dataset::checks::{Disagreement, Duplicate, Finding, RiskInputs, disagreement, near_duplicates, original_references, risk};
 use crate::storage::status::RevisionAction;
 use crate::storage::tables::annotations;
+use crate::storage::tables::assist;
 use askama::Template;
-use axum::extract::{Path, RawForm, State};
+use axum::extract::{Path, Query, RawForm, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use sqlx::Row;
@@ -25,24 +32,107 @@ struct QueueRow {
     annotator: String,
     words: i32,
     text: String,
+    /// With `order=risk`: the score and its reasons.
+    risk: Option<(f64, String)>,
 }
 
 #[derive(Template)]
 #[template(path = "review_queue.html")]
 struct QueuePage {
     rows: Vec<QueueRow>,
+    by_risk: bool,
 }
 
-pub async fn queue(State(state): State<AppState>) -> Result<Html<String>, WebError> {
+#[derive(serde::Deserialize)]
+pub struct QueueQuery {
+    order: Option<String>,
+}
+
+/// The checks of one annotation.
+struct Checks {
+    original: Vec<Finding>,
+    duplicates: Vec<Duplicate>,
+    disagreement: Option<Disagreement>,
+}
+
+/// The checks of the annotations `ids` (their texts, chips and annotators read here): one query
+/// for the rows with the current model's regions, one for the annotators' other texts.
+async fn checks_of(
+    state: &AppState,
+    ids: &[uuid::Uuid],
+) -> Result<std::collections::HashMap<uuid::Uuid, (Checks, sqlx::postgres::PgRow)>, WebError> {
+    let model = assist::settings(&state.pool).await?.model.map(|m| m.id);
     let rows = sqlx::query(
-        "SELECT a.id, f.method, u.name, a.word_count, left(a.text, 400) FROM annotations a JOIN forgeries f ON f.id = a.forgery_id \
-         JOIN users u ON u.id = a.annotator_id WHERE a.status = 'submitted' ORDER BY a.updated_at LIMIT 200",
+        "SELECT a.id, a.text, a.regions, a.annotator_id, a.fp_labels, a.active_seconds, s.regions \
+         FROM annotations a LEFT JOIN suggestions s ON s.forgery_id = a.forgery_id AND s.model_id = $2 WHERE a.id = ANY($1)",
     )
+    .bind(ids)
+    .bind(model)
     .fetch_all(&state.pool)
     .await?;
-    let rows =
-        rows.iter().map(|r| QueueRow { id: r.get(0), method: r.get(1), annotator: r.get(2), words: r.get(3), text: r.get(4) }).collect();
-    render(&QueuePage { rows })
+    let annotators: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(3)).collect();
+    let others = sqlx::query("SELECT id, annotator_id, text FROM annotations WHERE annotator_id = ANY($1)")
+        .bind(&annotators)
+        .fetch_all(&state.pool)
+        .await?;
+    let mut by_annotator: std::collections::HashMap<uuid::Uuid, Vec<(uuid::Uuid, String)>> = std::collections::HashMap::new();
+    for o in &others {
+        by_annotator.entry(o.get(1)).or_default().push((o.get(0), o.get(2)));
+    }
+    let mut out = std::collections::HashMap::new();
+    for r in rows {
+        let id: uuid::Uuid = r.get(0);
+        let text: String = r.get(1);
+        let regions: Vec<String> = r.get(2);
+        let mine: Vec<(uuid::Uuid, String)> =
+            by_annotator.get(&r.get::<uuid::Uuid, _>(3)).map(|v| v.iter().filter(|(o, _)| *o != id).cloned().collect()).unwrap_or_default();
+        let predicted: Option<Vec<String>> = r.get(6);
+        let c = Checks {
+            original: original_references(&text),
+            duplicates: near_duplicates(&text, &mine),
+            disagreement: predicted.map(|p| disagreement(&regions, &p)),
+        };
+        out.insert(id, (c, r));
+    }
+    Ok(out)
+}
+
+pub async fn queue(State(state): State<AppState>, Query(q): Query<QueueQuery>) -> Result<Html<String>, WebError> {
+    let by_risk = q.order.as_deref() == Some("risk");
+    // by age: the oldest 200; by risk: every waiting annotation is scored, the riskiest 200 shown
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT a.id, f.method, u.name, a.word_count, left(a.text, 400), a.updated_at FROM annotations a JOIN forgeries f ON f.id = a.forgery_id \
+         JOIN users u ON u.id = a.annotator_id WHERE a.status = 'submitted' ORDER BY a.updated_at, a.id {}",
+        if by_risk { "" } else { "LIMIT 200" }
+    )))
+    .fetch_all(&state.pool)
+    .await?;
+    let mut rows: Vec<QueueRow> = rows
+        .iter()
+        .map(|r| QueueRow { id: r.get(0), method: r.get(1), annotator: r.get(2), words: r.get(3), text: r.get(4), risk: None })
+        .collect();
+    if by_risk {
+        let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+        let checks = checks_of(&state, &ids).await?;
+        for row in &mut rows {
+            if let Some((c, r)) = checks.get(&row.id) {
+                let fp: Vec<String> = r.get(4);
+                let (score, why) = risk(&RiskInputs {
+                    fp_flags: fp.len(),
+                    original_refs: c.original.len(),
+                    duplicates: c.duplicates.len(),
+                    disagreement: c.disagreement.as_ref().map_or(0, Disagreement::size),
+                    active_seconds: r.get(5),
+                    min_seconds: state.config.min_seconds,
+                });
+                row.risk = Some((score, why.join("; ")));
+            }
+        }
+        // stable: equal scores keep the age order (and then the id order) of the query
+        rows.sort_by(|a, b| b.risk.as_ref().map_or(0.0, |r| r.0).total_cmp(&a.risk.as_ref().map_or(0.0, |r| r.0)));
+        rows.truncate(200);
+    }
+    render(&QueuePage { rows, by_risk })
 }
 
 #[derive(Template)]
@@ -60,6 +150,9 @@ struct ReviewPage {
     error: Option<String>,
     /// A refused return's comment, shown again.
     comment: String,
+    original: Vec<Finding>,
+    duplicates: Vec<Duplicate>,
+    disagreement: Option<Disagreement>,
 }
 
 /// An annotation as the reviewer sees it.
@@ -97,7 +190,14 @@ async fn page_for(
     };
     let manipulated = manipulated_parts(&state.pool, state.store.as_ref(), a.forgery).await?;
     let flagged = false_positive_labels(&text, &chosen, &manipulated);
+    let (checks, _) = checks_of(state, &[id]).await?.remove(&id).ok_or(WebError::NotFound)?;
+    // the checks of the text and chips shown (a refused edit's, or the stored ones)
+    let original = original_references(&text);
+    let disagreement = assist_regions(state, a.forgery).await?.map(|p| disagreement(&chosen, &p));
     render(&ReviewPage {
+        original,
+        duplicates: checks.duplicates,
+        disagreement,
         id,
         version: a.version,
         chips: chips(&text, &chosen),
@@ -237,4 +337,10 @@ pub async fn send_back(
     }
     tx.commit().await?;
     Ok(Redirect::to("/review").into_response())
+}
+
+/// The current assistance model's regions for a forgery, if it has a suggestion.
+async fn assist_regions(state: &AppState, forgery: uuid::Uuid) -> Result<Option<Vec<String>>, WebError> {
+    let Some(m) = assist::settings(&state.pool).await?.model else { return Ok(None) };
+    Ok(assist::suggestion(&state.pool, forgery, m.id).await?.map(|s| s.regions))
 }

@@ -32,8 +32,9 @@ pub async fn spawn_app(env: &super::Env, config: WebConfig) -> TestApp {
 /// [`spawn_app`] with the explain page's model (`mmtt serve --talker`).
 pub async fn spawn_app_with(env: &super::Env, config: WebConfig, talker: Option<mmtt::explain::TalkerConfig>) -> TestApp {
     let pool = mmtt::storage::db::connect_url(&env.db.url).await.expect("db");
-    let store = Arc::new(mmtt::storage::store::FsBlobStore::open(env.data.path().join("blobs")).unwrap());
-    let mut state = AppState::new(pool.clone(), store, config);
+    let store: mmtt::storage::store::SharedStore =
+        Arc::new(mmtt::storage::store::FsBlobStore::open(env.data.path().join("blobs")).unwrap());
+    let mut state = AppState::new(pool.clone(), store, env.data.path(), config);
     if let Some(t) = talker {
         state = state.with_talker(t);
     }

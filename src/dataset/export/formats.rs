@@ -73,7 +73,7 @@ fn coco(out: &Out, split: Split, part: &[&Sample], bar: &indicatif::ProgressBar)
         .par_iter()
         .map(|s| -> Result<_> {
             out.blob(&format!("{dir}/{}.png", s.key), &s.image)?;
-            let png = std::fs::read(store.path_of(&s.mask)).with_context(|| format!("mask of {}", s.id))?;
+            let png = store.get(&s.mask).with_context(|| format!("mask of {}", s.id))?;
             let m =
                 image::load_from_memory_with_format(&png, image::ImageFormat::Png).with_context(|| format!("mask of {}", s.id))?.to_luma8();
             let (w, h) = m.dimensions();
@@ -129,9 +129,7 @@ fn webdataset(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar:
     for s in part {
         let txt = s.text.clone();
         let json = serde_json::to_string(&record(s))?;
-        let len = |k: &crate::storage::store::BlobKey| {
-            std::fs::metadata(store.path_of(k)).map(|m| m.len()).map_err(|e| anyhow!("store file of {}: {e}", s.id))
-        };
+        let len = |k: &crate::storage::store::BlobKey| store.size(k).map_err(|e| anyhow!("store file of {}: {e}", s.id));
         let bytes = tar_size(len(&s.image)?) + tar_size(len(&s.mask)?) + tar_size(txt.len() as u64) + tar_size(json.len() as u64);
         if size > 0 && size + bytes > o.shard_bytes {
             shards.push(Vec::new());
@@ -157,8 +155,8 @@ fn webdataset(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar:
                     b.append_data(&mut h, name, data)?;
                     Ok(())
                 };
-                add(format!("{}.png", s.key), &std::fs::read(store.path_of(&s.image))?)?;
-                add(format!("{}.mask.png", s.key), &std::fs::read(store.path_of(&s.mask))?)?;
+                add(format!("{}.png", s.key), &store.get(&s.image)?)?;
+                add(format!("{}.mask.png", s.key), &store.get(&s.mask)?)?;
                 add(format!("{}.txt", s.key), txt.as_bytes())?;
                 add(format!("{}.json", s.key), json.as_bytes())?;
             }

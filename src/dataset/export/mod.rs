@@ -25,7 +25,7 @@ use crate::app::App;
 use crate::dataset::stats::{StatSample, Stats};
 use crate::storage::split::{self, Split, SplitRatios};
 use crate::storage::status::{AnnotationStatus, exported_statuses};
-use crate::storage::store::{BlobKey, FsBlobStore};
+use crate::storage::store::{BlobKey, BlobStore, SharedStore};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -306,7 +306,7 @@ pub fn assign_release_ids(samples: &mut [Sample]) -> Result<()> {
 /// hashes, never a hash read back from a file that was not checked.
 pub struct Out {
     pub root: PathBuf,
-    store: Arc<FsBlobStore>,
+    store: SharedStore,
     link: bool,
     manifest: Mutex<Vec<(String, String)>>,
     /// Files an earlier run left complete and correct (verified, kept).
@@ -326,7 +326,7 @@ pub struct Out {
 const REPORT_NAMES: u64 = 10;
 
 impl Out {
-    pub fn new(root: PathBuf, store: Arc<FsBlobStore>, link: bool) -> Self {
+    pub fn new(root: PathBuf, store: SharedStore, link: bool) -> Self {
         Out {
             root,
             store,
@@ -341,8 +341,8 @@ impl Out {
         }
     }
 
-    pub fn store_ref(&self) -> &FsBlobStore {
-        &self.store
+    pub fn store_ref(&self) -> &dyn BlobStore {
+        self.store.as_ref()
     }
 
     fn record(&self, rel: &str, sha: String, size: u64) {
@@ -387,8 +387,7 @@ impl Out {
     /// A stored image under `rel` (copied, or hard-linked with `--link`). An earlier run's file
     /// is kept only when its size and SHA-256 are the blob's; otherwise it is replaced.
     pub fn blob(&self, rel: &str, key: &BlobKey) -> Result<()> {
-        let src = self.store.path_of(key);
-        let size = std::fs::metadata(&src).with_context(|| format!("the store lacks {} (run `mmtt` store checks)", src.display()))?.len();
+        let size = self.store.size(key).with_context(|| format!("the image of {rel}"))?;
         let (path, tmp) = self.target(rel)?;
         let found = Self::existing_matches(&path, rel, size, || Ok(key.as_str().to_string()))?;
         if found == Some(true) {
@@ -397,13 +396,25 @@ impl Out {
             if found == Some(false) {
                 self.note_replaced(rel, "differs from its image (size or SHA-256)");
             }
-            if self.link {
-                let _ = std::fs::remove_file(&tmp);
-                std::fs::hard_link(&src, &tmp).map_err(|e| {
-                    anyhow!("--link: cannot hard-link {} into {}: {e} (the output must be on the data directory's filesystem; drop --link to copy)", src.display(), self.root.display())
-                })?;
-            } else {
-                std::fs::copy(&src, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+            let src = self.store.local_path(key);
+            match (&src, self.link) {
+                (Some(src), true) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    std::fs::hard_link(src, &tmp).map_err(|e| {
+                        anyhow!("--link: cannot hard-link {} into {}: {e} (the output must be on the data directory's filesystem; drop --link to copy)", src.display(), self.root.display())
+                    })?;
+                }
+                (None, true) => {
+                    bail!("--link needs a local blob store, and {} is an object store: drop --link to copy", self.store.location())
+                }
+                (Some(src), false) => {
+                    std::fs::copy(src, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+                }
+                // an object store: its verified bytes
+                (None, false) => {
+                    let bytes = self.store.get(key).with_context(|| format!("the image of {rel}"))?;
+                    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+                }
             }
             if found == Some(false) {
                 // a damaged file may be the store's own (a hard link from `--link`): never put
@@ -412,8 +423,8 @@ impl Out {
                 if got != key.as_str() {
                     let _ = std::fs::remove_file(&tmp);
                     bail!(
-                        "the store's file {} does not hash to its key (SHA-256 {got}): the blob store is damaged (an exported hard link to it was modified?); restore it from a backup or re-import its source",
-                        src.display()
+                        "the store's blob {key} does not hash to its key (SHA-256 {got}): the blob store {} is damaged (an exported hard link to it was modified?); restore it from a backup or re-import its source",
+                        self.store.location()
                     );
                 }
             }

@@ -15,7 +15,6 @@ pub mod release;
 
 use crate::app::App;
 use crate::storage::split;
-use crate::storage::store::BlobStore;
 use anyhow::{Context, Result};
 use datasets::{Candidate, Dataset, FaceRecord, Outcome};
 use decode::DecodeLimits;

@@ -18,7 +18,6 @@
 use crate::app::App;
 use crate::dataset::annotation::{REGION_LABELS, region_labels, word_count};
 use crate::storage::split::Split;
-use crate::storage::store::BlobStore;
 use crate::storage::tables::annotations;
 use crate::storage::tables::forgeries::{self, NewForgery};
 use crate::storage::tables::mask_plans::{self, NewMaskPlan};

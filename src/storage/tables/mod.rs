@@ -8,12 +8,15 @@
 //!   pages, the demo's generated captions, the release importer, synthetic data).
 //! - [`annotation_tasks`]: rows are made by a trigger on `forgeries`; what is written here is
 //!   the task state that goes with an annotation's writes. The web app's claim / heartbeat /
-//!   draft / skip statements are its own.
+//!   draft / skip statements are its own (and so is marking a suggestion shown).
+//! - [`assist`]: model-assisted annotation: `assist_models`, `suggestions` (the `assist` job)
+//!   and the project's assistance settings (the console).
 //!
 //! Functions take a connection (usually a transaction's), never a pool: the caller decides what
 //! is committed together.
 
 pub mod annotation_tasks;
 pub mod annotations;
+pub mod assist;
 pub mod forgeries;
 pub mod mask_plans;

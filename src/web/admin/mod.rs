@@ -15,6 +15,7 @@
 //! never writes the job tables itself, nor the dataset tables (the jobs do the work).
 
 pub mod actions;
+pub mod assist;
 pub mod audit;
 pub mod eval;
 pub mod export;
@@ -290,7 +291,7 @@ pub fn fields(admin: &Admin, headers: &HeaderMap, body: &[u8]) -> Result<Fields,
 }
 
 /// The navigation of every console page.
-pub const NAV: [(&str, &str); 12] = [
+pub const NAV: [(&str, &str); 13] = [
     ("/admin", "Dashboard"),
     ("/admin/jobs", "Jobs"),
     ("/admin/import", "Import"),
@@ -300,6 +301,7 @@ pub const NAV: [(&str, &str); 12] = [
     ("/admin/eval", "Evaluate"),
     ("/admin/train", "Train"),
     ("/admin/leaderboard", "Leaderboard"),
+    ("/admin/assist", "Assist"),
     ("/explain", "Explain"),
     ("/admin/actions", "Actions"),
     ("/admin/users", "Users"),
