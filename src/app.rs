@@ -1,11 +1,10 @@
 //! The running context of one `mmtt` command: database pool, blob store, data directory.
 
 use crate::storage::db::{self, cluster};
-use crate::storage::store::{FsBlobStore, SharedStore};
+use crate::storage::store::{self, SharedStore, StoreConfig};
 use anyhow::{Context, Result};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub struct App {
     pub pool: PgPool,
@@ -15,11 +14,17 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the data directory and the database: `database_url`, or the private cluster under
-    /// the data directory (started on demand).
+    /// Opens the data directory, the local blob store and the database: `database_url`, or the
+    /// private cluster under the data directory (started on demand).
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Self> {
+        Self::open_with(data_dir, database_url, &StoreConfig::default()).await
+    }
+
+    /// [`App::open`] with the blob store `store` names (an object store, `--store s3://...`).
+    pub async fn open_with(data_dir: &Path, database_url: Option<&str>, store: &StoreConfig) -> Result<Self> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-        let store: SharedStore = Arc::new(FsBlobStore::open(data_dir.join("blobs"))?);
+        let (dir, config) = (data_dir.to_path_buf(), store.clone());
+        let store: SharedStore = tokio::task::spawn_blocking(move || store::open(&dir, &config)).await??;
         let (pool, lease) = match database_url {
             Some(url) if !url.is_empty() => (db::connect_url(url).await?, None),
             _ => {

@@ -31,6 +31,7 @@ mod jobs;
 mod masks;
 mod predict;
 mod project;
+mod store;
 mod train;
 mod web;
 
@@ -58,6 +59,14 @@ pub struct Global {
     /// PostgreSQL server to use; without it mmtt runs a private cluster under the data directory.
     #[arg(long, global = true, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Where images live: a folder, or S3-compatible object storage as s3://BUCKET/PREFIX (the
+    /// endpoint, region and credentials from AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY; AWS_ALLOW_HTTP=true for http). Default: DATA_DIR/blobs.
+    #[arg(long, global = true, env = "MMTT_STORE")]
+    pub store: Option<String>,
+    /// The object store's local read-through cache, in MB (under DATA_DIR/cache).
+    #[arg(long, global = true, env = "MMTT_STORE_CACHE_MB", default_value_t = 2048)]
+    pub store_cache_mb: u64,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +75,11 @@ enum Command {
     Db {
         #[command(subcommand)]
         action: db::DbAction,
+    },
+    /// Move the blob store (a folder or S3-compatible object storage) and check it.
+    Store {
+        #[command(subcommand)]
+        action: store::StoreAction,
     },
     /// Import source faces.
     Import(import::ImportArgs),
@@ -172,10 +186,22 @@ impl From<DeviceArg> for Device {
 }
 
 impl Global {
+    /// The blob store `--store` names.
+    pub fn store_config(&self) -> Result<mmtt::storage::store::StoreConfig> {
+        let url = self
+            .store
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| anyhow::anyhow!("--store: {e}"))?;
+        Ok(mmtt::storage::store::StoreConfig { url, cache_bytes: self.store_cache_mb << 20 })
+    }
+
     /// Opens the app, runs `body` with it, then closes it (stopping the private cluster when this
     /// was its last user), whatever the body returned.
     pub async fn with_app(&self, body: impl AsyncFnOnce(&App) -> Result<()>) -> Result<()> {
-        let app = App::open(&self.data_dir, self.database_url.as_deref()).await?;
+        let app = App::open_with(&self.data_dir, self.database_url.as_deref(), &self.store_config()?).await?;
         let r = body(&app).await;
         let closed = app.close().await;
         r?;
@@ -188,6 +214,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
         Command::Db { action } => db::run(g, action).await,
+        Command::Store { action } => store::run(g, action).await,
         Command::Import(a) => import::import(g, a).await,
         Command::Landmarks(a) => import::landmarks(g, a).await,
         Command::Masks { action } => masks::run(g, action).await,

@@ -1,7 +1,8 @@
 //! The content-addressed image store: every file is kept under the SHA-256 of its bytes.
 //!
-//! [`BlobStore`] is the small interface the rest of the platform uses, so an object store can
-//! replace [`FsBlobStore`] later. Invariants:
+//! [`BlobStore`] is the small interface the rest of the platform uses; [`FsBlobStore`] keeps
+//! blobs in a local folder, [`super::s3::S3BlobStore`] in S3-compatible object storage, and
+//! [`open`] picks one from `--store`. Invariants:
 //! - a blob is written to a temporary name, synced, then renamed: no file ever exists under its
 //!   final name half-written;
 //! - writing the same bytes twice is a no-op; a blob's key always equals the hash of its content;
@@ -42,6 +43,8 @@ pub enum StoreError {
     Corrupt { key: BlobKey, actual: BlobKey },
     #[error("blob store I/O error at {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("object store {location}: {message}")]
+    Remote { location: String, message: String },
 }
 
 impl FromStr for BlobKey {
@@ -166,6 +169,33 @@ impl BlobStore for FsBlobStore {
     fn location(&self) -> String {
         self.root.display().to_string()
     }
+}
+
+/// How a command reaches its blobs: where (`--store`, default `DATA_DIR/blobs`) and the object
+/// store's local cache.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: Option<super::s3::StoreUrl>,
+    /// The object store's read-through cache bound.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { url: None, cache_bytes: 2 << 30 }
+    }
+}
+
+/// Opens the store `config` names for the data directory `data_dir`.
+pub fn open(data_dir: &Path, config: &StoreConfig) -> Result<SharedStore, StoreError> {
+    use super::s3::{S3BlobStore, StoreUrl};
+    Ok(match &config.url {
+        None => std::sync::Arc::new(FsBlobStore::open(data_dir.join("blobs"))?),
+        Some(StoreUrl::Local(dir)) => std::sync::Arc::new(FsBlobStore::open(dir)?),
+        Some(StoreUrl::S3 { bucket, prefix }) => {
+            std::sync::Arc::new(S3BlobStore::open(bucket, prefix, &data_dir.join("cache"), config.cache_bytes)?)
+        }
+    })
 }
 
 #[cfg(test)]

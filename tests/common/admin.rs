@@ -4,7 +4,7 @@
 
 use super::Env;
 use reqwest::StatusCode;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery";
@@ -34,11 +34,8 @@ pub fn serve(env: &Env, extra: &[&str]) -> Served {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let bind = format!("127.0.0.1:{port}");
     let log = std::fs::File::create(env.data.path().join("serve.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mmtt"))
-        .arg("--data-dir")
-        .arg(env.data.path())
-        .arg("--database-url")
-        .arg(&env.db.url)
+    let child = env
+        .command()
         .args(["serve", "--bind", &bind])
         .args(extra)
         .stdin(Stdio::null())

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod browser;
+pub mod s3;
 pub mod web;
 
 use std::path::{Path, PathBuf};
@@ -78,22 +79,29 @@ impl Drop for TestDb {
 pub struct Env {
     pub db: TestDb,
     pub data: tempfile::TempDir,
+    /// `--store` for every command (an object store), and the environment it needs.
+    pub store: Option<String>,
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
     pub fn new() -> Self {
-        Env { db: TestDb::new(), data: tempfile::tempdir().expect("tempdir") }
+        Env { db: TestDb::new(), data: tempfile::tempdir().expect("tempdir"), store: None, vars: Vec::new() }
+    }
+
+    /// The `mmtt` command on this world's database, data directory and store.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mmtt"));
+        c.arg("--data-dir").arg(self.data.path()).arg("--database-url").arg(&self.db.url);
+        if let Some(s) = &self.store {
+            c.arg("--store").arg(s);
+        }
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
+        c
     }
 
     pub fn mmtt(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_mmtt"))
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .arg("--database-url")
-            .arg(&self.db.url)
-            .args(args)
-            .output()
-            .expect("run mmtt")
+        self.command().args(args).output().expect("run mmtt")
     }
 
     /// Runs mmtt, asserts success, returns stdout.

@@ -423,7 +423,7 @@ impl Out {
                 if got != key.as_str() {
                     let _ = std::fs::remove_file(&tmp);
                     bail!(
-                        "the store's blob {key} does not hash to its key (SHA-256 {got}): the blob store {} is damaged (an exported hard link to it was modified?); restore it from a backup or re-import its source",
+                        "the store's blob {key} does not hash to its key (SHA-256 {got}): the blob store is damaged (an exported hard link to it was modified?); restore it from a backup or re-import its source (store {})",
                         self.store.location()
                     );
                 }
