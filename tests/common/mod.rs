@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod browser;
+pub mod netns;
 pub mod s3;
 pub mod web;
 
