@@ -184,7 +184,7 @@ pub async fn demo(g: &Global, a: DemoArgs) -> Result<()> {
             None,
         );
         worker.progress = false;
-        mmtt::jobs::cli::serve_with_worker(app, mmtt::web::serve(state, &a.bind), Some(worker)).await
+        mmtt::jobs::cli::serve_with_worker(app, mmtt::web::serve(state, &a.bind, None), Some(worker)).await
     })
     .await
 }

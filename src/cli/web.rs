@@ -43,6 +43,12 @@ pub struct ServeArgs {
     /// believed for the client's address; from anyone else the header is ignored.
     #[arg(long = "trusted-proxy", env = "MMTT_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<String>,
+    /// Serve HTTPS with this certificate chain (PEM), for teams without a reverse proxy.
+    #[arg(long, env = "MMTT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "MMTT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +88,15 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?,
         },
     };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => {
+            let t = mmtt::web::edge::TlsFiles { cert: cert.clone(), key: key.clone() };
+            // checked before anything starts
+            t.server_config().map_err(|e| anyhow::anyhow!(e))?;
+            Some(t)
+        }
+        _ => None,
+    };
     let roots = a
         .import_roots
         .iter()
@@ -120,7 +135,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         if let Some(t) = &talker {
             state = state.with_talker(t.clone());
         }
-        mmtt::jobs::cli::serve_with_worker(app, mmtt::web::serve(state, &a.bind), worker.clone()).await
+        mmtt::jobs::cli::serve_with_worker(app, mmtt::web::serve(state, &a.bind, tls.as_ref()), worker.clone()).await
     })
     .await
 }

@@ -8,6 +8,9 @@
 //! skipping further trusted proxies, and the first address that is not one is the client. A
 //! header from anyone else is ignored, so a client cannot choose the address it is throttled
 //! under; a trusted peer that sends no usable header is itself the client.
+//!
+//! TLS in the server itself ([`TlsFiles`], [`serve_tls`]): rustls (ring) over hyper-util, for
+//! teams without a reverse proxy.
 
 use axum::http::HeaderMap;
 use std::net::{IpAddr, SocketAddr};
@@ -134,6 +137,88 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
         return Some(sa.ip());
     }
     s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).and_then(|r| r.parse().ok())
+}
+
+/// TLS in the server itself (`--tls-cert FILE --tls-key FILE`, PEM): for teams without a
+/// reverse proxy.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// The rustls server configuration (ring, TLS 1.2 and 1.3, HTTP/1.1 and h2 by ALPN); a file
+    /// that cannot be read or parsed is named with the fix.
+    pub fn server_config(&self) -> Result<tokio_rustls::rustls::ServerConfig, String> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("--tls-cert {}: {e}: give the server's certificate chain as PEM", self.cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "--tls-cert {}: no certificate in the file: give the server's certificate chain as PEM",
+                self.cert.display()
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            format!("--tls-key {}: {e}: give the certificate's private key as PEM (PKCS#8, PKCS#1 or SEC1)", self.key.display())
+        })?;
+        let mut c = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}: the key must belong to the certificate"))?;
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(c)
+    }
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` resolves: each connection's handshake
+/// (at most 10 s) and requests run on a task of their own; the peer address reaches handlers as
+/// `ConnectInfo`, as with plain `axum::serve`.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    config: tokio_rustls::rustls::ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app.layer(axum::Extension(axum::extract::ConnectInfo(peer))));
+            let served = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -336,15 +336,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until Ctrl-C.
-pub async fn serve(state: AppState, bind: &str) -> anyhow::Result<()> {
+/// Serves until Ctrl-C: plain HTTP, or HTTPS with `tls`.
+pub async fn serve(state: AppState, bind: &str, tls: Option<&edge::TlsFiles>) -> anyhow::Result<()> {
+    let config = tls.map(edge::TlsFiles::server_config).transpose().map_err(|e| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
-    println!("serving on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match config {
+        Some(c) => {
+            println!("serving on https://{}", listener.local_addr()?);
+            edge::serve_tls(listener, router(state), c, shutdown).await?;
+        }
+        None => {
+            println!("serving on http://{}", listener.local_addr()?);
+            axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
     Ok(())
 }
 
