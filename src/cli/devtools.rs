@@ -150,6 +150,25 @@ pub enum BenchAction {
     },
     /// "Next task" + annotation page latency at many concurrent clients (fill the database first
     /// with `mmtt seed-synthetic`).
+    /// The local blob store against S3-compatible object storage (the credentials from AWS_*):
+    /// forging throughput with N worker processes, and image reads with a cold and a warm
+    /// cache. It forges on the command's database: run it on a scratch project with faces imported.
+    Store {
+        /// The object store to compare with.
+        #[arg(long)]
+        s3: String,
+        #[arg(long, default_value_t = 16)]
+        count: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Stored images read (cold, then warm).
+        #[arg(long, default_value_t = 50)]
+        reads: usize,
+        #[arg(long, default_value = "patch-inpaint")]
+        method: String,
+        #[arg(long)]
+        json: bool,
+    },
     Web {
         #[arg(long, default_value_t = 64)]
         clients: usize,
@@ -236,6 +255,33 @@ pub async fn bench(g: &Global, action: BenchAction) -> Result<()> {
             g.with_app(async |app| {
                 let r = mmtt::dataset::export::bench(app, &out).await?;
                 println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            })
+            .await
+        }
+        BenchAction::Store { s3, count, workers, reads, method, json } => {
+            let args = mmtt::devtools::bench_store::StoreBenchArgs {
+                s3,
+                count,
+                workers,
+                reads,
+                method,
+                data_dir: g.data_dir.clone(),
+                database_url: g.database_url.clone(),
+            };
+            g.with_app(async |app| {
+                let r = mmtt::devtools::bench_store::run(app, &args).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!("{} worker processes, {}; {} blobs copied to the object store first", r.workers, r.method, r.copied_blobs);
+                    for s in &r.stores {
+                        println!(
+                            "{:<40} forging {:6.2} forgeries/s ({} in {:.1} s)   image read cold p50 {:6.2} ms p99 {:6.2} ms   warm p50 {:6.2} ms p99 {:6.2} ms",
+                            s.store, s.forgeries_per_s, s.forged, s.forge_seconds, s.read_cold_p50_ms, s.read_cold_p99_ms, s.read_warm_p50_ms, s.read_warm_p99_ms
+                        );
+                    }
+                }
                 Ok(())
             })
             .await

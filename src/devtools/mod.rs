@@ -2,6 +2,7 @@
 //! Nothing in the product depends on this folder.
 
 pub mod bench;
+pub mod bench_store;
 pub mod bench_web;
 pub mod demo;
 pub mod demo_captions;
