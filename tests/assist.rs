@@ -267,6 +267,21 @@ fn assistance_modes_review_checks_and_the_dashboard() {
         assert_eq!(arm_of("held-out")["waiting"], 1.0);
         let words = referring.split_whitespace().count() as f64;
         assert_eq!(arm_of("held-out")["mean_words"], words);
+        // exports separate assisted from unassisted annotations
+        let out = env.data.path().join("export-hf");
+        env.ok(&["export", "--format", "hf", "--out", &out.display().to_string(), "--include-unreviewed"]);
+        let mut records = std::collections::HashMap::new();
+        for split in ["train", "validation", "test"] {
+            for line in std::fs::read_to_string(out.join(split).join("metadata.jsonl")).unwrap_or_default().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                records.insert(v["id"].as_str().unwrap().to_string(), v);
+            }
+        }
+        let a1 = &records[&t1]["assistance"];
+        assert_eq!((a1["mode"].as_str(), a1["held_out"].as_bool(), a1["edit_distance"].as_i64()), (Some("prefill"), Some(false), Some(5)), "{a1}");
+        assert_eq!(a1["suggestion_model"], serde_json::json!(model_s));
+        assert_eq!(records[&t3]["assistance"]["held_out"], true);
+        assert!(records[&t4].get("assistance").is_none(), "assistance off: the record is as before");
         let dash = adm.get(format!("{base}/admin")).send().await.unwrap().text().await.unwrap();
         assert!(dash.contains("id=\"assist-arms\"") && dash.contains("id=\"assist-comparison\""));
         assert_eq!(dash.matches("per day, assisted and unassisted").count(), 4, "four charts");

@@ -33,12 +33,17 @@ fn tick(out: &Out, bar: &indicatif::ProgressBar) {
 
 /// The per-sample record shared by the formats' JSON.
 fn record(s: &Sample) -> serde_json::Value {
-    serde_json::json!({
+    let mut r = serde_json::json!({
         "id": s.id, "source_id": s.source_id, "donor_id": s.donor_id, "method": s.method, "generator": s.generator,
         "dataset": s.dataset, "split": s.split.name(), "text": s.text, "regions": s.regions,
         "annotator_id": s.annotator_id, "review_status": s.review_status, "active_time_s": s.active_time_s, "word_count": s.word_count,
         "image_id": s.image_id, "instance_id": s.instance_id,
-    })
+    });
+    // written while model assistance was on: how (absent otherwise, as before assistance existed)
+    if let Some(a) = &s.assistance {
+        r["assistance"] = a.clone();
+    }
+    r
 }
 
 fn hf(o: &ExportOptions, out: &Out, split: Split, part: &[&Sample], bar: &indicatif::ProgressBar) -> Result<()> {

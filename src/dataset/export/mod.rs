@@ -152,6 +152,10 @@ pub struct Sample {
     pub instance_id: serde_json::Value,
     /// Imported from the authors' release (`image_id`, `instance_id` are theirs).
     pub imported: bool,
+    /// How model assistance shaped the annotation (mode, held-out arm, model, token counts,
+    /// edit distance to the suggestion): present only for annotations written while assistance
+    /// was on, so exports of unassisted projects are as before.
+    pub assistance: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,7 +186,10 @@ pub async fn select(app: &App, o: &ExportOptions) -> Result<(Vec<Sample>, u64, S
     let rows = sqlx::query(
         "SELECT f.id, f.target_id, f.donor_id, f.method, i.family, f.provenance->>'generator', s.dataset, f.split, s.split_key, d.split_key, \
                 f.image_hash, f.mask_hash, f.original_hash, a.text, a.regions, a.mentions, p.parts, a.annotator_id, a.status, a.active_seconds, a.word_count, \
-                f.release_image_id, f.release_instance_id \
+                f.release_image_id, f.release_instance_id, \
+                CASE WHEN a.assist_mode <> 'off' OR a.assist_holdout THEN jsonb_build_object( \
+                  'mode', a.assist_mode, 'held_out', a.assist_holdout, 'suggestion_model', a.suggestion_model, \
+                  'suggestion_tokens', a.suggestion_tokens, 'text_tokens', a.text_tokens, 'edit_distance', a.suggestion_edit_distance) END \
          FROM forgeries f JOIN annotations a ON a.forgery_id = f.id JOIN sources s ON s.id = f.target_id \
          JOIN forge_items i ON i.id = f.item_id JOIN mask_plans p ON p.id = f.plan_id LEFT JOIN sources d ON d.id = f.donor_id \
          WHERE a.status = ANY($1) AND (cardinality($2::text[]) = 0 OR f.method = ANY($2)) AND (cardinality($3::text[]) = 0 OR s.dataset = ANY($3)) \
@@ -243,6 +250,7 @@ pub async fn select(app: &App, o: &ExportOptions) -> Result<(Vec<Sample>, u64, S
             image_id: r.get::<Option<String>, _>(21).unwrap_or_default(),
             instance_id: r.get::<Option<serde_json::Value>, _>(22).unwrap_or(serde_json::Value::Null),
             imported: r.get::<Option<String>, _>(21).is_some(),
+            assistance: r.get(23),
         });
     }
     assign_release_ids(&mut samples)?;
@@ -1028,6 +1036,7 @@ mod tests {
             image_id: imported.as_ref().map(|(i, _)| i.to_string()).unwrap_or_default(),
             instance_id: imported.as_ref().map(|(_, v)| v.clone()).unwrap_or(serde_json::Value::Null),
             imported: imported.is_some(),
+            assistance: None,
         }
     }
 
