@@ -189,16 +189,8 @@ fn the_platform_runs_on_s3_with_an_empty_local_blob_folder() {
     let served = common::admin::serve(&env, &["--min-seconds", "0"]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let (ann, _) = common::admin::login(&served.base, "ann").await;
-        let r = ann.get(format!("{}/annotate/next", served.base)).send().await.unwrap();
-        let task = r.headers()["location"].to_str().unwrap().trim_start_matches("/annotate/").to_string();
-        let img = ann.get(format!("{}/images/{task}/forged", served.base)).send().await.unwrap();
-        assert_eq!(img.status(), reqwest::StatusCode::OK);
-        let bytes = img.bytes().await.unwrap();
+        common::admin::forged_image_is_served(&env, &served.base).await;
         let pool = sqlx::PgPool::connect(&env.db.url).await.unwrap();
-        let hash: String =
-            sqlx::query_scalar("SELECT image_hash FROM forgeries WHERE id = $1::uuid").bind(&task).fetch_one(&pool).await.unwrap();
-        assert_eq!(BlobKey::of(&bytes).as_str(), hash, "the stored forgery, byte for byte");
         // accepted, so the export has them
         assert_eq!(common::admin::accept_all(&pool).await, 2);
     });
@@ -324,4 +316,25 @@ fn the_store_migrates_to_s3_resumably_is_checked_and_comes_back() {
     // a bad destination is refused, naming the fix
     let out = on_s3.mmtt(&["store", "migrate", "--to", "s3://Bad_Bucket/x"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not an S3 bucket name"));
+}
+
+#[test]
+fn training_reads_its_images_from_s3() {
+    let sw = SeaweedFs::start();
+    sw.ready(BUCKET);
+    let env = s3_env(&sw, "train");
+    env.ok(&["seed-synthetic", "--samples", "40", "--state", "accepted"]);
+    assert_eq!(local_blob_files(&env), 0);
+    let cfg = env.data.path().join("fpn.toml");
+    std::fs::write(
+        &cfg,
+        "preset = \"tiny\"\nsteps = 6\nbatch_size = 2\nwarmup_steps = 1\ncheckpoint_every = 6\neval_every = 6\n[data]\nlimit = 8\n",
+    )
+    .unwrap();
+    let v = env.json(&["train", "fpn", "--config", &cfg.display().to_string(), "--wait", "--json"]);
+    assert!(Path::new(v["summary"]["best_dir"].as_str().expect("a checkpoint")).is_dir(), "{v}");
+    // the loader's files came from the object store, verified, into this host's cache
+    let files = walk_files(&env.data.path().join("cache").join("files"));
+    assert!(files >= 8, "{files} images materialised from S3");
+    assert_eq!(local_blob_files(&env), 0);
 }

@@ -9,7 +9,6 @@ mod common;
 use common::Env;
 use common::netns::{NetNs, relay};
 use common::s3::SeaweedFs;
-use mmtt::storage::store::BlobKey;
 
 #[test]
 fn a_worker_in_another_namespace_forges_into_object_storage() {
@@ -63,21 +62,7 @@ fn a_worker_in_another_namespace_forges_into_object_storage() {
     common::admin::add_users(&env);
     let served = common::admin::serve(&env, &["--min-seconds", "0", "--no-worker"]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let (ann, _) = common::admin::login(&served.base, "ann").await;
-        let r = ann.get(format!("{}/annotate/next", served.base)).send().await.unwrap();
-        assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER);
-        let task = r.headers()["location"].to_str().unwrap().trim_start_matches("/annotate/").to_string();
-        let page = ann.get(format!("{}/annotate/{task}", served.base)).send().await.unwrap().text().await.unwrap();
-        assert!(page.contains(&format!("/images/{task}/forged")));
-        let img = ann.get(format!("{}/images/{task}/forged", served.base)).send().await.unwrap();
-        assert_eq!(img.status(), reqwest::StatusCode::OK);
-        let bytes = img.bytes().await.unwrap();
-        let pool = sqlx::PgPool::connect(&env.db.url).await.unwrap();
-        let hash: String =
-            sqlx::query_scalar("SELECT image_hash FROM forgeries WHERE id = $1::uuid").bind(&task).fetch_one(&pool).await.unwrap();
-        assert_eq!(BlobKey::of(&bytes).as_str(), hash);
-    });
+    rt.block_on(common::admin::forged_image_is_served(&env, &served.base));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {

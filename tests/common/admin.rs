@@ -132,3 +132,22 @@ pub async fn accept_all(pool: &sqlx::PgPool) -> i64 {
     )
     .await
 }
+
+/// An annotator opens the next task's page on `base`, and its forged image is served byte for
+/// byte as stored (`forgeries.image_hash`); returns the task.
+pub async fn forged_image_is_served(env: &Env, base: &str) -> String {
+    let (ann, _) = login(base, "ann").await;
+    let r = ann.get(format!("{base}/annotate/next")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let task = r.headers()["location"].to_str().unwrap().trim_start_matches("/annotate/").to_string();
+    let page = ann.get(format!("{base}/annotate/{task}")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("/images/{task}/forged")));
+    let img = ann.get(format!("{base}/images/{task}/forged")).send().await.unwrap();
+    assert_eq!(img.status(), StatusCode::OK);
+    let bytes = img.bytes().await.unwrap();
+    let pool = sqlx::PgPool::connect(&env.db.url).await.unwrap();
+    let hash: String =
+        sqlx::query_scalar("SELECT image_hash FROM forgeries WHERE id = $1::uuid").bind(&task).fetch_one(&pool).await.unwrap();
+    assert_eq!(mmtt::storage::store::BlobKey::of(&bytes).as_str(), hash, "the stored forgery, byte for byte");
+    task
+}
