@@ -194,3 +194,58 @@ fn a_file_of_the_wrong_layout_or_shape_is_refused_with_the_tensors_named() {
         load_gate(Gate::new(&wide, &mut Init::new(3, &device)), &dir().join("gate.safetensors"), GateFile::Whole).unwrap_err().to_string();
     assert!(err.contains("trans_layer.weight"), "{err}");
 }
+
+/// Every tensor of a gate, by the release's name, as f32 (for comparing two loads).
+fn gate_tensors(gate: &Gate) -> Vec<(String, Vec<f32>)> {
+    let tmp = std::env::temp_dir().join(format!("mmtt-gate-all-{}-{:?}.safetensors", std::process::id(), std::thread::current().id()));
+    save_gate(gate, &tmp).unwrap();
+    let bytes = std::fs::read(&tmp).unwrap();
+    let _ = std::fs::remove_file(&tmp);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn the_gate_loads_by_name_from_a_release_checkpoint_beside_the_rest_of_the_model() {
+    use mmtt_model::talker::gate::load_gate_pytorch;
+    let device = Device::flex();
+    let (whole, cfg, c) = loaded(&device);
+    let pth = dir().join("release_model.pth");
+    // the `model` dict of a DFF-style checkpoint: the gate in float16 beside other tensors
+    let from_release = load_gate_pytorch(Gate::new(&cfg, &mut Init::new(5, &device)), &pth, Some("model")).unwrap();
+    // every tensor equals the float32 file's (the fixture's weights are float16-exact) ...
+    let (a, b) = (gate_tensors(&from_release), gate_tensors(&whole));
+    assert_eq!(a.iter().map(|t| &t.0).collect::<Vec<_>>(), b.iter().map(|t| &t.0).collect::<Vec<_>>());
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x, y, "{n}");
+    }
+    // ... and so do torch's gate values
+    let (shape, image) = float("image");
+    let [_, t, d]: [usize; 3] = shape.try_into().unwrap();
+    let x = Tensor::<2>::from_data(TensorData::new(image[..t * d].to_vec(), [t, d]), &device);
+    let pad = c["pad_id"].as_u64().unwrap() as u32;
+    let want: Vec<f32> = c["values"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    close("release checkpoint gate values", &values_of(from_release.values(&cfg, x, &words(&c, 0), pad)), &want, 1e-5);
+
+    // a gate of another shape: every mis-shaped tensor named, by the file's names
+    let mut wide = cfg.clone();
+    wide.vision_width += 8;
+    let err = load_gate_pytorch(Gate::new(&wide, &mut Init::new(5, &device)), &pth, Some("model")).unwrap_err().to_string();
+    assert!(err.contains("trans_layer.weight") && err.contains("release_model.pth"), "{err}");
+    // a BERT deeper than the checkpoint's: the missing tensors are listed, nothing is loaded at random
+    let mut deeper = cfg.clone();
+    deeper.bert.num_hidden_layers += 1;
+    let err = load_gate_pytorch(Gate::new(&deeper, &mut Init::new(5, &device)), &pth, Some("model")).unwrap_err().to_string();
+    assert!(err.contains("missing: `bert_model.encoder.layer.2.attention.self.query.weight`"), "{err}");
+    assert!(err.contains("missing: `bert_model.encoder.layer.2.output.LayerNorm.weight`"), "{err}");
+    assert!(
+        !err.contains("t5_proj") && !err.contains("mlm_head") && !err.contains("query_tokens"),
+        "the rest of the model is not the gate's: {err}"
+    );
+}

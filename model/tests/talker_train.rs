@@ -170,7 +170,10 @@ fn the_tiny_preset_learns_to_name_and_locate_painted_regions() {
 
 fn tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let mut v = Vec::new();
-    for f in ["model.safetensors", "mask_branch.safetensors"] {
+    for f in ["model.safetensors", "mask_branch.safetensors", mmtt_model::talker::train::GATE_FILE] {
+        if f == mmtt_model::talker::train::GATE_FILE && !dir.join(f).is_file() {
+            continue;
+        }
         let bytes = std::fs::read(dir.join(f)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for (k, t) in st.tensors() {
@@ -283,10 +286,45 @@ fn two_cpu_replicas_equal_one_device_at_the_same_global_batch() {
     let train_set = synthetic(&root.join("data"), 24, 7);
     // an odd global batch: the shards are 3 and 2 samples, with different token and mask counts
     let one = TalkerTrainConfig { steps: 12, batch_size: 5, checkpoint_every: 1000, eval_every: 1000, ..TalkerTrainConfig::tiny() };
+    two_replicas_equal_one(&one, &train_set, &root);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn two_cpu_replicas_equal_one_device_with_the_release_gate() {
+    use mmtt_model::talker::train::GateLoss;
+    let root = tmp("ddp-gate");
+    let train_set = synthetic(&root.join("data"), 24, 7);
+    let fpn = seeded_fpn(&root.join("fpn"));
+    // the gate's loss is a mean over the global batch's samples with regions, split unevenly
+    // over the shards; its BERT and heads are replicated and their gradients summed too
+    let one = TalkerTrainConfig {
+        regions: RegionSource::Fpn,
+        fpn: Some(fpn),
+        gate: Some(GateLoss::default()),
+        steps: 12,
+        batch_size: 5,
+        checkpoint_every: 1000,
+        eval_every: 1000,
+        ..TalkerTrainConfig::tiny()
+    };
+    let (a, b) = two_replicas_equal_one(&one, &train_set, &root);
+    for (x, y) in a.steps.iter().zip(&b.steps) {
+        assert!(x.gate_loss > 0.0, "step {}: no gate loss", x.step);
+        let rel = (x.gate_loss - y.gate_loss).abs() / x.gate_loss.abs().max(1e-6);
+        assert!(rel < 1e-4, "step {}: gate loss {} on one device, {} on two", x.step, x.gate_loss, y.gate_loss);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Trains `one` on one device and on two CPU replicas at the same global batch and checks that
+/// they agree: every step's loss, and every saved tensor (the gate's too, when it trains).
+fn two_replicas_equal_one(one: &TalkerTrainConfig, train_set: &[TalkerSample], root: &Path) -> (Record, Record) {
     let two = TalkerTrainConfig { devices: vec!["cpu:0".into(), "cpu:1".into()], ..one.clone() };
     let (mut a, mut b) = (Record::default(), Record::default());
-    let ra = train(&one, &train_set, &[], &root.join("one"), &mut a).unwrap();
-    let rb = train(&two, &train_set, &[], &root.join("two"), &mut b).unwrap();
+    let ra = train(one, train_set, &[], &root.join("one"), &mut a).unwrap();
+    let rb = train(&two, train_set, &[], &root.join("two"), &mut b).unwrap();
+    assert_eq!(a.steps.len(), b.steps.len());
     // Losses: every step's global loss from the two shards equals the single-device loss up to
     // f32 summation order (and the weights it was computed with): relative 1e-4.
     for (x, y) in a.steps.iter().zip(&b.steps) {
@@ -298,10 +336,13 @@ fn two_cpu_replicas_equal_one_device_at_the_same_global_batch() {
     // visible fraction of lr on either run. So: every tensor within 20 * lr * steps absolute of
     // the other run, and nearly all elements (99.9%) within 1e-5.
     let (ta, tb) = (tensors(&ra.last_dir), tensors(&rb.last_dir));
+    assert_eq!(ta.iter().map(|t| &t.0).collect::<Vec<_>>(), tb.iter().map(|t| &t.0).collect::<Vec<_>>());
+    if one.gate.is_some() {
+        assert!(ta.iter().any(|t| t.0.starts_with(mmtt_model::talker::train::GATE_FILE)), "the gate's tensors are compared");
+    }
     let (mut total, mut close) = (0usize, 0usize);
     let mut worst = 0f32;
-    for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
-        assert_eq!(na, nb);
+    for ((_, va), (_, vb)) in ta.iter().zip(&tb) {
         for (p, q) in va.iter().zip(vb) {
             let d = (p - q).abs();
             worst = worst.max(d);
@@ -312,7 +353,7 @@ fn two_cpu_replicas_equal_one_device_at_the_same_global_batch() {
     eprintln!("two replicas vs one: {close} of {total} weights within 1e-5, worst {worst:e}");
     assert!(worst as f64 <= 20.0 * one.lr * one.steps as f64, "worst weight difference {worst}");
     assert!(close as f64 >= 0.999 * total as f64, "only {close} of {total} weights within 1e-5");
-    let _ = std::fs::remove_dir_all(&root);
+    (a, b)
 }
 
 #[test]
@@ -453,6 +494,34 @@ fn the_release_gate_trains_beside_stage_2_checkpoints_and_resumes() {
         let (x, y) = (gate_tensor(&resumed.last_dir, name), gate_tensor(&out.last_dir, name));
         assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after resume");
     }
+
+    // a new run from this checkpoint continues its gate, not a seeded one: after one step every
+    // watched gate tensor is within a few learning rates of the checkpoint's and nearer to it than
+    // to one step from the seeded gate ("one-gate" above: what a seeded start would give here)
+    let cont = TalkerTrainConfig { init: Some(out.last_dir.clone()), steps: 1, checkpoint_every: 1, ..cfg.clone() };
+    let c = train(&cont, &train_set, &[], &root.join("continued"), &mut Quiet).unwrap();
+    let dist = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) as f64;
+    for name in ["fc_layer.weight", "trans_layer.weight", "bert_model.encoder.layer.0.attention.self.query.weight"] {
+        let (from, start) = (gate_tensor(&c.last_dir, name), gate_tensor(&out.last_dir, name));
+        let d = dist(&from, &start);
+        assert!(d <= 3.0 * cfg.lr, "{name}: the continued gate moved {d} from the checkpoint's (lr {})", cfg.lr);
+        let seeded = dist(&from, &gate_tensor(&a.last_dir, name));
+        assert!(seeded > d, "{name}: the continued gate is {seeded} from a seeded start's, {d} from the checkpoint's");
+    }
+    // the authors' release folder: its checkpoint's gate is loaded by name; the fixture's
+    // `bert_model` has no encoder layers (only the embeddings and pooler), so every missing
+    // tensor is named instead of a silently seeded BERT
+    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/talker/release");
+    let rel = TalkerTrainConfig { init: Some(release), fpn: None, steps: 1, ..cfg.clone() };
+    let err = train(&rel, &train_set, &[], &root.join("release-gate"), &mut Quiet).unwrap_err().to_string();
+    for layer in 0..4 {
+        let want = format!("missing: `bert_model.encoder.layer.{layer}.attention.self.query.weight`");
+        assert!(err.contains("checkpoint_best.pth") && err.contains(&want), "{err}");
+    }
+    assert!(
+        !err.contains("missing: `fc_layer") && !err.contains("missing: `trans_layer") && err.contains("64 gate tensor problem"),
+        "the release's gate heads load: {err}"
+    );
 
     // refused: a gate without FPN regions, a negative weight
     let err = TalkerTrainConfig::from_toml("preset = \"tiny\"\nregions = \"gt\"\n[gate]\n").unwrap_err().to_string();

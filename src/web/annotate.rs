@@ -98,14 +98,18 @@ async fn not_held(state: &AppState, user: &User, task: uuid::Uuid) -> WebError {
 }
 
 /// The task if `user` holds it under a live lease: active seconds, elapsed seconds, draft, draft
-/// chips, and the reviewer's comment when it came back for refinement.
+/// chips, the reviewer's comment when it came back for refinement, whether (and which model's)
+/// help was shown, and whether the project's assistance may be on (column 7: a mode other than
+/// off with a model; the page asks [`assist_for`] only then, so that with assistance off a page
+/// costs this one query).
 async fn held(state: &AppState, user: &User, task: uuid::Uuid) -> Result<sqlx::postgres::PgRow, WebError> {
     sqlx::query(
         "SELECT t.active_seconds, extract(epoch FROM now() - t.claimed_at)::float8, t.draft, t.draft_regions, \
            (SELECT r.comment FROM annotation_revisions r \
              WHERE r.annotation_id = (SELECT a.id FROM annotations a WHERE a.forgery_id = t.forgery_id AND a.status = 'returned') \
                AND r.action = 'return' ORDER BY r.id DESC LIMIT 1), \
-           t.assist_shown_at IS NOT NULL, t.assist_model \
+           t.assist_shown_at IS NOT NULL, t.assist_model, \
+           coalesce((SELECT p.assist_mode <> 'off' AND p.assist_model IS NOT NULL FROM project_settings p WHERE p.id), false) \
          FROM annotation_tasks t WHERE t.forgery_id = $1 AND t.annotator_id = $2 AND t.status = 'claimed' AND t.lease_until > now()",
     )
     .bind(task)
@@ -228,7 +232,9 @@ pub async fn page(State(state): State<AppState>, user: User, Path(task): Path<uu
     let regions = row.get::<Option<Vec<String>>, _>(3).map(|r| known_regions(r.iter().map(String::as_str)));
     let mut text = row.get::<Option<String>, _>(2).unwrap_or_default();
     let shown: bool = row.get(5);
-    let view = match assist_for(&state, task).await? {
+    let may_assist: bool = row.get(7);
+    let assist = if may_assist { assist_for(&state, task).await? } else { Assist::Off };
+    let view = match assist {
         Assist::Offer { mode, model, suggestion } => {
             if mode == AssistMode::Prefill && !shown && text.trim().is_empty() {
                 // the model's explanation becomes the draft, once

@@ -262,12 +262,46 @@ pub fn load_gate(gate: Gate, file: &Path, kind: GateFile) -> Result<Gate, Talker
         .validate(false);
     let mut loaded = gate.clone();
     let r = loaded.load_from(&mut store).map_err(|e| TalkerError::Weights(format!("{}: cannot read safetensors: {e}", file.display())))?;
+    check_applied(file, &r, kind, &|_| true)?;
+    Ok(loaded.map(&mut super::weights::ToF32))
+}
+
+/// The module-path prefixes of the gate's tensors, as the release's checkpoint names them.
+const GATE_PREFIXES: [&str; 4] = ["bert_model.", "trans_layer.", "gate_cross_attention_layer.", "fc_layer."];
+
+/// Loads the whole gate from a PyTorch checkpoint that holds it beside other tensors: the
+/// release's DFF checkpoint (`key` = `model`: the fine-tuned `bert_model.*`, `trans_layer.*`,
+/// `gate_cross_attention_layer.*` and `fc_layer.*`, whatever their dtype). The file's other tensors
+/// (the rest of the model) are not the gate's and are left alone; a missing or mis-shaped gate
+/// tensor is an error that names them all, and nothing is loaded then.
+pub fn load_gate_pytorch(gate: Gate, file: &Path, key: Option<&str>) -> Result<Gate, TalkerError> {
+    let store = burn::store::PytorchStore::from_file(file)
+        .remap(remapper(FROM_FILE, None)?)
+        .map_indices_contiguous(false)
+        .allow_partial(true)
+        .validate(false);
+    let mut store = match key {
+        Some(k) => store.with_top_level_key(k),
+        None => store,
+    };
+    let mut loaded = gate.clone();
+    let r = loaded
+        .load_from(&mut store)
+        .map_err(|e| TalkerError::Weights(format!("{}: cannot read the PyTorch checkpoint: {e}", file.display())))?;
+    check_applied(file, &r, GateFile::Whole, &|u| GATE_PREFIXES.iter().any(|p| u.starts_with(p)))?;
+    Ok(loaded.map(&mut super::weights::ToF32))
+}
+
+/// The problems of one application: mis-shaped tensors, the gate's names the gate lacks
+/// (`ours(name)`: an unused name the file means for the gate), and what `kind` needs but the
+/// file lacks.
+fn check_applied(file: &Path, r: &burn::store::ApplyResult, kind: GateFile, ours: &dyn Fn(&str) -> bool) -> Result<(), TalkerError> {
     let mut problems = Vec::new();
     for e in &r.errors {
         problems.push(format!("{e}"));
     }
     for u in &r.unused {
-        let ignorable = u.starts_with("bert_model.cls.") || u.ends_with("position_ids");
+        let ignorable = u.starts_with("bert_model.cls.") || u.ends_with("position_ids") || !ours(u);
         if !ignorable {
             problems.push(format!("unexpected: `{u}`"));
         }
@@ -275,18 +309,29 @@ pub fn load_gate(gate: Gate, file: &Path, kind: GateFile) -> Result<Gate, Talker
     for (m, _) in &r.missing {
         let needed = kind == GateFile::Whole || m.starts_with("bert_model.");
         if needed && !r.applied.contains(m) {
-            problems.push(format!("missing: `{m}`"));
+            problems.push(format!("missing: `{}`", file_name(m)));
         }
     }
-    if !problems.is_empty() {
-        return Err(TalkerError::Weights(format!(
-            "{}: {} gate tensor problem(s), nothing loaded:\n  {}\n(a gate file holds `bert_model.*`, `trans_layer.*`, `gate_cross_attention_layer.*` and `fc_layer.*` with the configured shapes; a BERT file holds a BertModel of the configured shape)",
-            file.display(),
-            problems.len(),
-            problems.join("\n  ")
-        )));
+    if problems.is_empty() {
+        return Ok(());
     }
-    Ok(loaded)
+    Err(TalkerError::Weights(format!(
+        "{}: {} gate tensor problem(s), nothing loaded:\n  {}\n(a gate file holds `bert_model.*`, `trans_layer.*`, `gate_cross_attention_layer.*` and `fc_layer.*` with the configured shapes; a BERT file holds a BertModel of the configured shape)",
+        file.display(),
+        problems.len(),
+        problems.join("\n  ")
+    )))
+}
+
+/// A module path as the release's files name it.
+fn file_name(path: &str) -> String {
+    let mut n = path.replace(".attention.attention.", ".attention.self.").replace(".layer_norm.", ".LayerNorm.");
+    for (burn, torch) in [(".gamma", ".weight"), (".beta", ".bias")] {
+        if let Some(stem) = n.strip_suffix(burn) {
+            n = format!("{stem}{torch}");
+        }
+    }
+    n
 }
 
 /// Writes the gate in the release's names (`gate.safetensors` in a checkpoint).

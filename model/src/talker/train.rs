@@ -30,7 +30,7 @@
 use super::TalkerError;
 use super::config::{MaskBranchConfig, TalkerConfig};
 use super::explain::{ExplainOptions, Explainer, Prompting, pixels};
-use super::gate::{BertConfig, Gate, GateConfig, GateFile, load_gate, save_gate};
+use super::gate::{BertConfig, Gate, GateConfig, GateFile, load_gate, load_gate_pytorch, save_gate};
 use super::generate::GenerationConfig;
 use super::instructblip::{InstructBlip, Talker, ids_tensor};
 use super::loss::{IGNORE, MaskLoss, gate_mean, lm_sum, mask_sum, normalize_caption};
@@ -202,7 +202,9 @@ pub struct GateLoss {
     pub double_sigmoid: bool,
     /// A Hugging Face BERT folder (`config.json`, `model.safetensors`: bert-base-uncased for the
     /// release) the gate's `bert_model` starts from; absent: seeded weights (a BERT shaped like
-    /// the Q-Former's).
+    /// the Q-Former's, or like the release folder's `bert-base-uncased/config.json`). An `init`
+    /// that holds a gate (the release's checkpoint, or an mmtt stage-2 checkpoint) gives the
+    /// whole gate instead; this folder then only gives its shape.
     pub bert: Option<PathBuf>,
 }
 
@@ -592,26 +594,47 @@ fn start(cfg: &TalkerTrainConfig, run_dir: &Path, device: &Device) -> Result<Sta
         )));
     }
     let gate = match &cfg.gate {
-        Some(g) => Some(start_gate(g, &talker.config, &bert_tok, cfg.seed, device, &mut notes)?),
+        Some(g) => Some(start_gate(g, cfg.init.as_deref(), &talker.config, &bert_tok, cfg.seed, device, &mut notes)?),
         None => None,
     };
     Ok(Start { talker, t5_tok, bert_tok, fpn, base, gate, notes })
 }
 
-/// The gate a run starts with: its BERT from `gate.bert` (a Hugging Face folder), else seeded
-/// and shaped like the Q-Former's BERT; the heads seeded.
+/// Where a run's gate starts, in this order:
+/// 1. the initial checkpoint's own gate, when it has one: the release's DFF checkpoint (its
+///    fine-tuned `bert_model.*`, `trans_layer.*`, `gate_cross_attention_layer.*`, `fc_layer.*`)
+///    or an mmtt stage-2 checkpoint's `gate.safetensors`; every gate tensor must be there;
+/// 2. `gate.bert` (a Hugging Face BERT folder): its BERT, the heads seeded;
+/// 3. seeded weights.
+///
+/// The gate's BERT shape is `gate.bert`'s `config.json`, else the release folder's
+/// `bert-base-uncased/config.json` (the release builds `bert_model` from it), else the Q-Former's.
 fn start_gate(
     g: &GateLoss,
+    init: Option<&Path>,
     mcfg: &TalkerConfig,
     bert_tok: &TextTokenizer,
     seed: u64,
     device: &Device,
     notes: &mut Vec<String>,
 ) -> Result<(Gate, GateConfig), TalkerError> {
+    // the initial checkpoint's gate, if any: (a release folder's files, or an mmtt gate file)
+    let release = match init {
+        Some(dir) if !dir.join("config.json").is_file() => Some(weights::ReleaseFiles::find(dir)?),
+        _ => None,
+    };
+    let release_gate = match &release {
+        Some(files) => weights::pytorch_shapes(&files.checkpoint, Some("model"))?
+            .keys()
+            .any(|k| k.starts_with("gate_cross_attention_layer.") || k.starts_with("bert_model.")),
+        None => false,
+    };
+    let own_gate = init.map(|d| d.join(GATE_FILE)).filter(|f| f.is_file());
     let q = &mcfg.qformer;
-    let bert = match &g.bert {
-        Some(dir) => BertConfig::read(dir)?,
-        None => BertConfig {
+    let bert = match (&g.bert, &release) {
+        (Some(dir), _) => BertConfig::read(dir)?,
+        (None, Some(files)) => BertConfig::read(&files.bert_dir)?,
+        (None, None) => BertConfig {
             vocab_size: q.vocab_size,
             hidden_size: q.hidden_size,
             num_hidden_layers: q.num_hidden_layers,
@@ -634,21 +657,23 @@ fn start_gate(
     gcfg.validate()?;
     // seeded apart from the model's own initialisation
     let gate = Gate::new(&gcfg, &mut Init::new(seed ^ 0x6a7e, device));
-    let gate = match &g.bert {
-        Some(dir) => {
-            let files = weights::hf_weight_files(dir)?;
-            let mut gate = gate;
-            for f in &files {
-                gate = load_gate(gate, f, GateFile::Bert)?;
-            }
-            gate
+    let gate = if let (true, Some(files)) = (release_gate, &release) {
+        notes.push(format!("the gate starts from the release checkpoint's gate ({})", files.checkpoint.display()));
+        load_gate_pytorch(gate, &files.checkpoint, Some("model"))?
+    } else if let Some(f) = &own_gate {
+        notes.push(format!("the gate starts from the initial checkpoint's gate ({})", f.display()));
+        load_gate(gate, f, GateFile::Whole)?
+    } else if let Some(dir) = &g.bert {
+        let mut gate = gate;
+        for f in &weights::hf_weight_files(dir)? {
+            gate = load_gate(gate, f, GateFile::Bert)?;
         }
-        None => {
-            notes.push(
-                "the gate's BERT starts from seeded weights (set gate.bert to a bert-base-uncased folder for the release's start)".into(),
-            );
-            gate
-        }
+        gate
+    } else {
+        notes.push(
+            "the gate's BERT starts from seeded weights (set gate.bert to a bert-base-uncased folder for the release's start)".into(),
+        );
+        gate
     };
     Ok((gate, gcfg))
 }

@@ -205,7 +205,7 @@ fn pytorch_into<M: ModuleSnapshot>(module: &mut M, file: &Path, remap: KeyRemapp
 }
 
 /// The original tensor names and shapes of a PyTorch file (`key`: the dict holding them).
-fn pytorch_shapes(file: &Path, key: Option<&str>) -> Result<BTreeMap<String, Vec<usize>>, TalkerError> {
+pub(crate) fn pytorch_shapes(file: &Path, key: Option<&str>) -> Result<BTreeMap<String, Vec<usize>>, TalkerError> {
     let store = PytorchStore::from_file(file).map_indices_contiguous(false);
     let mut store = match key {
         Some(k) => store.with_top_level_key(k),
@@ -223,7 +223,7 @@ fn pytorch_shapes(file: &Path, key: Option<&str>) -> Result<BTreeMap<String, Vec
 }
 
 /// Widens every float parameter to f32 (bf16 / fp16 files load as they are stored).
-struct ToF32;
+pub(crate) struct ToF32;
 
 impl ModuleMapper for ToF32 {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {

@@ -22,6 +22,9 @@ pub const DEFAULT_SPLIT_SEED: u64 = 20_251_129;
 /// Connections per process unless `MMTT_DB_CONNECTIONS` says otherwise (1-256).
 pub const DEFAULT_CONNECTIONS: u32 = 8;
 
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn max_connections() -> Result<u32> {
     match std::env::var("MMTT_DB_CONNECTIONS") {
         Err(_) => Ok(DEFAULT_CONNECTIONS),
@@ -37,6 +40,19 @@ pub async fn connect_with(options: PgConnectOptions) -> Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections()?)
         .acquire_timeout(std::time::Duration::from_secs(15))
+        // sqlx pings every idle connection it hands out (`test_before_acquire`): a second round
+        // trip for each query, which under load doubled the database's wake-ups. A connection
+        // in use within the last second is not pinged; one idle for longer still is, so a
+        // server restart or a dropped link is still noticed before a query is sent.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .context("could not connect to PostgreSQL")?;
