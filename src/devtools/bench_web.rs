@@ -6,7 +6,8 @@
 //! `GET /annotate/next` (a claim under `FOR UPDATE SKIP LOCKED`, answered with a redirect),
 //! `GET /annotate/{task}` (the rendered page) - timed together - then skips the task (not timed)
 //! so the next round claims a new one. Tasks skipped by the benchmark are reopened at the end.
-//! The server and the clients share the machine's cores.
+//! The server and the clients share the machine's cores; the clients keep their own work small
+//! (a fixed session-cookie header, the CSRF token read once per client).
 
 use crate::app::App;
 use crate::web::auth::{Role, UserName, add_user};
@@ -83,14 +84,33 @@ pub async fn run(app: &App, args: &WebBenchArgs) -> Result<WebBenchReport> {
     // a previous interrupted run may have left claims behind
     release(&app.pool, &ids).await?;
 
+    // Each client holds its session cookie as a fixed header rather than in a cookie jar, and
+    // reads its CSRF token (fixed per session) once: what a client does per request is then
+    // little more than HTTP, so that the shared cores go to the server being measured.
     let mut clients = Vec::new();
+    let login = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
     for (name, _) in &users {
-        let c =
-            reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).pool_max_idle_per_host(1).build()?;
-        let r = c.post(format!("{base}/login")).form(&[("name", name.as_str()), ("password", PASSWORD)]).send().await?;
+        let r = login.post(format!("{base}/login")).form(&[("name", name.as_str()), ("password", PASSWORD)]).send().await?;
         if r.status() != reqwest::StatusCode::SEE_OTHER {
             bail!("bench login as {} answered {}", name.as_str(), r.status());
         }
+        let cookie = r
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_string))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if cookie.is_empty() {
+            bail!("bench login as {} set no session cookie", name.as_str());
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::COOKIE, reqwest::header::HeaderValue::from_str(&cookie)?);
+        let c = reqwest::Client::builder()
+            .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(1)
+            .build()?;
         clients.push(c);
     }
     // page weight: one page, its stylesheet and script
@@ -100,14 +120,27 @@ pub async fn run(app: &App, args: &WebBenchArgs) -> Result<WebBenchReport> {
         let html = c.get(format!("{base}{loc}")).send().await?.bytes().await?.len();
         let css = c.get(format!("{base}/static/app.css")).send().await?.bytes().await?.len();
         let js = c.get(format!("{base}/static/annotate.js")).send().await?.bytes().await?.len();
-        release(&app.pool, &ids).await?;
         html + css + js
     };
+    // each client's CSRF token, from one task page
+    let mut tokens = Vec::new();
+    for c in &clients {
+        let loc = next(c, &base).await?;
+        let body = c.get(format!("{base}{loc}")).send().await?.text().await?;
+        tokens.push(
+            body.split("name=\"csrf\" value=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .ok_or_else(|| anyhow!("no CSRF token on the task page"))?
+                .to_string(),
+        );
+    }
+    release(&app.pool, &ids).await?;
 
     eprintln!("bench web: {} clients x {} rounds on {forged} forged samples ({open} open tasks)", args.clients, args.rounds);
     let started = Instant::now();
     let mut handles = Vec::new();
-    for c in clients {
+    for (c, csrf) in clients.into_iter().zip(tokens) {
         let base = base.clone();
         let rounds = args.rounds;
         handles.push(tokio::spawn(async move {
@@ -120,14 +153,11 @@ pub async fn run(app: &App, args: &WebBenchArgs) -> Result<WebBenchReport> {
                 if !page.status().is_success() {
                     bail!("the task page {loc} answered {}", page.status());
                 }
-                let body = page.text().await?;
+                let body = page.bytes().await?;
                 let t2 = Instant::now();
-                let csrf = body
-                    .split("name=\"csrf\" value=\"")
-                    .nth(1)
-                    .and_then(|s| s.split('"').next())
-                    .ok_or_else(|| anyhow!("no CSRF token on the task page"))?
-                    .to_string();
+                if body.len() < 1000 {
+                    bail!("the task page {loc} is only {} bytes", body.len());
+                }
                 let r =
                     c.post(format!("{base}{loc}/skip")).form(&[("csrf", csrf.as_str()), ("reason", "no_visible_forgery")]).send().await?;
                 if r.status() != reqwest::StatusCode::SEE_OTHER {

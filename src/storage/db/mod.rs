@@ -63,9 +63,25 @@ pub async fn connect_with(options: PgConnectOptions) -> Result<PgPool> {
 
 /// Connects to a server by URL (`postgres://user@host:port/db`).
 pub async fn connect_url(url: &str) -> Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)
+    let mut options = PgConnectOptions::from_str(url)
         .with_context(|| format!("`{}` is not a PostgreSQL URL (expected postgres://USER@HOST:PORT/DATABASE)", redact(url)))?;
+    if plain_on_loopback(url, options.get_host(), std::env::var_os("PGSSLMODE").is_some()) {
+        options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    }
     connect_with(options).await.with_context(|| format!("database {}", redact(url)))
+}
+
+/// Whether to skip TLS: the URL names no `sslmode` (nor does `PGSSLMODE`) and the server is on
+/// this machine (a loopback address or a socket folder). sqlx's default, like libpq's, is
+/// `prefer`: it would encrypt every query to a local server that offers TLS, which protects
+/// nothing on loopback and cost about 5 % of the CPU of a busy web app and its database on one
+/// machine. `sslmode=require` (or any other mode) in the URL is always honoured.
+fn plain_on_loopback(url: &str, host: &str, env_mode: bool) -> bool {
+    let named = url.to_ascii_lowercase().contains("sslmode=");
+    let local = host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !named && !env_mode && local
 }
 
 /// The URL without its password, for messages.
@@ -156,4 +172,24 @@ pub async fn record_blob(conn: &mut sqlx::PgConnection, key: &crate::storage::st
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_on_loopback;
+
+    #[test]
+    fn tls_is_skipped_only_for_a_local_server_whose_url_names_no_mode() {
+        assert!(plain_on_loopback("postgres://u@127.0.0.1:5432/db", "127.0.0.1", false));
+        assert!(plain_on_loopback("postgres://u@localhost/db", "localhost", false));
+        assert!(plain_on_loopback("postgres://u@[::1]/db", "[::1]", false));
+        assert!(plain_on_loopback("postgres://u@/db?host=/run/postgresql", "/run/postgresql", false));
+        // a mode in the URL or the environment is honoured
+        assert!(!plain_on_loopback("postgres://u@127.0.0.1/db?sslmode=require", "127.0.0.1", false));
+        assert!(!plain_on_loopback("postgres://u@127.0.0.1/db?SSLMODE=verify-full", "127.0.0.1", false));
+        assert!(!plain_on_loopback("postgres://u@127.0.0.1/db", "127.0.0.1", true));
+        // another machine keeps sqlx's `prefer`
+        assert!(!plain_on_loopback("postgres://u@10.0.0.5/db", "10.0.0.5", false));
+        assert!(!plain_on_loopback("postgres://u@db.example.org/db", "db.example.org", false));
+    }
 }
