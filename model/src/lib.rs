@@ -4,6 +4,7 @@
 //! - [`fpn`]: stage 1, the Forgery Prompter Network (Face-ViT region classifier): model, weights
 //!   in the Hugging Face and release layouts, losses, trainer, predictor.
 //! - [`parallel`]: data-parallel training steps across devices (both trainers).
+//! - [`precision`]: bf16 weights for frozen parts, float32 activations between their layers.
 //! - [`talker`]: stage 2, the InstructBLIP-style explainer (EVA ViT, Q-Former, T5) and the mask
 //!   branch: weights in the Hugging Face and release layouts, generation as transformers does it,
 //!   the [`talker::Explainer`] the CLI and the web app use.
@@ -20,4 +21,5 @@
 pub mod eval;
 pub mod fpn;
 pub mod parallel;
+pub mod precision;
 pub mod talker;

@@ -533,3 +533,108 @@ fn the_release_gate_trains_beside_stage_2_checkpoints_and_resumes() {
     assert!(err.contains("gate.bert") && err.contains("config.json"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn bf16_frozen_weights_train_like_f32_and_generate() {
+    use mmtt_model::precision::WeightDtype;
+    use mmtt_model::talker::train::PAPER_PARTS;
+    let root = tmp("bf16");
+    let all = synthetic(&root.join("data"), 20, 31);
+    let (train_set, val) = all.split_at(16);
+    // the paper's parts train; EVA and T5 are frozen, so `bf16` holds their weights in bf16
+    let f32_cfg = TalkerTrainConfig {
+        trainable: PAPER_PARTS.to_vec(),
+        frozen_weights: WeightDtype::F32,
+        steps: 60,
+        batch_size: 4,
+        lr: 5e-3,
+        checkpoint_every: 1000,
+        eval_every: 60,
+        ..TalkerTrainConfig::tiny()
+    };
+    let bf16_cfg = TalkerTrainConfig { frozen_weights: WeightDtype::Bf16, ..f32_cfg.clone() };
+    assert_eq!(TalkerTrainConfig::from_toml(&bf16_cfg.to_toml()).unwrap(), bf16_cfg);
+    let (mut a, mut b) = (Record::default(), Record::default());
+    train(&f32_cfg, train_set, val, &root.join("f32"), &mut a).unwrap();
+    train(&bf16_cfg, train_set, val, &root.join("bf16"), &mut b).unwrap();
+    // The first step runs the same trained weights through frozen parts whose weights differ by
+    // bf16's rounding (relative 2^-9 per weight): the loss moves by a little, not by nothing.
+    let (x, y) = (a.steps[0].loss, b.steps[0].loss);
+    let rel = (x - y).abs() / x.abs();
+    eprintln!("step 1 loss: f32 {x:.6}, bf16 frozen weights {y:.6} (relative {rel:.2e})");
+    assert!(rel > 1e-7, "bf16 made no difference: the frozen weights were not converted");
+    assert!(rel < 2e-2, "bf16 frozen weights moved the loss by {rel}");
+    // both learn (through a frozen random T5, slowly), by about as much
+    let mean = |r: &Record, s: std::ops::Range<usize>| r.steps[s.clone()].iter().map(|s| s.loss).sum::<f64>() / s.len() as f64;
+    for (name, r) in [("f32", &a), ("bf16", &b)] {
+        let (first, last) = (mean(r, 0..8), mean(r, 52..60));
+        eprintln!("{name}: loss {first:.4} -> {last:.4}");
+        assert!(last < 0.97 * first, "{name}: the loss did not fall ({first} -> {last})");
+    }
+    let (fa, fb) = (mean(&a, 52..60), mean(&b, 52..60));
+    assert!((fa - fb).abs() < 0.02 * fa, "after 60 steps: f32 {fa}, bf16 {fb}");
+    // validation generated captions through the bf16 T5 (its KV-cache decoding) and scored them
+    assert_eq!(b.vals.len(), 1, "one validation");
+    assert!(b.vals[0].score.is_finite(), "{:?}", b.vals[0].score);
+
+    // both frozen parts trained: nothing to hold in bf16, refused with the key named
+    let err = TalkerTrainConfig::from_toml(
+        "preset = \"tiny\"\nregions = \"gt\"\ntrainable = [\"qformer\", \"vision\", \"t5\"]\nfrozen_weights = \"bf16\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("frozen_weights") && err.contains("trainable"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn bf16_weights_hold_the_frozen_layers_and_give_float32_activations() {
+    use burn::tensor::{DType, Tensor, TensorData};
+    let device = burn::tensor::Device::flex();
+    let cfg = mmtt_model::talker::TalkerConfig::preset("tiny").unwrap();
+    let t = mmtt_model::talker::instructblip::Talker::random(cfg.clone(), 3, &device);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut data = |n: usize| (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>();
+    let rel = |a: Tensor<3>, b: Tensor<3>| {
+        let (a, b) = (a.into_data().try_to_vec::<f32>().unwrap(), b.into_data().try_to_vec::<f32>().unwrap());
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+    };
+
+    // EVA: the linear layers and the patch convolution in bf16; norms and embeddings float32
+    let eva = t.blip.vision_model.clone();
+    let eva16 = eva.clone().with_bf16_weights();
+    let l = &eva16.encoder.layers[0];
+    assert_eq!(l.mlp.fc1.weight.val().dtype(), DType::BF16);
+    assert_eq!(l.self_attn.qkv.weight.val().dtype(), DType::BF16);
+    assert_eq!(eva16.embeddings.patch_embedding.weight.val().dtype(), DType::BF16);
+    assert_eq!(l.layer_norm1.gamma.val().dtype(), DType::F32);
+    assert_eq!(eva16.embeddings.position_embedding.val().dtype(), DType::F32);
+    assert_eq!(eva16.post_layernorm.gamma.val().dtype(), DType::F32, "ln_vision trains: float32");
+    let s = cfg.vision.image_size;
+    let px = Tensor::<4>::from_data(TensorData::new(data(2 * 3 * s * s), [2, 3, s, s]), &device);
+    let (a, b) = (eva.features(&cfg.vision, px.clone()), eva16.features(&cfg.vision, px));
+    assert_eq!(b.dtype(), DType::F32);
+    let r = rel(a, b);
+    eprintln!("EVA features, bf16 weights vs f32: max relative difference {r:.2e}");
+    assert!(r > 1e-6 && r < 3e-2, "{r}");
+
+    // T5: every weight in bf16; the encoder's states and the logits float32 and close
+    let t5 = t.blip.language_model.clone();
+    let t516 = t5.clone().with_bf16_weights();
+    assert_eq!(t516.shared.weight.val().dtype(), DType::BF16);
+    let d = cfg.text.d_model;
+    let embeds = Tensor::<3>::from_data(TensorData::new(data(2 * 5 * d), [2, 5, d]), &device);
+    let mask = vec![vec![1u8; 5], vec![1, 1, 1, 0, 0]];
+    let (ea, eb) = (t5.encode(&cfg.text, embeds.clone(), &mask), t516.encode(&cfg.text, embeds, &mask));
+    assert_eq!(eb.dtype(), DType::F32);
+    let r = rel(ea.clone(), eb.clone());
+    eprintln!("T5 encoder states, bf16 weights vs f32: max relative difference {r:.2e}");
+    assert!(r > 1e-6 && r < 3e-2, "{r}");
+    let ids = mmtt_model::talker::instructblip::ids_tensor(&[vec![0, 5, 9], vec![0, 7, 3]], &device);
+    let (la, lb) = (t5.decode_train(&cfg.text, ids.clone(), ea, &mask), t516.decode_train(&cfg.text, ids, eb, &mask));
+    assert_eq!(lb.dtype(), DType::F32);
+    let r = rel(la, lb);
+    eprintln!("T5 logits, bf16 weights vs f32: max relative difference {r:.2e}");
+    assert!(r > 1e-6 && r < 5e-2, "{r}");
+}

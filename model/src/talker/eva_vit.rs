@@ -79,6 +79,19 @@ impl VisionModel {
         VisionModel { embeddings, encoder: VisionEncoder { layers }, post_layernorm: init.layer_norm(d, cfg.post_layernorm_eps) }
     }
 
+    /// The encoder with bf16 weights as LAVIS's `convert_weights_to_fp16` makes EVA: the patch
+    /// convolution, the attention (`qkv`, `q_bias`, `v_bias`, `projection`) and the MLP; the
+    /// class and position embeddings and the layer norms (which LAVIS computes in float32) and
+    /// `post_layernorm` (`ln_vision`, trained in stage 2) stay float32.
+    pub fn with_bf16_weights(self) -> Self {
+        let mut to = crate::precision::ToBf16;
+        let VisionModel { mut embeddings, encoder, post_layernorm } = self;
+        embeddings.patch_embedding = embeddings.patch_embedding.map(&mut to);
+        let layers =
+            encoder.layers.into_iter().map(|l| EvaLayer { self_attn: l.self_attn.map(&mut to), mlp: l.mlp.map(&mut to), ..l }).collect();
+        VisionModel { embeddings, encoder: VisionEncoder { layers }, post_layernorm }
+    }
+
     /// Image embeddings [B, 1 + patches, D] (after `post_layernorm`) for pixels [B, 3, S, S].
     pub fn forward(&self, cfg: &VisionConfig, pixels: Tensor<4>) -> Tensor<3> {
         self.post_layernorm.forward(self.features(cfg, pixels))
@@ -91,7 +104,7 @@ impl VisionModel {
         let d = cfg.hidden_size;
         let n = cfg.num_patches();
         let e = &self.embeddings;
-        let patches = e.patch_embedding.forward(pixels).reshape([b, d, n]).swap_dims(1, 2);
+        let patches = crate::precision::conv2d(&e.patch_embedding, pixels).reshape([b, d, n]).swap_dims(1, 2);
         let cls = e.class_embedding.val().expand([b, 1, d]);
         let mut x = Tensor::cat(vec![cls, patches], 1) + e.position_embedding.val();
         for layer in &self.encoder.layers {
@@ -108,10 +121,10 @@ impl EvaLayer {
         let hd = cfg.head_dim();
         let y = self.layer_norm1.forward(x.clone());
         let a = &self.self_attn;
-        let mut qkv = a.qkv.forward(y);
+        let mut qkv = crate::precision::linear(&a.qkv, y);
         if let (Some(qb), Some(vb)) = (&a.q_bias, &a.v_bias) {
             let bias = Tensor::cat(vec![qb.val(), qb.val().zeros_like(), vb.val()], 0);
-            qkv = qkv + bias.unsqueeze::<3>();
+            qkv = qkv + crate::precision::cast(bias, burn::tensor::DType::F32).unsqueeze::<3>();
         }
         // [B, T, 3, H, hd] -> three [B, H, T, hd]
         let qkv = qkv.reshape([b, t, 3, heads, hd]);
@@ -119,8 +132,8 @@ impl EvaLayer {
         let (q, k, v) = (part(0), part(1), part(2));
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5));
         let ctx = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d]);
-        let x = x + a.projection.forward(ctx);
+        let x = x + crate::precision::linear(&a.projection, ctx);
         let y = self.layer_norm2.forward(x.clone());
-        x + self.mlp.fc2.forward(gelu(self.mlp.fc1.forward(y)))
+        x + crate::precision::linear(&self.mlp.fc2, gelu(crate::precision::linear(&self.mlp.fc1, y)))
     }
 }

@@ -9,10 +9,11 @@
 
 use super::config::{Activation, T5Config};
 use crate::fpn::face_vit::Init;
+use crate::precision::{cast, embed, linear, matmul_weight};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::{gelu, relu, softmax};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// T5's layer norm: scale only, no mean subtraction, no bias.
 #[derive(Module, Debug)]
@@ -24,9 +25,10 @@ impl T5LayerNorm {
     fn new(d: usize, init: &mut Init) -> Self {
         T5LayerNorm { weight: init.constant([d], 1.0) }
     }
+    /// In float32 whatever the weight's dtype (transformers computes the variance in float32).
     fn forward(&self, x: Tensor<3>, eps: f64) -> Tensor<3> {
         let var = x.clone().powf_scalar(2.0).mean_dim(2);
-        x / var.add_scalar(eps).sqrt() * self.weight.val().unsqueeze::<3>()
+        x / var.add_scalar(eps).sqrt() * cast(self.weight.val(), DType::F32).unsqueeze::<3>()
     }
 }
 
@@ -113,12 +115,12 @@ fn act(a: Activation, x: Tensor<3>) -> Tensor<3> {
 impl T5Ff {
     fn forward(&self, cfg: &T5Config, x: Tensor<3>) -> Tensor<3> {
         let h = match (&self.wi, &self.wi_0, &self.wi_1) {
-            (_, Some(w0), Some(w1)) => act(cfg.dense_act_fn, w0.forward(x.clone())) * w1.forward(x),
-            (Some(wi), _, _) => act(cfg.dense_act_fn, wi.forward(x)),
+            (_, Some(w0), Some(w1)) => act(cfg.dense_act_fn, linear(w0, x.clone())) * linear(w1, x),
+            (Some(wi), _, _) => act(cfg.dense_act_fn, linear(wi, x)),
             // built by `T5::new` with one of the two shapes; unreachable for a built model
             _ => x,
         };
-        self.wo.forward(h)
+        linear(&self.wo, h)
     }
 }
 
@@ -136,7 +138,7 @@ impl T5Attention {
 
     fn heads(&self, cfg: &T5Config, l: &Linear, x: Tensor<3>) -> Tensor<4> {
         let [b, t, _] = x.dims();
-        l.forward(x).reshape([b, t, cfg.num_heads, cfg.d_kv]).swap_dims(1, 2)
+        linear(l, x).reshape([b, t, cfg.num_heads, cfg.d_kv]).swap_dims(1, 2)
     }
 
     /// Attention of q [B,H,Tq,dk] over k, v [B,H,Tk,dk] with an additive bias broadcast to
@@ -145,7 +147,7 @@ impl T5Attention {
         let [b, _, tq, _] = q.dims();
         let scores = q.matmul(k.swap_dims(2, 3)) + bias;
         let ctx = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, tq, cfg.num_heads * cfg.d_kv]);
-        self.o.forward(ctx)
+        linear(&self.o, ctx)
     }
 
     /// The position bias [1, H, Tq, Tk] for queries at `q_positions` and keys 0..tk.
@@ -175,7 +177,7 @@ impl T5Attention {
             .collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [tq, tk]), device);
         // [Tq, Tk, H] -> [1, H, Tq, Tk]
-        table.forward(ids).permute([2, 0, 1]).unsqueeze::<4>()
+        embed(table, ids).permute([2, 0, 1]).unsqueeze::<4>()
     }
 }
 
@@ -245,9 +247,15 @@ impl T5 {
         T5 { shared, encoder, decoder, lm_head }
     }
 
-    /// Token embeddings [B, T, d] of ids [B, T].
+    /// T5 with every weight in bf16, as LAVIS loads it (`torch_dtype=torch.bfloat16`); the layer
+    /// norms still compute in float32 and activations stay float32 ([`crate::precision`]).
+    pub fn with_bf16_weights(self) -> Self {
+        self.map(&mut crate::precision::ToBf16)
+    }
+
+    /// Token embeddings [B, T, d] (float32) of ids [B, T].
     pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.shared.forward(ids)
+        embed(&self.shared, ids)
     }
 
     /// The encoder's last hidden state [B, T, d] for input embeddings and a 0/1 mask [B][T].
@@ -308,7 +316,7 @@ impl T5 {
         let enc_mask = super::qformer::additive_mask(mask, &device);
         let causal: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::MIN } else { 0.0 })).collect();
         let causal = Tensor::<2>::from_data(TensorData::new(causal, [t, t]), &device).unsqueeze::<4>();
-        let mut x = self.shared.forward(decoder_ids);
+        let mut x = embed(&self.shared, decoder_ids);
         let mut bias: Option<Tensor<4>> = None;
         for block in &self.decoder.block {
             for sub in &block.layer {
@@ -331,10 +339,10 @@ impl T5 {
             h = h.mul_scalar((cfg.d_model as f64).powf(-0.5));
         }
         match &self.lm_head {
-            Some(head) => head.forward(h),
+            Some(head) => linear(head, h),
             None => {
                 let [_, _, d] = h.dims();
-                h.reshape([b * t, d]).matmul(self.shared.weight.val().transpose()).reshape([b, t, cfg.vocab_size])
+                matmul_weight(h.reshape([b * t, d]), self.shared.weight.val()).reshape([b, t, cfg.vocab_size])
             }
         }
     }
@@ -345,7 +353,7 @@ impl T5 {
         let n = ids.len();
         let eps = cfg.layer_norm_epsilon;
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|i| *i as i64).collect::<Vec<_>>(), [n, 1]), &device);
-        let mut x = self.shared.forward(ids);
+        let mut x = embed(&self.shared, ids);
         let pos = cache.len;
         let first_step = cache.self_k.is_empty();
         let mut bias: Option<Tensor<4>> = None;
@@ -387,8 +395,8 @@ impl T5 {
         }
         let h = h.reshape([n, cfg.d_model]);
         match &self.lm_head {
-            Some(head) => head.forward(h),
-            None => h.matmul(self.shared.weight.val().transpose()),
+            Some(head) => linear(head, h),
+            None => matmul_weight(h, self.shared.weight.val()),
         }
     }
 }

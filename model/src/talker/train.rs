@@ -42,6 +42,7 @@ use crate::fpn::face_vit::Init;
 use crate::fpn::preprocess::{Filter, pil_resize};
 use crate::fpn::{Control, LABELS, Predictor};
 use crate::parallel;
+use crate::precision::WeightDtype;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -178,6 +179,10 @@ pub struct TalkerTrainConfig {
     pub align_masks: bool,
     /// Compute the frozen EVA's features once per image (needs `augment = false`).
     pub cache_vision_features: bool,
+    /// The dtype of the frozen EVA's and T5's weights: `auto` (bf16 when `devices` are GPUs, as
+    /// LAVIS trains; f32 on the CPU), `f32`, or `bf16` (half their memory; activations stay
+    /// float32, see [`crate::precision`]). Parts in `trainable` keep float32 weights.
+    pub frozen_weights: WeightDtype,
     pub checkpoint_every: u64,
     pub eval_every: u64,
     pub keep_checkpoints: usize,
@@ -251,6 +256,7 @@ impl TalkerTrainConfig {
             augment: true,
             align_masks: true,
             cache_vision_features: false,
+            frozen_weights: WeightDtype::Auto,
             checkpoint_every: 1000,
             eval_every: 1000,
             keep_checkpoints: 3,
@@ -331,6 +337,12 @@ impl TalkerTrainConfig {
         if self.trainable.is_empty() {
             return bad(
                 "trainable is empty: name the parts to train (qformer, query-tokens, projection, ln-vision, mask-branch, vision, t5)"
+                    .into(),
+            );
+        }
+        if self.frozen_weights == WeightDtype::Bf16 && self.trainable.contains(&Part::Vision) && self.trainable.contains(&Part::T5) {
+            return bad(
+                "frozen_weights = \"bf16\" holds the frozen EVA and T5 in bf16, but both are in trainable: take `vision` or `t5` out of trainable, or set frozen_weights = \"f32\""
                     .into(),
             );
         }
@@ -684,8 +696,21 @@ fn trained_patterns(parts: &[Part]) -> Vec<String> {
 }
 
 /// Freezes every part not in `parts` (no gradient is computed or applied for it).
-fn freeze(mut m: TrainModule, parts: &[Part]) -> TrainModule {
+/// Whether any of `devices` is a GPU (`cuda:N`).
+fn on_gpu(devices: &[String]) -> bool {
+    devices.iter().any(|d| d.starts_with("cuda"))
+}
+
+fn freeze(mut m: TrainModule, parts: &[Part], frozen_weights: WeightDtype) -> TrainModule {
     let has = |p: Part| parts.contains(&p);
+    if frozen_weights == WeightDtype::Bf16 {
+        if !has(Part::Vision) {
+            m.blip.vision_model = m.blip.vision_model.with_bf16_weights();
+        }
+        if !has(Part::T5) {
+            m.blip.language_model = m.blip.language_model.with_bf16_weights();
+        }
+    }
     if !has(Part::Vision) {
         let ln = m.blip.vision_model.post_layernorm.clone();
         m.blip.vision_model = m.blip.vision_model.no_grad();
@@ -1238,7 +1263,11 @@ pub fn train(
         }
         None => (st.talker, TrainerState { step: 0, best_score: None, best_step: None }),
     };
-    let mut model = freeze(TrainModule { blip: talker.blip, mask: talker.mask, gate }.map(&mut Renumber(0)), &cfg.trainable);
+    let mut model = freeze(
+        TrainModule { blip: talker.blip, mask: talker.mask, gate }.map(&mut Renumber(0)),
+        &cfg.trainable,
+        cfg.frozen_weights.resolve(on_gpu(&cfg.devices)),
+    );
 
     let texts = Texts { cfg: &mcfg, t5: &run.t5_tok, bert: &run.bert_tok };
     let s = mcfg.vision.image_size;
