@@ -7,7 +7,8 @@
 //! `GET /annotate/{task}` (the rendered page) - timed together - then skips the task (not timed)
 //! so the next round claims a new one. Tasks skipped by the benchmark are reopened at the end.
 //! The server and the clients share the machine's cores; the clients keep their own work small
-//! (a fixed session-cookie header, the CSRF token read once per client).
+//! (a fixed session-cookie header, the CSRF token read once per client). Before the timed rounds,
+//! one untimed round of next + page by every client at once opens the connections.
 
 use crate::app::App;
 use crate::web::auth::{Role, UserName, add_user};
@@ -122,18 +123,26 @@ pub async fn run(app: &App, args: &WebBenchArgs) -> Result<WebBenchReport> {
         let js = c.get(format!("{base}/static/annotate.js")).send().await?.bytes().await?.len();
         html + css + js
     };
-    // each client's CSRF token, from one task page
-    let mut tokens = Vec::new();
+    // Warm-up, not timed: every client at once takes a task and reads its page (and its CSRF
+    // token from it). This opens the server's database connections and the clients' HTTP
+    // connections, so that the timed rounds measure a running server rather than 64 clients
+    // queueing for a pool that is still connecting.
+    let mut warm = Vec::new();
     for c in &clients {
-        let loc = next(c, &base).await?;
-        let body = c.get(format!("{base}{loc}")).send().await?.text().await?;
-        tokens.push(
+        let (c, base) = (c.clone(), base.clone());
+        warm.push(tokio::spawn(async move {
+            let loc = next(&c, &base).await?;
+            let body = c.get(format!("{base}{loc}")).send().await?.text().await?;
             body.split("name=\"csrf\" value=\"")
                 .nth(1)
                 .and_then(|s| s.split('"').next())
-                .ok_or_else(|| anyhow!("no CSRF token on the task page"))?
-                .to_string(),
-        );
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("no CSRF token on the task page"))
+        }));
+    }
+    let mut tokens = Vec::new();
+    for h in warm {
+        tokens.push(h.await.context("a bench client panicked")??);
     }
     release(&app.pool, &ids).await?;
 
