@@ -19,8 +19,40 @@ pub fn weed() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port()
+/// Eight distinct free ports for one server. They come from below the kernel's ephemeral range
+/// (32768 and up), so that no outgoing connection (weed's own gRPC clients, or another test's)
+/// can take one between our check and weed's bind, and each is held while the others are chosen,
+/// so one server never gets the same port twice (the CI once saw weed's S3 gRPC port equal its
+/// volume port). Ports handed out in this process are never handed out again.
+fn free_ports() -> [u16; 8] {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    // a start that differs between test processes run at the same time
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mut candidate = 20_000 + ((std::process::id() as u64 * 7919 + nanos as u64) % 12_000) as u16;
+    let mut held: Vec<TcpListener> = Vec::new();
+    let mut ports = [0u16; 8];
+    let mut n = 0;
+    for _ in 0..12_000 {
+        if n == 8 {
+            break;
+        }
+        candidate = if candidate >= 32_000 { 20_000 } else { candidate + 1 };
+        if given.contains(&candidate) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", candidate)) {
+            held.push(l);
+            given.insert(candidate);
+            ports[n] = candidate;
+            n += 1;
+        }
+    }
+    assert_eq!(n, 8, "fewer than 8 free loopback ports between 20000 and 32000");
+    ports
 }
 
 pub struct SeaweedFs {
@@ -38,7 +70,7 @@ impl SeaweedFs {
 
     /// On `ip`, inside the network namespace `netns` when given.
     pub fn start_on(ip: &str, netns: Option<&str>) -> Self {
-        let ports = [(); 8].map(|_| free_port());
+        let ports = free_ports();
         let mut s = SeaweedFs { dir: tempfile::tempdir().expect("tempdir"), ports, child: None, ip: ip.to_string() };
         s.launch(netns);
         s
