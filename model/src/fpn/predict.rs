@@ -29,9 +29,35 @@ pub fn parse_device(spec: &str) -> Result<Device, FpnError> {
     }
 }
 
+/// The CUDA device `idx`, started once per process with a one-element tensor: burn starts a
+/// device on its first operation and panics when the driver or the device is missing, so the
+/// start is made here, where that becomes an error naming the device and the fix.
 #[cfg(feature = "cuda")]
-fn cuda_device(idx: usize, _s: &str) -> Result<Device, FpnError> {
-    Ok(Device::cuda(idx))
+fn cuda_device(idx: usize, s: &str) -> Result<Device, FpnError> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static STARTED: Mutex<Option<HashMap<usize, Result<(), String>>>> = Mutex::new(None);
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    let outcome = started.get_or_insert_with(HashMap::new).entry(idx).or_insert_with(|| {
+        std::panic::catch_unwind(|| {
+            let device = Device::cuda(idx);
+            Tensor::<1>::zeros([1], &device).into_data().try_to_vec::<f32>().map(|_| ()).map_err(|e| format!("{e:?}"))
+        })
+        .unwrap_or_else(|panic| {
+            Err(panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|m| m.to_string()))
+                .unwrap_or_else(|| "the CUDA runtime panicked".into()))
+        })
+    });
+    match outcome {
+        Ok(()) => Ok(Device::cuda(idx)),
+        Err(why) => Err(FpnError::Device(format!(
+            "`{s}` could not be started ({why}): this needs an NVIDIA driver (libcuda.so.1), NVRTC (libnvrtc.so) and a GPU numbered {idx} \
+             (nvidia-smi lists them); use cpu, or run on a machine that has them"
+        ))),
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
